@@ -1,0 +1,99 @@
+"""polymicro: the Poly Micro Manager backend.
+
+``create_app`` is a short list of named steps; nothing connects or reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import Flask, request
+
+from polymicro import errors
+from polymicro.common.converters import ObjectIdConverter
+from polymicro.config import Config, load_config
+from polymicro.extensions import api, init_cache, init_db, ping_db
+
+__version__ = "0.1.0"
+
+log = logging.getLogger(__name__)
+
+JSON_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def create_app(config: type[Config] | dict | None = None) -> Flask:
+    app = Flask(__name__)
+    configure(app, config)
+    configure_logging(app)
+    init_db(app)
+    init_cache(app)
+    register_api(app)
+    errors.register_error_handlers(app)
+    register_request_guards(app)
+    register_cli(app)
+    if not app.config["TESTING"]:
+        check_database(app)
+    return app
+
+
+def configure(app: Flask, config: type[Config] | dict | None) -> None:
+    app.config.update(load_config(config))
+    app.json.sort_keys = False
+    # Collection paths answer with and without the trailing slash, without a redirect.
+    app.url_map.strict_slashes = False
+    app.url_map.converters["objectid"] = ObjectIdConverter
+
+
+def configure_logging(app: Flask) -> None:
+    level = app.config["LOG_LEVEL"].upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("polymicro").setLevel(level)
+
+
+def register_api(app: Flask) -> None:
+    from polymicro.logs.resources import blp as logs_blp
+    from polymicro.metrics.resources import blp as metrics_blp
+    from polymicro.operations.resources import blp as operations_blp
+    from polymicro.projects.resources import blp as projects_blp
+    from polymicro.services.resources import blp as services_blp
+
+    app.config["API_VERSION"] = __version__
+    api.init_app(app)
+    for blueprint in (projects_blp, services_blp, logs_blp, metrics_blp, operations_blp):
+        api.register_blueprint(blueprint)
+
+
+def register_request_guards(app: Flask) -> None:
+    @app.before_request
+    def require_json_body():
+        """A write whose body is not JSON gets 415 instead of being read as empty."""
+        if request.method in JSON_BODY_METHODS and request.content_length != 0:
+            has_body = request.content_length or request.headers.get("Transfer-Encoding")
+            if has_body and not request.is_json:
+                errors.raise_unsupported_media_type()
+
+
+def register_cli(app: Flask) -> None:
+    from polymicro.cli import register
+
+    register(app)
+
+
+def check_database(app: Flask) -> None:
+    """Say clearly at start-up when the database cannot be reached (the app still starts
+    and answers 503 until it can, so it recovers without a restart)."""
+    with app.app_context():
+        try:
+            ping_db()
+        except Exception as exc:
+            where = urlsplit(app.config["MONGODB_URI"]).hostname or "?"
+            port = urlsplit(app.config["MONGODB_URI"]).port or 27017
+            log.error(
+                "Cannot reach MongoDB at %s:%s (%s). Data endpoints answer 503 until it is "
+                "reachable; set POLYMICRO_MONGODB_URI or start the database (make run does).",
+                where,
+                port,
+                type(exc).__name__,
+            )

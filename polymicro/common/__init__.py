@@ -1,0 +1,1 @@
+"""Pieces every domain package shares: fields, time handling, pagination, base schemas."""

@@ -1,0 +1,93 @@
+"""Configuration classes.
+
+Every setting can be overridden by an environment variable with the prefix
+``POLYMICRO_`` (``POLYMICRO_MONGODB_URI``, ``POLYMICRO_REDIS_URL``, …).  The table in the
+README lists them all; keep both in step.  Nothing here is read at import time:
+:func:`load_config` is called by ``create_app``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ENV_PREFIX = "POLYMICRO_"
+
+
+class Config:
+    """Defaults for a local run against the embedded SecantusDB."""
+
+    TESTING = False
+    # --- database -------------------------------------------------------------------
+    MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
+    # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).
+    MONGODB_TIMEOUT_MS = 2000
+    # Use an in-process mongomock client instead of MONGODB_URI (unit tests only).
+    MONGODB_MOCK = False
+    # --- cache ----------------------------------------------------------------------
+    # Empty: in-process SimpleCache.  Set a redis:// URL to share the cache between workers.
+    REDIS_URL = ""
+    CACHE_DEFAULT_TIMEOUT = 60
+    CACHE_KEY_PREFIX = "polymicro:"
+    # --- HTTP -----------------------------------------------------------------------
+    # Largest request body accepted (bytes); larger bodies get 413.  A full log batch
+    # (1000 × 16 KiB messages) fits.
+    MAX_CONTENT_LENGTH = 20 * 1024 * 1024
+    LOG_LEVEL = "INFO"
+    # --- OpenAPI (flask-smorest) ----------------------------------------------------
+    API_TITLE = "Poly Micro Manager API"
+    API_VERSION = "0.1.0"
+    OPENAPI_VERSION = "3.0.3"
+    OPENAPI_URL_PREFIX = "/"
+    OPENAPI_JSON_PATH = "openapi.json"
+    OPENAPI_SWAGGER_UI_PATH = "/docs"
+    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+    OPENAPI_REDOC_PATH = "/redoc"
+    OPENAPI_REDOC_URL = "https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js"
+    # Keys sorted in JSON output would reorder the dashboard's objects; keep insertion order.
+    JSON_SORT_KEYS = False
+
+
+class TestingConfig(Config):
+    """Unit tests: mongomock and SimpleCache unless the test run asks for real servers."""
+
+    TESTING = True
+    MONGODB_URI = "mongodb://localhost/polymicro_test"
+    MONGODB_MOCK = True
+    MONGODB_TIMEOUT_MS = 1000
+    CACHE_DEFAULT_TIMEOUT = 300
+
+
+def _coerce(default: Any, raw: str) -> Any:
+    """Convert an environment string to the type of the default it overrides."""
+    if isinstance(default, bool):
+        value = raw.strip().lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    return raw
+
+
+def load_config(base: type[Config] | dict | None = None) -> dict[str, Any]:
+    """Return the settings for an app: class defaults, then ``POLYMICRO_*`` overrides.
+
+    ``base`` is a config class or a mapping of overrides applied on top of
+    :class:`Config` (tests pass a dict); explicit mappings win over the environment.
+    """
+    cls = base if isinstance(base, type) else Config
+    settings = {key: getattr(cls, key) for key in dir(cls) if key.isupper()}
+    for key, default in list(settings.items()):
+        raw = os.environ.get(ENV_PREFIX + key)
+        if raw is None:
+            continue
+        try:
+            settings[key] = _coerce(default, raw)
+        except ValueError as exc:
+            raise RuntimeError(f"invalid {ENV_PREFIX}{key}: {exc}") from exc
+    if isinstance(base, dict):
+        settings.update(base)
+    return settings

@@ -1,0 +1,88 @@
+"""Unbound extensions and the database connection.
+
+Nothing connects at import time: ``create_app`` binds these to an app.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mongoengine
+from flask import Flask
+from flask_caching import Cache
+from flask_smorest import Api
+from flask_smorest import etag as fs_etag
+
+from polymicro.errors import add_default_message
+
+log = logging.getLogger(__name__)
+
+DB_ALIAS = mongoengine.DEFAULT_CONNECTION_NAME
+
+
+class PolymicroApi(Api):
+    """flask-smorest's Api with a ``message`` in every error and an optional ``If-Match``."""
+
+    def handle_http_exception(self, error):
+        payload, code, headers = super().handle_http_exception(error)
+        return add_default_message(payload, error), code, headers
+
+    def _register_etag_headers(self):
+        super()._register_etag_headers()
+        optional = dict(fs_etag.IF_MATCH_HEADER, required=False)
+        optional["description"] = "Optional; a stale tag gets 412."
+        self.spec.components.parameters.pop("IF_MATCH", None)
+        self.spec.components.parameter("IF_MATCH", "header", optional, lazy=True)
+
+
+api = PolymicroApi()
+cache = Cache()
+
+
+def init_db(app: Flask) -> None:
+    """Register the mongoengine connection for this app (lazy: no I/O here).
+
+    With ``MONGODB_MOCK`` the connection is an in-process mongomock client (tests).
+    The server-selection timeout bounds how long a request can wait for a database
+    that is down; that error is answered with 503 (see ``errors.py``).
+    """
+    timeout = app.config["MONGODB_TIMEOUT_MS"]
+    kwargs = {
+        "host": app.config["MONGODB_URI"],
+        "alias": DB_ALIAS,
+        "uuidRepresentation": "standard",
+        "serverSelectionTimeoutMS": timeout,
+        "connectTimeoutMS": timeout,
+        "tz_aware": False,
+    }
+    if app.config["MONGODB_MOCK"]:
+        import mongomock  # test-only dependency, imported only when asked for
+
+        kwargs["mongo_client_class"] = mongomock.MongoClient
+    mongoengine.disconnect(DB_ALIAS)
+    mongoengine.connect(**kwargs)
+
+
+def close_db() -> None:
+    mongoengine.disconnect(DB_ALIAS)
+
+
+def ping_db() -> None:
+    """Round-trip to the database; raises a pymongo error when it is unreachable."""
+    mongoengine.get_db(DB_ALIAS).command("ping")
+
+
+def init_cache(app: Flask) -> None:
+    """flask-caching on Redis when ``REDIS_URL`` is set, else an in-process SimpleCache."""
+    redis_url = app.config["REDIS_URL"]
+    if redis_url:
+        cache_config = {
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_URL": redis_url,
+            "CACHE_OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        }
+    else:
+        cache_config = {"CACHE_TYPE": "SimpleCache", "CACHE_THRESHOLD": 5000}
+    cache_config["CACHE_DEFAULT_TIMEOUT"] = app.config["CACHE_DEFAULT_TIMEOUT"]
+    cache_config["CACHE_KEY_PREFIX"] = app.config["CACHE_KEY_PREFIX"]
+    cache.init_app(app, config=cache_config)

@@ -1,0 +1,1 @@
+"""Logs: entries pushed by services, searched newest first."""

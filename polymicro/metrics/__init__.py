@@ -1,0 +1,1 @@
+"""CPU/memory metrics: one entry per service, points stored one document each."""

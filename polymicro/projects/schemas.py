@@ -1,0 +1,61 @@
+"""The project resource in the API contract."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from polymicro.common.fields import ObjectIdString, Tag, Tags, Trimmed, UTCDateTime
+from polymicro.common.schemas import BaseQuerySchema, BaseSchema
+
+
+class MicroserviceSchema(Schema):
+    """A service as the dashboard's project tree reads it (camelCase, read-only)."""
+
+    id = ObjectIdString()
+    name = fields.String()
+    type = fields.Constant("microservice")
+    project_id = ObjectIdString(data_key="projectId")
+    status = fields.String()
+    health = fields.String()
+    version = fields.String(allow_none=True)
+    last_deployment = UTCDateTime(data_key="lastDeployed", allow_none=True)
+    port = fields.Integer(allow_none=True)
+    url = fields.String(allow_none=True)
+    uptime = fields.String(allow_none=True)
+    children = fields.Constant([])
+
+
+class ProjectSchema(BaseSchema):
+    id = ObjectIdString(dump_only=True)
+    name = Trimmed(required=True, validate=validate.Length(min=1, max=100))
+    description = Trimmed(validate=validate.Length(max=2000))
+    owner = Trimmed(allow_none=True, validate=validate.Length(max=100))
+    tags = Tags()
+    path = Trimmed(
+        allow_none=True,
+        validate=validate.Length(max=1024),
+        metadata={"description": "Kept for the dashboard; never used to touch the host."},
+    )
+    tests_dir_path = Trimmed(validate=validate.Length(max=1024))
+    microservices = fields.List(fields.Nested(MicroserviceSchema), dump_only=True)
+    created_at = UTCDateTime(dump_only=True)
+    updated_at = UTCDateTime(dump_only=True)
+
+
+class ProjectUpdateSchema(ProjectSchema):
+    """PUT and PATCH: any subset of the writable fields; the others keep their value."""
+
+    name = Trimmed(validate=validate.Length(min=1, max=100))
+
+
+class ProjectQueryArgsSchema(BaseQuerySchema):
+    q = Trimmed(
+        validate=validate.Length(max=100),
+        metadata={"description": "Name contains this text (case-insensitive, literal)."},
+    )
+    owner = Trimmed(validate=validate.Length(max=100))
+    tag = Tag(validate=validate.Length(max=50))
+    sort = fields.String(
+        load_default="name",
+        validate=validate.OneOf(["name", "-name", "created_at", "-created_at"]),
+    )

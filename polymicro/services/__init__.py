@@ -1,0 +1,1 @@
+"""Services: the microservices of a project."""
