@@ -61,6 +61,9 @@ def register_api(app: Flask) -> None:
 
     app.config["API_VERSION"] = __version__
     api.init_app(app)
+    api.register_converter(
+        ObjectIdConverter, lambda _: {"type": "string", "pattern": ObjectIdConverter.regex}
+    )
     for blueprint in (projects_blp, services_blp, logs_blp, metrics_blp, operations_blp):
         api.register_blueprint(blueprint)
 
