@@ -25,7 +25,8 @@ class LogEntry(me.Document):
     attributes = me.DictField()
 
     # Every list is newest first with _id as tie-breaker (stable pages); each filter the
-    # API offers has an index that also serves that sort.
+    # API offers has an index that also serves that sort (the tie-breaker included: an
+    # index ending in -timestamp alone would leave MongoDB an in-memory sort).
     meta = {
         "collection": "logs",
         "ordering": ["-timestamp", "-id"],
@@ -33,12 +34,12 @@ class LogEntry(me.Document):
             {"fields": ["-timestamp", "-id"]},
             {"fields": ["project_id", "-timestamp", "-id"]},
             {"fields": ["service_id", "-timestamp", "-id"]},
-            {"fields": ["project_id", "severity", "-timestamp"]},
-            {"fields": ["project_id", "level", "-timestamp"]},
-            {"fields": ["severity", "-timestamp"]},
-            {"fields": ["level", "-timestamp"]},
-            {"fields": ["source", "-timestamp"]},
-            {"fields": ["test_id", "-timestamp"]},
-            {"fields": ["func_id", "-timestamp"]},
+            {"fields": ["project_id", "severity", "-timestamp", "-id"]},
+            {"fields": ["project_id", "level", "-timestamp", "-id"]},
+            {"fields": ["severity", "-timestamp", "-id"]},
+            {"fields": ["level", "-timestamp", "-id"]},
+            {"fields": ["source", "-timestamp", "-id"]},
+            {"fields": ["test_id", "-timestamp", "-id"]},
+            {"fields": ["func_id", "-timestamp", "-id"]},
         ],
     }

@@ -1,10 +1,170 @@
-"""Log use cases."""
+"""Log use cases: references to a project and one of its services, severity levels,
+newest-first lists, all-or-nothing batches."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+
 from bson import ObjectId
 
-from polymicro.logs.models import LogEntry
+from polymicro.common.timeutil import utcnow
+from polymicro.errors import InvalidInput, NotFound
+from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
+from polymicro.projects.models import Project
+from polymicro.services.models import Service
+
+ORDER = ("-timestamp", "-id")
+IMMUTABLE = ("project_id", "service_id")
+
+
+def list_logs(
+    project_id: ObjectId | None = None,
+    service_id: ObjectId | None = None,
+    severity: Iterable[str] | None = None,
+    min_severity: str | None = None,
+    source: str | None = None,
+    test_id: str | None = None,
+    func_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    q: str | None = None,
+):
+    """Log entries matching every given filter, newest first (a lazy queryset)."""
+    query = LogEntry.objects
+    if project_id is not None:
+        query = query.filter(project_id=project_id)
+    if service_id is not None:
+        query = query.filter(service_id=service_id)
+    if severity:
+        query = query.filter(severity__in=sorted({canonical_severity(s) for s in severity}))
+    if min_severity:
+        query = query.filter(level__gte=SEVERITY_LEVEL[canonical_severity(min_severity)])
+    if source:
+        query = query.filter(source=source)
+    if test_id:
+        query = query.filter(test_id=test_id)
+    if func_id:
+        query = query.filter(func_id=func_id)
+    if since is not None:
+        query = query.filter(timestamp__gte=since)
+    if until is not None:
+        query = query.filter(timestamp__lte=until)
+    if q:
+        query = query.filter(message__icontains=q)  # literal: mongoengine escapes the regex
+    return query.order_by(*ORDER)
+
+
+def list_project_logs(project_id: ObjectId, **filters):
+    if not Project.objects(id=project_id).count():
+        raise NotFound(f"Project {project_id} not found.")
+    return list_logs(project_id=project_id, **filters)
+
+
+def list_service_logs(service_id: ObjectId, **filters):
+    if not Service.objects(id=service_id).count():
+        raise NotFound(f"Service {service_id} not found.")
+    return list_logs(service_id=service_id, **filters)
+
+
+def get_log(log_id: ObjectId) -> LogEntry:
+    entry = LogEntry.objects(id=log_id).first()
+    if entry is None:
+        raise NotFound(f"Log entry {log_id} not found.")
+    return entry
+
+
+def canonical_severity(severity: str) -> str:
+    """``WARNING`` → ``warn``; an unknown name is an InvalidInput on ``severity``."""
+    name = severity.strip().lower()
+    name = SEVERITY_ALIASES.get(name, name)
+    if name not in SEVERITY_LEVEL:
+        raise InvalidInput.field("severity", f"Unknown severity {severity!r}.")
+    return name
+
+
+def _reference_errors(
+    entry: dict, projects: set[ObjectId], service_projects: dict[ObjectId, ObjectId]
+) -> dict[str, list[str]]:
+    """What is wrong with an entry's ``project_id``/``service_id`` (empty when nothing)."""
+    errors = {}
+    if entry["project_id"] not in projects:
+        errors["project_id"] = ["No project with this id."]
+    owner = service_projects.get(entry["service_id"])
+    if owner is None:
+        errors["service_id"] = ["No service with this id."]
+    elif owner != entry["project_id"] and "project_id" not in errors:
+        errors["service_id"] = ["This service belongs to another project."]
+    return errors
+
+
+def _check_references(entries: list[dict]) -> list[dict[str, list[str]]]:
+    """The reference errors of every entry, in two queries whatever the number of entries."""
+    project_ids = list({e["project_id"] for e in entries})
+    service_ids = list({e["service_id"] for e in entries})
+    projects = set(Project.objects(id__in=project_ids).scalar("id"))
+    service_projects = dict(Service.objects(id__in=service_ids).scalar("id", "project_id"))
+    return [_reference_errors(e, projects, service_projects) for e in entries]
+
+
+def _new_entry(data: dict, received: datetime) -> LogEntry:
+    data = dict(data)
+    data["severity"] = canonical_severity(data["severity"])
+    if data.get("timestamp") is None:
+        data["timestamp"] = received
+    return LogEntry(**data, level=SEVERITY_LEVEL[data["severity"]])
+
+
+def create_log(data: dict) -> LogEntry:
+    (errors,) = _check_references([data])
+    if errors:
+        raise InvalidInput("Invalid log entry: see `errors`.", {"json": errors})
+    entry = _new_entry(data, utcnow())
+    entry.save(force_insert=True)
+    return entry
+
+
+def create_logs(entries: list[dict]) -> list[ObjectId]:
+    """Store every entry or none: a bad reference anywhere is a 422 naming each bad
+    entry by its index; otherwise one bulk insert.  Returns the ids in input order."""
+    if not entries:
+        raise InvalidInput.field("_schema", "Send at least one log entry.")
+    errors = {
+        str(index): problems
+        for index, problems in enumerate(_check_references(entries))
+        if problems
+    }
+    if errors:
+        raise InvalidInput(
+            f"{len(errors)} of {len(entries)} log entries are invalid; none was stored.",
+            {"json": errors},
+        )
+    received = utcnow()
+    docs = [_new_entry(data, received) for data in entries]
+    for doc in docs:
+        doc.validate()  # insert() skips the model checks that save() makes
+    return LogEntry.objects.insert(docs, load_bulk=False)
+
+
+def update_log(entry: LogEntry, data: dict) -> LogEntry:
+    """Apply a partial update; the project and service of an entry cannot change."""
+    for field in IMMUTABLE:
+        if field in data and data[field] != getattr(entry, field):
+            raise InvalidInput.field(field, "A log entry cannot move to another project/service.")
+    data = {k: v for k, v in data.items() if k not in IMMUTABLE}
+    if "severity" in data:
+        data["severity"] = canonical_severity(data["severity"])
+        data["level"] = SEVERITY_LEVEL[data["severity"]]
+    changed = {k: v for k, v in data.items() if getattr(entry, k) != v}
+    if changed:
+        for key, value in changed.items():
+            setattr(entry, key, value)
+        entry.save()
+    return entry
+
+
+def delete_log(entry: LogEntry) -> None:
+    entry.delete()
 
 
 def delete_logs(project_id: ObjectId | None = None, service_id: ObjectId | None = None) -> int:
