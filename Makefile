@@ -1,0 +1,66 @@
+# polymicro developer tasks. `make help` lists them.
+# Everything runs from the virtualenv in .venv, (re)installed from pyproject.toml
+# only when pyproject.toml changes (stamp file .venv/.installed).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-k projects -x'
+PYTEST_ARGS ?=
+# Redis database used by the wire-protocol run (db 15, flushed by the tests).
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: help venv run test test-wire lint format bench clean clean-data
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP) ## create .venv and install the package with its dev extras
+
+run: $(STAMP) ## serve the API on 127.0.0.1 (starts SecantusDB unless POLYMICRO_MONGODB_URI is set)
+	scripts/run.sh
+
+test: $(STAMP) ## run the tests on mongomock (PYTEST_ARGS passed through)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-wire: $(STAMP) ## run the tests against SecantusDB and Redis; junit xml in var/test-wire.xml
+	mkdir -p var
+	POLYMICRO_TEST_DB=secantus POLYMICRO_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		$(BIN)/pytest --junitxml=var/test-wire.xml $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff check, ruff format --check, hadolint Dockerfile
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+
+format: $(STAMP) ## apply ruff's fixes and formatting (fails if unfixable problems remain)
+	status=0; $(BIN)/ruff check --fix . || status=$$?; $(BIN)/ruff format .; exit $$status
+
+bench: $(STAMP) ## run the benchmark (bench/run.py; BENCH_ARGS passed through)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean: ## remove .venv, caches and var/ files, keeping the database in var/db
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	if [ -d var ]; then find var -mindepth 1 -maxdepth 1 ! -name db -exec rm -rf {} +; fi
+
+clean-data: ## delete the development database in var/db (stop make run first)
+	@pid=; if [ -f var/secantus.pid ]; then read -r pid _ <var/secantus.pid || true; fi; \
+	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+		echo "SecantusDB (pid $$pid) is still running on var/db; stop make run first" >&2; \
+		exit 1; \
+	fi
+	rm -rf var/db var/secantus.pid

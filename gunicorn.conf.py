@@ -1,0 +1,31 @@
+"""gunicorn settings for polymicro (`gunicorn -c gunicorn.conf.py wsgi:app`).
+
+Every value can be overridden from the environment; a `--bind` on the command line
+(as scripts/run.sh passes) wins over POLYMICRO_GUNICORN_BIND.
+"""
+
+import os
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+# The Docker image sets POLYMICRO_GUNICORN_BIND=0.0.0.0:8000; outside a container
+# the default stays on loopback.
+bind = [os.environ.get("POLYMICRO_GUNICORN_BIND", "127.0.0.1:8000")]
+
+# Provisional numbers: workers and threads will be set from the benchmark
+# (make bench) on the 2-core reference machine.
+worker_class = "gthread"
+workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2)
+threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
+
+timeout = 30
+graceful_timeout = 10
+
+# Logs go to the terminal / container log.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("POLYMICRO_GUNICORN_LOGLEVEL", "info")
