@@ -25,6 +25,10 @@ threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
 timeout = 30
 graceful_timeout = 10
 
+# gunicorn >= 27 opens a control socket in ~/.gunicorn by default; nothing here uses
+# it, and two servers on one machine would share the path. (Older versions ignore this.)
+control_socket_disable = True
+
 # Logs go to the terminal / container log.
 accesslog = "-"
 errorlog = "-"
