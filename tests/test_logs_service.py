@@ -369,3 +369,28 @@ class TestCascades:
         kept = log(other_svc)
         projects.delete_project(Project.objects.get(id=svc.project_id))
         assert [e.id for e in LogEntry.objects] == [kept.id]
+
+
+class TestIndexes:
+    @pytest.mark.parametrize(
+        ("filters", "leading"),
+        [
+            ({}, "timestamp"),
+            ({"since": T0}, "timestamp"),
+            ({"project_id": ObjectId()}, "project_id"),
+            ({"service_id": ObjectId()}, "service_id"),
+            ({"severity": ["error"]}, "severity"),
+            ({"min_severity": "warn"}, "level"),
+            ({"source": "a"}, "source"),
+            ({"test_id": "a"}, "test_id"),
+            ({"func_id": "a"}, "func_id"),
+        ],
+    )
+    def test_every_filter_has_an_index_that_also_sorts(self, svc, filters, leading):
+        log(svc)  # the collection and its indexes exist once something is written
+        keys = [spec["key"] for spec in LogEntry._get_collection().index_information().values()]
+        first_field = next(iter(service.list_logs(**filters)._query), "timestamp")
+        assert first_field == leading
+        assert any(
+            key[0][0] == leading and key[-2:] == [("timestamp", -1), ("_id", -1)] for key in keys
+        ), keys

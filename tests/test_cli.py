@@ -1,0 +1,301 @@
+"""``flask seed-demo``: the demo data command and the generators behind it.
+
+Seeding is the slow part on a real server, so the tests that only read what one
+``seed-demo --days 1`` run produced share a module-scoped snapshot of the database
+(taken right after the run, through the models and the API; on a real server in a
+database of its own, dropped right after).  The tests that run the command on a
+database they prepare (idempotency, ``--if-empty``, bad options) use the usual ``app``
+fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import socket
+from collections import Counter
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import mongoengine
+import pytest
+
+from polymicro import create_app, demo
+from polymicro.common.models import name_key
+from polymicro.common.timeutil import utcnow
+from polymicro.extensions import close_db
+from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
+from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.projects.models import Project
+from polymicro.services.models import HEALTHS, STATUSES, Service
+from tests.conftest import _test_config
+from tests.factories import make_project
+
+SEED_ONE_DAY = ["seed-demo", "--days", "1"]
+QUARTER_HOUR = timedelta(minutes=15)
+
+
+def counts() -> dict[str, int]:
+    return {
+        "projects": Project.objects.count(),
+        "services": Service.objects.count(),
+        "metrics": CpuMetric.objects.count(),
+        "points": CpuPoint.objects.count(),
+        "logs": LogEntry.objects.count(),
+    }
+
+
+def _database_of_its_own(uri: str) -> str:
+    """The same server, another database: dropping it at the end is cheaper than
+    emptying collections, and the function-scoped fixtures never see its data."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=(parts.path.rstrip("/") or "/polymicro_test") + "_cli"))
+
+
+@pytest.fixture(scope="module")
+def seeded(mongodb_uri, redis_url):
+    """One ``seed-demo --days 1`` on an empty database and what it left there."""
+    uri = _database_of_its_own(mongodb_uri) if mongodb_uri else None
+    app = create_app(_test_config(uri, redis_url))
+    try:
+        with app.app_context():
+            if uri:
+                mongoengine.get_db().client.drop_database(mongoengine.get_db().name)
+            before = utcnow()
+            result = app.test_cli_runner().invoke(args=SEED_ONE_DAY)
+            after = utcnow()
+            return {
+                "result": result,
+                "before": before,
+                "after": after,
+                "counts": counts(),
+                "projects": {p.id: p for p in Project.objects},
+                "services": list(Service.objects),
+                "metrics": list(CpuMetric.objects),
+                "logs": list(
+                    LogEntry.objects.only(
+                        "service_id", "severity", "level", "timestamp", "message"
+                    ).as_pymongo()
+                ),
+                "points": list(CpuPoint.objects.order_by("metric_id", "time").as_pymongo()),
+                "api": app.test_client().get("/api/projects"),
+            }
+    finally:
+        if uri:
+            with app.app_context():
+                mongoengine.get_db().client.drop_database(mongoengine.get_db().name)
+        close_db()
+
+
+# --- one run -------------------------------------------------------------------------
+
+
+def test_seed_demo_exits_0_and_prints_the_counts_it_created(seeded):
+    result, created = seeded["result"], seeded["counts"]
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    summary = result.output.strip().splitlines()[-1]
+    assert summary.startswith("Created ")
+    assert f"{created['projects']} projects" in summary
+    assert f"{created['services']} services" in summary
+    assert f"{created['points']:,} CPU points" in summary
+    assert f"{created['logs']:,} logs" in summary
+
+
+def test_seed_demo_creates_projects_each_with_several_varied_services(seeded):
+    projects, services = seeded["projects"], seeded["services"]
+    assert len(projects) >= 3
+    per_project = Counter(svc.project_id for svc in services)
+    assert set(per_project) == set(projects)
+    assert all(3 <= n <= 5 for n in per_project.values())
+    for project in projects.values():
+        assert project.owner
+        assert project.description
+        assert project.tags
+    assert len({svc.status for svc in services}) == len(STATUSES)
+    assert len({svc.health for svc in services}) == len(HEALTHS)
+    for svc in services:
+        assert svc.port
+        assert svc.url.startswith("http://")
+        assert svc.version
+        assert svc.container_name
+        assert svc.last_deployment <= seeded["after"]
+        if svc.status in ("Running", "Starting"):
+            assert svc.uptime
+
+
+def test_seed_demo_writes_hundreds_of_logs_over_the_last_day(seeded):
+    logs = seeded["logs"]
+    assert len(logs) > 500
+    first_allowed = seeded["before"] - timedelta(days=1)
+    for entry in logs:
+        assert first_allowed <= entry["timestamp"] <= seeded["after"]
+        assert entry["timestamp"].microsecond % 1000 == 0
+        assert entry["message"]
+    # every service logged something in the period (even the stopped one, before it stopped)
+    assert {entry["service_id"] for entry in logs} == {svc.id for svc in seeded["services"]}
+
+
+def test_seeded_logs_have_a_realistic_severity_mix_and_consistent_levels(seeded):
+    logs = seeded["logs"]
+    severities = Counter(entry["severity"] for entry in logs)
+    assert set(severities) == set(SEVERITIES)
+    assert severities.most_common()[0][0] == "info"
+    assert severities.most_common()[-1][0] == "critical"
+    assert (severities["info"] + severities["debug"]) / len(logs) > 0.75
+    assert severities["warn"] > severities["error"] > severities["critical"] > 0
+    assert all(entry["level"] == SEVERITY_LEVEL[entry["severity"]] for entry in logs)
+
+
+def test_seed_demo_creates_one_metric_entry_per_service(seeded):
+    by_service = {metric.service_id: metric for metric in seeded["metrics"]}
+    assert len(by_service) == len(seeded["metrics"]) == len(seeded["services"])
+    for svc in seeded["services"]:
+        metric = by_service[svc.id]
+        assert metric.project_id == svc.project_id
+        assert metric.service_name == svc.name
+        assert metric.service_key == name_key(svc.name)
+
+
+def test_seeded_cpu_points_come_every_15_minutes_for_the_day(seeded):
+    by_metric: dict = {}
+    for point in seeded["points"]:
+        by_metric.setdefault(point["metric_id"], []).append(point)
+    assert set(by_metric) == {metric.id for metric in seeded["metrics"]}
+    for points in by_metric.values():
+        assert abs(len(points) - 96) <= 1
+        times = [point["time"] for point in points]
+        assert all(b - a == QUARTER_HOUR for a, b in itertools.pairwise(times))
+        assert times[-1] <= seeded["after"] < times[-1] + QUARTER_HOUR
+        for point in points:
+            assert point["load"] >= 0
+            assert 0 <= point["memory"] <= 100
+            assert isinstance(point["threads"], int)
+            assert point["threads"] >= 0
+
+
+def test_seeded_cpu_load_follows_a_daily_rhythm(seeded):
+    gateway = next(svc for svc in seeded["services"] if svc.name == "api-gateway")
+    metric = next(m for m in seeded["metrics"] if m.service_id == gateway.id)
+    by_hour: dict[int, list[float]] = {}
+    for point in seeded["points"]:
+        if point["metric_id"] == metric.id:
+            by_hour.setdefault(point["time"].hour, []).append(point["load"])
+
+    def mean(hours):
+        loads = [load for hour in hours for load in by_hour[hour]]
+        return sum(loads) / len(loads)
+
+    assert mean(range(12, 17)) > 1.5 * mean(range(0, 5))
+
+
+def test_seeded_data_is_readable_through_the_projects_api(seeded):
+    response = seeded["api"]
+    assert response.status_code == 200
+    body = response.json
+    services_per_project = Counter(str(svc.project_id) for svc in seeded["services"])
+    assert {item["name"] for item in body} == {p.name for p in seeded["projects"].values()}
+    for item in body:
+        assert len(item["microservices"]) == services_per_project[item["id"]]
+        for micro in item["microservices"]:
+            assert micro["projectId"] == item["id"]
+            assert micro["status"] in STATUSES
+            assert micro["health"] in HEALTHS
+
+
+# --- runs on a database of their own -------------------------------------------------
+
+
+def test_seed_demo_twice_creates_nothing_twice(app):
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=SEED_ONE_DAY).exit_code == 0
+    with app.app_context():
+        first = counts()
+
+    again = runner.invoke(args=SEED_ONE_DAY)
+
+    assert again.exit_code == 0, again.output
+    assert "nothing created" in again.output
+    with app.app_context():
+        assert counts() == first
+
+
+def test_if_empty_on_a_non_empty_database_creates_nothing(app):
+    with app.app_context():
+        make_project(name="Someone's project")
+
+    result = app.test_cli_runner().invoke(args=[*SEED_ONE_DAY, "--if-empty"])
+
+    assert result.exit_code == 0, result.output
+    assert "nothing seeded" in result.output
+    with app.app_context():
+        assert counts() == {"projects": 1, "services": 0, "metrics": 0, "points": 0, "logs": 0}
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "many"])
+def test_seed_demo_rejects_a_bad_days_value(app, days):
+    result = app.test_cli_runner().invoke(args=["seed-demo", "--days", days])
+    assert result.exit_code == 2
+    with app.app_context():
+        assert counts()["projects"] == 0
+
+
+@pytest.fixture
+def unreachable_app():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    app = create_app(
+        {
+            "TESTING": True,
+            "MONGODB_MOCK": False,
+            "MONGODB_URI": f"mongodb://127.0.0.1:{port}/polymicro_test",
+            "MONGODB_TIMEOUT_MS": 200,
+        }
+    )
+    yield app, port
+    close_db()
+
+
+def test_unreachable_database_gives_a_one_line_error_and_exit_1(unreachable_app):
+    app, port = unreachable_app
+
+    result = app.test_cli_runner().invoke(args=SEED_ONE_DAY)
+
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    error_lines = result.stderr.strip().splitlines()
+    assert len(error_lines) == 1
+    assert error_lines[0].startswith(f"Error: cannot reach MongoDB at 127.0.0.1:{port}")
+
+
+# --- the generators (no database) ----------------------------------------------------
+
+
+def _generate(seed: int, now: datetime):
+    project = demo.CATALOG[0]
+    spec = project.services[0]
+    timeline = demo.plan_timeline(demo.service_rng(seed, project, spec, "timeline"), "Running", now)
+    times = demo.point_times(now, 1)
+    points = demo.generate_points(
+        None, spec, timeline, demo.service_rng(seed, project, spec, "points"), times
+    )
+    maker = demo.LogMaker(None, None, project, spec, demo.service_rng(seed, project, spec, "logs"))
+    logs = demo.generate_logs(maker, timeline, now - timedelta(days=1), now)
+    return (
+        [(p.time, p.load, p.memory, p.threads) for p in points],
+        [(e.timestamp, e.severity, e.message, e.attributes) for e in logs],
+    )
+
+
+def test_the_same_seed_gives_the_same_data_and_another_seed_other_data():
+    now = datetime(2026, 11, 20, 9, 41, 7, 123000)
+    assert _generate(7, now) == _generate(7, now)
+    assert _generate(7, now) != _generate(8, now)
+
+
+def test_poisson_has_the_requested_mean():
+    rng = random.Random(1)
+    for lam in (0.5, 4.0, 50.0):
+        draws = [demo.poisson(rng, lam) for _ in range(4000)]
+        assert abs(sum(draws) / len(draws) - lam) < 0.1 * lam + 0.05
