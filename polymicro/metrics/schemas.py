@@ -1,0 +1,170 @@
+"""The CPU metrics entry, its points and the series buckets in the API contract."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from polymicro.common.fields import ObjectIdString, StrictFloat, StrictInteger, Trimmed, UTCDateTime
+from polymicro.common.schemas import BaseSchema, TimeWindowSchema
+from polymicro.common.timeutil import utcnow
+from polymicro.metrics.service import (
+    DEFAULT_POINTS,
+    DEFAULT_STEP,
+    MAX_LOAD,
+    MAX_POINTS_PER_WRITE,
+    MAX_STEP,
+    MAX_THREADS,
+    MIN_STEP,
+)
+
+STEP_RE = re.compile(r"^(\d+)(s|m|h|d)$")
+STEP_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class PointSchema(BaseSchema):
+    """One measurement.  ``memory`` and ``threads`` are ``null`` when not measured."""
+
+    time = UTCDateTime(
+        load_default=utcnow, metadata={"description": "When it was measured; default: now."}
+    )
+    load = StrictFloat(
+        required=True,
+        validate=validate.Range(min=0, max=MAX_LOAD),
+        metadata={"description": "CPU utilisation in percent; above 100 on several cores."},
+    )
+    memory = StrictFloat(
+        allow_none=True,
+        validate=validate.Range(min=0, max=100),
+        metadata={"description": "Memory used, in percent."},
+    )
+    threads = StrictInteger(allow_none=True, validate=validate.Range(min=0, max=MAX_THREADS))
+
+
+def _points_list(**kwargs) -> fields.List:
+    return fields.List(
+        fields.Nested(PointSchema),
+        validate=validate.Length(
+            max=MAX_POINTS_PER_WRITE, error=f"At most {MAX_POINTS_PER_WRITE} points."
+        ),
+        **kwargs,
+    )
+
+
+class MetricSchema(BaseSchema):
+    """An entry.  On create ``data`` holds optional initial points; on read, the points
+    of the requested window, oldest first."""
+
+    id = ObjectIdString(dump_only=True)
+    project_id = ObjectIdString(required=True)
+    service_id = ObjectIdString(dump_only=True)
+    service_name = Trimmed(
+        required=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "Name of a service of the project (case-insensitive)."},
+    )
+    data = _points_list()
+    created_at = UTCDateTime(dump_only=True)
+    updated_at = UTCDateTime(dump_only=True)
+
+
+class MetricUpdateSchema(BaseSchema):
+    """PUT: ``data`` replaces every point of the entry (``[]`` removes them all); a body
+    without ``data`` changes nothing.  No other field may be sent."""
+
+    data = _points_list()
+
+
+class PointsBodySchema(PointSchema):
+    """``POST …/data``: one point object, or an array of 1–10000 points.
+
+    Loads to a list of points either way.  A bad point in an array is reported under
+    its index (``errors.json.<index>``); the length of the array under ``_schema``.
+    """
+
+    def load(self, data, *, many=None, partial=None, unknown=None):
+        if isinstance(data, list):
+            if not data:
+                raise ValidationError({"_schema": ["Send at least one point."]})
+            if len(data) > MAX_POINTS_PER_WRITE:
+                message = (
+                    f"Send at most {MAX_POINTS_PER_WRITE} points per request (got {len(data)})."
+                )
+                raise ValidationError({"_schema": [message]})
+            return super().load(data, many=True, partial=partial, unknown=unknown)
+        return [super().load(data, many=False, partial=partial, unknown=unknown)]
+
+
+class InsertedSchema(Schema):
+    inserted = fields.Integer(metadata={"description": "How many points were stored."})
+
+
+class PointsWindowSchema(TimeWindowSchema):
+    """Which points each entry returns in ``data``: the latest ``points`` inside
+    ``[since, until]``, oldest first."""
+
+    points = fields.Integer(
+        load_default=DEFAULT_POINTS,
+        validate=validate.Range(min=1, max=MAX_POINTS_PER_WRITE),
+        metadata={"description": "How many of the latest points of the window to return."},
+    )
+
+
+class MetricQueryArgsSchema(PointsWindowSchema):
+    project_id = ObjectIdString()
+
+
+class Step(fields.String):
+    """A bucket width such as ``30s``, ``5m``, ``1h``, ``1d``; loads to a ``timedelta``."""
+
+    default_error_messages = {
+        "invalid_step": "Use a number and a unit s, m, h or d, e.g. 5m.",
+        "step_range": "The step must be between 10s and 1d.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        match = STEP_RE.match(super()._deserialize(value, attr, data, **kwargs))
+        if match is None:
+            raise self.make_error("invalid_step")
+        seconds = int(match.group(1)) * STEP_UNITS[match.group(2)]
+        if not MIN_STEP.total_seconds() <= seconds <= MAX_STEP.total_seconds():
+            raise self.make_error("step_range")
+        return timedelta(seconds=seconds)
+
+
+class SeriesQueryArgsSchema(TimeWindowSchema):
+    step = Step(
+        load_default=DEFAULT_STEP,
+        metadata={
+            "description": "Bucket width, 10s to 1d (default 5m).",
+            "pattern": STEP_RE.pattern,
+        },
+    )
+
+
+class LoadStatsSchema(Schema):
+    avg = fields.Float()
+    min = fields.Float()
+    max = fields.Float()
+
+
+class MemoryStatsSchema(Schema):
+    avg = fields.Float(allow_none=True)
+    max = fields.Float(allow_none=True)
+
+
+class ThreadStatsSchema(Schema):
+    max = fields.Integer(allow_none=True)
+
+
+class BucketSchema(Schema):
+    """The points of one ``step``-wide bucket (``time`` = its start); ``memory`` and
+    ``threads`` are ``null`` when no point of the bucket measured them."""
+
+    time = UTCDateTime()
+    count = fields.Integer()
+    load = fields.Nested(LoadStatsSchema)
+    memory = fields.Nested(MemoryStatsSchema)
+    threads = fields.Nested(ThreadStatsSchema)

@@ -1,12 +1,222 @@
-"""CPU metrics use cases."""
+"""CPU metrics use cases: one entry per service of a project, points stored one per
+document (see ``models.py``), windows read through the ``(metric_id, time)`` index and
+downsampling done by the database.
+
+Appending points does not touch the entry document: points arrive all day, and
+rewriting the entry (or moving its ``updated_at``) on every append would turn each
+append into two writes and make the entry a hot spot shared by every writer.  An
+entry's ``updated_at`` therefore moves only when the entry itself changes (its service
+is renamed, or ``PUT`` replaces its points).
+"""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
+from functools import partial
 
 from bson import ObjectId
 
 from polymicro.common.models import name_key
-from polymicro.common.timeutil import utcnow
+from polymicro.common.pagination import PagedQuery
+from polymicro.common.timeutil import to_utc_naive, utcnow
+from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.projects.models import Project
+from polymicro.services.models import Service
+
+DEFAULT_POINTS = 500  # points per entry returned by a read unless ``points`` says otherwise
+MAX_POINTS_PER_WRITE = 10_000  # points per request (append, create, replace)
+MAX_LOAD = 100_000.0  # percent: 1000 fully busy cores
+MAX_THREADS = 10_000_000
+MIN_STEP = timedelta(seconds=10)
+MAX_STEP = timedelta(days=1)
+DEFAULT_STEP = timedelta(minutes=5)
+DEFAULT_SERIES_WINDOW = timedelta(hours=24)
+MAX_BUCKETS = 10_000
+
+ORDER = ("id",)  # creation order, served by the _id index
+EPOCH = datetime(1970, 1, 1)
+POINT_FIELDS = ("time", "load", "memory", "threads")
+
+
+# --- reading ------------------------------------------------------------------------
+
+
+def latest_points(
+    metric_id: ObjectId,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    points: int = DEFAULT_POINTS,
+) -> list[dict]:
+    """The latest ``points`` points of an entry inside ``[since, until]``, oldest first.
+
+    One index range scan on ``(metric_id, time)``, newest first, stopped after
+    ``points`` documents; reversed here.
+    """
+    query = CpuPoint.objects(metric_id=metric_id)
+    if since is not None:
+        query = query.filter(time__gte=since)
+    if until is not None:
+        query = query.filter(time__lte=until)
+    rows = query.order_by("-time").limit(points).only(*POINT_FIELDS).as_pymongo()
+    return [{key: row.get(key) for key in POINT_FIELDS} for row in reversed(list(rows))]
+
+
+def attach_points(
+    metrics: list[CpuMetric],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    points: int = DEFAULT_POINTS,
+) -> list[CpuMetric]:
+    """Give each entry its ``data`` for the window (one indexed query per entry)."""
+    for metric in metrics:
+        metric.data = latest_points(metric.id, since, until, points)
+    return metrics
+
+
+def _paged(query, since, until, points) -> PagedQuery:
+    window = partial(attach_points, since=since, until=until, points=points)
+    return PagedQuery(query.order_by(*ORDER), per_page=window)
+
+
+def list_metrics(
+    project_id: ObjectId | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    points: int = DEFAULT_POINTS,
+) -> PagedQuery:
+    """Entries (optionally of one project); each page gets the points of its entries."""
+    query = CpuMetric.objects
+    if project_id is not None:
+        query = query.filter(project_id=project_id)
+    return _paged(query, since, until, points)
+
+
+def list_project_metrics(project_id: ObjectId, **window) -> PagedQuery:
+    if not Project.objects(id=project_id).count():
+        raise NotFound(f"Project {project_id} not found.")
+    return list_metrics(project_id=project_id, **window)
+
+
+def list_service_metrics(
+    service_name: str,
+    project_id: ObjectId | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    points: int = DEFAULT_POINTS,
+) -> PagedQuery:
+    """Entries whose service has this name (case-insensitive), in any project or in one."""
+    query = CpuMetric.objects(service_key=name_key(service_name.strip()))
+    if project_id is not None:
+        query = query.filter(project_id=project_id)
+    return _paged(query, since, until, points)
+
+
+def find_metric(metric_id: ObjectId) -> CpuMetric | None:
+    return CpuMetric.objects(id=metric_id).first()
+
+
+def _require_metric(metric_id: ObjectId) -> CpuMetric:
+    metric = find_metric(metric_id)
+    if metric is None:
+        raise NotFound(f"CPU metrics entry {metric_id} not found.")
+    return metric
+
+
+def get_metric(
+    metric_id: ObjectId,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    points: int = DEFAULT_POINTS,
+) -> CpuMetric:
+    """An entry with the latest ``points`` points of the window in ``data``."""
+    return attach_points([_require_metric(metric_id)], since, until, points)[0]
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def _insert_points(metric_id: ObjectId, points: list[dict]) -> list[ObjectId]:
+    """Store validated points in one bulk write; returns their ids.
+
+    Times are stored as naive UTC with millisecond precision (now when absent); absent
+    measurements are left out of the document (as mongoengine stores ``None``).
+    """
+    if not points:
+        return []
+    docs = []
+    for point in points:
+        time = point.get("time")
+        doc = {"metric_id": metric_id, "time": utcnow() if time is None else to_utc_naive(time)}
+        doc.update((k, point[k]) for k in ("load", "memory", "threads") if point.get(k) is not None)
+        docs.append(doc)
+    return CpuPoint._get_collection().insert_many(docs, ordered=True).inserted_ids
+
+
+def _delete_points_except(metric_id: ObjectId, keep: list[ObjectId]) -> None:
+    CpuPoint._get_collection().delete_many({"metric_id": metric_id, "_id": {"$nin": keep}})
+
+
+def create_metric(data: dict) -> CpuMetric:
+    """Create the entry of a service of a project, with optional initial points.
+
+    The service is named case-insensitively; the entry stores its id and its canonical
+    name.  One entry per (project, service): a second is a 409 (the unique index on
+    ``(project_id, service_id)`` settles a race).
+    """
+    project_id = data["project_id"]
+    if not Project.objects(id=project_id).count():
+        raise InvalidInput.field("project_id", "No project with this id.")
+    svc = Service.objects(project_id=project_id, name_key=name_key(data["service_name"])).first()
+    if svc is None:
+        raise InvalidInput.field("service_name", "The project has no service with this name.")
+    if CpuMetric.objects(project_id=project_id, service_id=svc.id).count():
+        raise Conflict(f"Service {svc.name!r} of project {project_id} already has a CPU entry.")
+    metric = CpuMetric(
+        project_id=project_id,
+        service_id=svc.id,
+        service_name=svc.name,
+        service_key=svc.name_key,
+    )
+    metric.save(force_insert=True)
+    _insert_points(metric.id, data.get("data") or [])
+    return attach_points([metric])[0]
+
+
+def replace_points(metric: CpuMetric, data: dict) -> CpuMetric:
+    """``PUT``: replace every point of the entry with ``data["data"]``.
+
+    The new points are inserted first, then the old ones are deleted by ``_id``: an
+    interruption between the two leaves old and new points side by side (repeating the
+    request repairs it), never an empty entry.  Points appended by another client while
+    the replacement runs are removed with the old ones (the last ``PUT`` wins).
+    A body without ``data`` changes nothing.
+    """
+    if "data" in data:
+        new_ids = _insert_points(metric.id, data["data"])
+        _delete_points_except(metric.id, new_ids)
+        metric.updated_at = utcnow()
+        metric.save()
+    return attach_points([metric])[0]
+
+
+def append_cpu_points(metric_id: ObjectId, points: list[dict]) -> int:
+    """Append validated points to an entry in one bulk write; returns how many.
+
+    The entry document is not rewritten (see the module docstring).
+    """
+    if not 1 <= len(points) <= MAX_POINTS_PER_WRITE:
+        message = f"Send 1 to {MAX_POINTS_PER_WRITE} points (got {len(points)})."
+        raise InvalidInput(message, {"json": {"_schema": [message]}})
+    if not CpuMetric.objects(id=metric_id).count():
+        raise NotFound(f"CPU metrics entry {metric_id} not found.")
+    return len(_insert_points(metric_id, points))
+
+
+def delete_metric(metric: CpuMetric) -> None:
+    """Delete an entry and its points (points first: never orphans no API can reach)."""
+    CpuPoint.objects(metric_id=metric.id).delete()
+    metric.delete()
 
 
 def delete_metrics(project_id: ObjectId | None = None, service_id: ObjectId | None = None) -> int:
@@ -29,3 +239,76 @@ def rename_service(service_id: ObjectId, new_name: str) -> None:
     CpuMetric.objects(service_id=service_id).update(
         set__service_name=new_name, set__service_key=name_key(new_name), set__updated_at=utcnow()
     )
+
+
+# --- downsampling -------------------------------------------------------------------
+
+
+def _bucket_count(since: datetime, until: datetime, step_ms: int) -> int:
+    """How many epoch-aligned buckets of ``step_ms`` the window ``[since, until]`` touches."""
+
+    def ms(value: datetime) -> int:
+        return (value - EPOCH) // timedelta(milliseconds=1)
+
+    return ms(until) // step_ms - ms(since) // step_ms + 1
+
+
+def cpu_series(
+    metric_id: ObjectId,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    step: timedelta = DEFAULT_STEP,
+) -> list[dict]:
+    """The points of ``[since, until]`` grouped into buckets of ``step``, oldest first.
+
+    Buckets are aligned on multiples of ``step`` since the Unix epoch (a 5m bucket starts
+    at :00, :05, …); ``time`` is a bucket's start.  Buckets without points are left out.
+    Default window: the 24 hours up to now.  The database does the work: one aggregation
+    (``$match`` on the ``(metric_id, time)`` index, ``$group``, ``$sort``); the bucket key
+    is computed with ``$subtract``/``$mod`` because ``$dateTrunc`` is not available
+    everywhere the service runs (mongomock).
+    """
+    if not MIN_STEP <= step <= MAX_STEP:
+        raise InvalidInput.field("step", "The step must be between 10s and 1d.", "query")
+    until = until if until is not None else utcnow()
+    since = since if since is not None else until - DEFAULT_SERIES_WINDOW
+    if since > until:
+        raise InvalidInput.field("since", "`since` must not be after `until`.", "query")
+    step_ms = step // timedelta(milliseconds=1)
+    buckets = _bucket_count(since, until, step_ms)
+    if buckets > MAX_BUCKETS:
+        raise InvalidInput.field(
+            "step",
+            f"The window spans {buckets} buckets of this step; at most {MAX_BUCKETS}: "
+            "choose a larger step or a shorter window.",
+            "query",
+        )
+    _require_metric(metric_id)
+    pipeline = [
+        {"$match": {"metric_id": metric_id, "time": {"$gte": since, "$lte": until}}},
+        {
+            "$group": {
+                "_id": {
+                    "$subtract": ["$time", {"$mod": [{"$subtract": ["$time", EPOCH]}, step_ms]}]
+                },
+                "count": {"$sum": 1},
+                "load_avg": {"$avg": "$load"},
+                "load_min": {"$min": "$load"},
+                "load_max": {"$max": "$load"},
+                "memory_avg": {"$avg": "$memory"},
+                "memory_max": {"$max": "$memory"},
+                "threads_max": {"$max": "$threads"},
+            }
+        },
+        {"$sort": {"_id": 1}},
+    ]
+    return [
+        {
+            "time": row["_id"],
+            "count": row["count"],
+            "load": {"avg": row["load_avg"], "min": row["load_min"], "max": row["load_max"]},
+            "memory": {"avg": row.get("memory_avg"), "max": row.get("memory_max")},
+            "threads": {"max": row.get("threads_max")},
+        }
+        for row in CpuPoint._get_collection().aggregate(pipeline)
+    ]
