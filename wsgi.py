@@ -1,5 +1,6 @@
 """WSGI entry point: ``gunicorn wsgi:app``."""
 
-from polymicro import create_app
+from polymicro import check_database, create_app
 
 app = create_app()
+check_database(app)

@@ -33,8 +33,6 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     errors.register_error_handlers(app)
     register_request_guards(app)
     register_cli(app)
-    if not app.config["TESTING"]:
-        check_database(app)
     return app
 
 
@@ -85,8 +83,12 @@ def register_cli(app: Flask) -> None:
 
 
 def check_database(app: Flask) -> None:
-    """Say clearly at start-up when the database cannot be reached (the app still starts
-    and answers 503 until it can, so it recovers without a restart)."""
+    """Say clearly at server start-up when the database cannot be reached.
+
+    Called by ``wsgi.py`` (not by CLI commands, which report their own errors).  The app
+    still starts and answers 503 until the database is reachable, so it recovers without
+    a restart.
+    """
     with app.app_context():
         try:
             ping_db()

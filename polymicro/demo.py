@@ -413,7 +413,7 @@ class Timeline:
 
 def service_rng(seed: int, project: ProjectSpec, spec: ServiceSpec, part: str) -> random.Random:
     """An independent, reproducible generator for one part of one service's data."""
-    return random.Random(f"{seed}/{project.name}/{spec.name}/{part}")  # noqa: S311 - demo data
+    return random.Random(f"{seed}/{project.name}/{spec.name}/{part}")
 
 
 def plan_timeline(rng: random.Random, status: str, now: datetime) -> Timeline:

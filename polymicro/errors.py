@@ -14,6 +14,7 @@ import logging
 from http import HTTPStatus
 
 import mongoengine
+from bson import errors as bson_errors
 from flask import Flask, jsonify, request
 from pymongo import errors as pymongo_errors
 from werkzeug.exceptions import HTTPException
@@ -102,6 +103,15 @@ def register_error_handlers(app: Flask) -> None:
 
     for exc_class in _DB_UNAVAILABLE:
         app.register_error_handler(exc_class, _db_unavailable)
+
+    @app.errorhandler(bson_errors.InvalidDocument)
+    @app.errorhandler(bson_errors.InvalidStringData)
+    @app.errorhandler(OverflowError)
+    def _unstorable(exc: Exception):
+        # Backstop: schemas refuse what BSON cannot hold (64-bit ints, lone surrogates,
+        # `$`/`.` keys); should one slip through, the client still gets a 4xx, not a 500.
+        log.error("unstorable value after schema validation: %s", exc)
+        return _respond(422, "A value cannot be stored (out of range or not encodable).")
 
     @app.errorhandler(mongoengine.ValidationError)
     def _model_validation(exc: mongoengine.ValidationError):

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from polymicro import create_app
+from polymicro import check_database, create_app
 from polymicro.common.timeutil import format_time, parse_time
 from polymicro.config import TestingConfig, load_config
 
@@ -164,7 +164,7 @@ def test_startup_logs_a_readable_message_when_the_database_is_down(caplog):
         TESTING=False,
     )
     with caplog.at_level("ERROR"):
-        create_app(config)
+        check_database(create_app(config))
     from polymicro.extensions import close_db
 
     close_db()

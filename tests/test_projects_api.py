@@ -74,6 +74,8 @@ class TestCreate:
             ({"name": "ok", "microservices": []}, "microservices"),
             ({"name": "ok", "created_at": "2026-01-01T00:00:00Z"}, "created_at"),
             ({"name": "ok", "color": "red"}, "color"),
+            ({"name": "x\ud800"}, "name"),
+            ({"name": "ok", "owner": "\udfff"}, "owner"),
         ],
     )
     def test_invalid_body_is_422_naming_the_field_and_stores_nothing(self, client, body, field):
@@ -218,6 +220,7 @@ class TestListing:
             "?page_size=0",
             "?page_size=1001",
             "?page_size=-5",
+            "?q=a%00b",
             "?page_size=1.5",
             "?q=" + "x" * 101,
         ],

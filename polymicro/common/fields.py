@@ -15,11 +15,35 @@ OBJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
 TAG_RE = r"^[a-z0-9._-]{1,50}$"
 
 
+def ensure_encodable(text: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``) that no UTF-8 database can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError("Not valid Unicode text (lone surrogate).") from exc
+    return text
+
+
 class Trimmed(fields.String):
-    """A string with surrounding white space removed before validation."""
+    """A storable string with surrounding white space removed before validation."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).strip()
+        return ensure_encodable(super()._deserialize(value, attr, data, **kwargs).strip())
+
+
+class SearchText(Trimmed):
+    """A ``q`` filter: matched literally (escaped), so only NUL, which no pattern can
+    carry, is refused; at most ``max_length`` characters."""
+
+    def __init__(self, max_length: int = 100, **kwargs):
+        kwargs.setdefault(
+            "validate",
+            [
+                validate.Length(max=max_length),
+                validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL."),
+            ],
+        )
+        super().__init__(**kwargs)
 
 
 class ObjectIdString(fields.String):

@@ -7,7 +7,14 @@ import numbers
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate
 
-from polymicro.common.fields import CaseInsensitiveChoice, ObjectIdString, Trimmed, UTCDateTime
+from polymicro.common.fields import (
+    CaseInsensitiveChoice,
+    ObjectIdString,
+    SearchText,
+    Trimmed,
+    UTCDateTime,
+    ensure_encodable,
+)
 from polymicro.common.schemas import BaseSchema, TimeWindowSchema
 from polymicro.logs.models import SEVERITIES, SEVERITY_ALIASES
 
@@ -21,29 +28,12 @@ BATCH_MAX = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _encodable(text: str) -> None:
-    """JSON can carry lone surrogates (``"\\ud800"``) that no UTF-8 database can store."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValidationError("Not valid Unicode text (lone surrogate).") from exc
-
-
-class Text(Trimmed):
-    """A trimmed string that MongoDB can store (valid UTF-8)."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
-        _encodable(text)
-        return text
-
-
 class AttributeKey(fields.String):
     """A key MongoDB accepts: 1–64 chars, no leading ``$``, no ``.``, no NUL."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         key = super()._deserialize(value, attr, data, **kwargs)
-        _encodable(key)
+        ensure_encodable(key)
         if not 1 <= len(key) <= ATTRIBUTE_KEY_MAX:
             raise ValidationError(f"A key is 1-{ATTRIBUTE_KEY_MAX} characters.")
         if key.startswith("$") or "." in key or "\x00" in key:
@@ -59,7 +49,7 @@ class AttributeValue(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
-            _encodable(value)
+            ensure_encodable(value)
             if len(value) > ATTRIBUTE_TEXT_MAX:
                 raise ValidationError(f"A text value is at most {ATTRIBUTE_TEXT_MAX} characters.")
             return value
@@ -97,8 +87,8 @@ def _severity(**kwargs) -> CaseInsensitiveChoice:
     return CaseInsensitiveChoice(SEVERITIES, aliases=SEVERITY_ALIASES, **kwargs)
 
 
-def _label(**kwargs) -> Text:
-    return Text(allow_none=True, validate=validate.Length(max=LABEL_MAX), **kwargs)
+def _label(**kwargs) -> Trimmed:
+    return Trimmed(allow_none=True, validate=validate.Length(max=LABEL_MAX), **kwargs)
 
 
 class LogEntrySchema(BaseSchema):
@@ -111,7 +101,7 @@ class LogEntrySchema(BaseSchema):
         required=True,
         metadata={"description": "Case-insensitive; `warning`→`warn`, `fatal`→`critical`."},
     )
-    message = Text(required=True, validate=validate.Length(min=1, max=MESSAGE_MAX))
+    message = Trimmed(required=True, validate=validate.Length(min=1, max=MESSAGE_MAX))
     timestamp = UTCDateTime(metadata={"description": "Default: the time the entry arrived."})
     source = _label()
     test_id = _label()
@@ -125,7 +115,7 @@ class LogEntryUpdateSchema(LogEntrySchema):
     project_id = ObjectIdString()
     service_id = ObjectIdString()
     severity = _severity()
-    message = Text(validate=validate.Length(min=1, max=MESSAGE_MAX))
+    message = Trimmed(validate=validate.Length(min=1, max=MESSAGE_MAX))
 
 
 class LogBatchSchema(LogEntrySchema):
@@ -154,11 +144,8 @@ class LogFilterSchema(TimeWindowSchema):
     source = Trimmed(validate=validate.Length(max=LABEL_MAX))
     test_id = Trimmed(validate=validate.Length(max=LABEL_MAX))
     func_id = Trimmed(validate=validate.Length(max=LABEL_MAX))
-    q = Trimmed(
-        validate=[
-            validate.Length(max=1000),
-            validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL."),
-        ],
+    q = SearchText(
+        max_length=1000,
         metadata={"description": "Message contains this text (case-insensitive, literal)."},
     )
 

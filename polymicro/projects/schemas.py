@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from polymicro.common.fields import ObjectIdString, Tag, Tags, Trimmed, UTCDateTime
+from polymicro.common.fields import ObjectIdString, SearchText, Tag, Tags, Trimmed, UTCDateTime
 from polymicro.common.schemas import BaseQuerySchema, BaseSchema
 
 
@@ -49,8 +49,7 @@ class ProjectUpdateSchema(ProjectSchema):
 
 
 class ProjectQueryArgsSchema(BaseQuerySchema):
-    q = Trimmed(
-        validate=validate.Length(max=100),
+    q = SearchText(
         metadata={"description": "Name contains this text (case-insensitive, literal)."},
     )
     owner = Trimmed(validate=validate.Length(max=100))

@@ -7,6 +7,7 @@ from marshmallow import fields, validate
 from polymicro.common.fields import (
     CaseInsensitiveChoice,
     ObjectIdString,
+    SearchText,
     StrictInteger,
     Tags,
     Trimmed,
@@ -57,7 +58,6 @@ class ServiceQueryArgsSchema(BaseQuerySchema):
     project_id = ObjectIdString()
     status = CaseInsensitiveChoice(STATUSES)
     health = CaseInsensitiveChoice(HEALTHS)
-    q = Trimmed(
-        validate=validate.Length(max=100),
+    q = SearchText(
         metadata={"description": "Name contains this text (case-insensitive, literal)."},
     )
