@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mongoengine as me
 
 from polymicro.common.timeutil import utcnow
@@ -10,6 +12,16 @@ from polymicro.common.timeutil import utcnow
 def name_key(name: str) -> str:
     """The case-insensitive form of a name, used for uniqueness and name search."""
     return name.casefold()
+
+
+def contains_literally(db_field: str, text: str, ignore_case: bool = False) -> dict:
+    """A raw filter: ``db_field`` contains ``text`` as plain text, never as a pattern.
+
+    Sent as ``{"$regex": <escaped>, "$options": …}`` rather than as a BSON regex
+    (what mongoengine's ``contains`` sends): SecantusDB matches nothing when a BSON regex
+    meets an indexed field, while the ``$regex`` string form works on every server.
+    """
+    return {db_field: {"$regex": re.escape(text), "$options": "i" if ignore_case else ""}}
 
 
 class TimestampedDocument(me.Document):

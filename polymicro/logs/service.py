@@ -8,6 +8,7 @@ from datetime import datetime
 
 from bson import ObjectId
 
+from polymicro.common.models import contains_literally
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
@@ -51,7 +52,7 @@ def list_logs(
     if until is not None:
         query = query.filter(timestamp__lte=until)
     if q:
-        query = query.filter(message__icontains=q)  # literal: mongoengine escapes the regex
+        query = query.filter(__raw__=contains_literally("message", q, ignore_case=True))
     return query.order_by(*ORDER)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bson import ObjectId
 
-from polymicro.common.models import name_key
+from polymicro.common.models import contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, NotFound
@@ -25,7 +25,7 @@ def list_projects(
     """Projects matching the filters; each page gets its services in one query."""
     query = Project.objects
     if q:
-        query = query.filter(name_key__contains=name_key(q))  # literal: mongoengine escapes
+        query = query.filter(__raw__=contains_literally("name_key", name_key(q)))
     if owner:
         query = query.filter(owner=owner)
     if tag:

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from bson import ObjectId
 
-from polymicro.common.models import name_key
+from polymicro.common.models import contains_literally, name_key
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.logs import service as logs
@@ -40,7 +40,7 @@ def list_services(
     if health:
         query = query.filter(health=health)
     if q:
-        query = query.filter(name_key__contains=name_key(q))  # literal: mongoengine escapes
+        query = query.filter(__raw__=contains_literally("name_key", name_key(q)))
     return query.order_by(*ORDER)
 
 
