@@ -77,9 +77,10 @@ cleanup() {
         stop_pid "$db_pid" SecantusDB
         rm -f "$DB_PID_FILE"
     fi
+    [ -z "$app_pid$db_pid" ] || say "stopped"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+trap 'exit 0' INT # Ctrl-C is the normal way to stop: not an error
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
