@@ -927,13 +927,13 @@ def ensure_project(spec: ProjectSpec) -> tuple[Project, bool]:
         "path": f"/srv/projects/{spec.slug}",
         "tests_dir_path": "tests",
     }
-    return projects.create_project(data), True
+    return projects.load_project(projects.create_project(data)["id"]), True
 
 
 def ensure_service(
     project: Project, spec: ServiceSpec, timeline: Timeline, now: datetime, slug: str
 ) -> tuple[Service, bool]:
-    found = services.find_service_by_name(project.id, spec.name)
+    found = Service.objects(project_id=project.id, name_key=name_key(spec.name)).first()
     if found is not None:
         return found, False
     running = spec.status in ("Running", "Starting")
@@ -952,7 +952,7 @@ def ensure_service(
         "container_name": container,
         "tags": list(spec.tags),
     }
-    return services.create_service(data), True
+    return services.load_service(services.create_service(data)["id"]), True
 
 
 def ensure_metric(svc: Service) -> tuple[CpuMetric, bool]:

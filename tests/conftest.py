@@ -29,8 +29,9 @@ import mongoengine
 import pytest
 
 from polymicro import create_app
+from polymicro.common import caching
 from polymicro.config import TestingConfig
-from polymicro.extensions import close_db
+from polymicro.extensions import cache, close_db
 
 TEST_DB = os.environ.get("POLYMICRO_TEST_DB", "mongomock").lower()
 TEST_MONGODB_URI = os.environ.get("POLYMICRO_TEST_MONGODB_URI", "")
@@ -136,9 +137,8 @@ def _empty_database() -> None:
 @pytest.fixture
 def app(mongodb_uri, redis_url):
     app = create_app(_test_config(mongodb_uri, redis_url))
+    caching.reset_state()
     with app.app_context():
-        from polymicro.extensions import cache
-
         cache.clear()
         if mongodb_uri:
             _empty_database()

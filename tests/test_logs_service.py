@@ -359,7 +359,7 @@ class TestCascades:
         sibling = make_service(project=Project.objects.get(id=svc.project_id))
         log(svc)
         kept = log(sibling)
-        services.delete_service(svc)
+        services.delete_service(svc.id)
         assert [e.id for e in LogEntry.objects] == [kept.id]
 
     def test_deleting_a_project_deletes_its_logs(self, svc, other_svc):
@@ -367,7 +367,7 @@ class TestCascades:
 
         log(svc)
         kept = log(other_svc)
-        projects.delete_project(Project.objects.get(id=svc.project_id))
+        projects.delete_project(svc.project_id)
         assert [e.id for e in LogEntry.objects] == [kept.id]
 
 

@@ -203,7 +203,7 @@ def test_append_to_an_unknown_entry_raises_not_found(ctx):
 def test_replace_points_replaces_every_point(svc):
     metric = new_metric(svc, minute_points(10))
 
-    replaced = metrics.replace_points(metric, {"data": minute_points(2, start=50)})
+    replaced = metrics.replace_points(metric.id, {"data": minute_points(2, start=50)})
 
     assert loads(replaced) == [50.0, 51.0]
     assert CpuPoint.objects(metric_id=metric.id).count() == 2
@@ -213,7 +213,7 @@ def test_replace_points_without_data_changes_nothing(svc):
     metric = new_metric(svc, minute_points(3))
     updated_at = metric.updated_at
 
-    same = metrics.replace_points(metric, {})
+    same = metrics.replace_points(metric.id, {})
 
     assert loads(same) == [0.0, 1.0, 2.0]
     assert CpuMetric.objects.get(id=metric.id).updated_at == updated_at
@@ -232,23 +232,27 @@ def test_replace_points_inserts_before_deleting_so_a_crash_never_empties_the_ent
 
     monkeypatch.setattr(metrics, "_delete_points_except", crash)
     with pytest.raises(Crash):
-        metrics.replace_points(metric, {"data": minute_points(2, start=50)})
+        metrics.replace_points(metric.id, {"data": minute_points(2, start=50)})
     monkeypatch.undo()
 
     assert CpuPoint.objects(metric_id=metric.id).count() == 5  # old and new, never none
-    assert loads(metrics.replace_points(metric, {"data": minute_points(2, start=50)})) == [
+    assert loads(metrics.replace_points(metric.id, {"data": minute_points(2, start=50)})) == [
         50.0,
         51.0,
     ]
+
+
+def find_metric(metric_id):
+    return CpuMetric.objects(id=metric_id).first()
 
 
 def test_delete_metric_removes_the_entry_and_its_points_only(ctx):
     kept = new_metric(make_service(), minute_points(2))
     gone = new_metric(make_service(), minute_points(3))
 
-    metrics.delete_metric(gone)
+    metrics.delete_metric(gone.id)
 
-    assert metrics.find_metric(gone.id) is None
+    assert find_metric(gone.id) is None
     assert CpuPoint.objects(metric_id=gone.id).count() == 0
     assert CpuPoint.objects(metric_id=kept.id).count() == 2
 
@@ -259,29 +263,27 @@ def test_delete_metrics_by_service_and_by_project(ctx):
     first, second = new_metric(one, minute_points(2)), new_metric(two, minute_points(2))
     elsewhere = new_metric(make_service(), minute_points(2))
 
-    assert metrics.delete_metrics(service_id=one.id) == 1
-    assert metrics.find_metric(first.id) is None
-    assert metrics.find_metric(second.id) is not None
-    assert metrics.delete_metrics(project_id=project.id) == 1
+    assert metrics.delete_metrics(project.id, service_id=one.id) == 1
+    assert find_metric(first.id) is None
+    assert find_metric(second.id) is not None
+    assert metrics.delete_metrics(project.id) == 1
     assert CpuPoint.objects(metric_id__in=[first.id, second.id]).count() == 0
     assert CpuPoint.objects(metric_id=elsewhere.id).count() == 2
-    with pytest.raises(ValueError, match="project_id or service_id"):
-        metrics.delete_metrics()
 
 
 def test_deleting_a_service_cascades_to_its_metrics(svc):
     metric = new_metric(svc, minute_points(2))
 
-    services.delete_service(svc)
+    services.delete_service(svc.id)
 
-    assert metrics.find_metric(metric.id) is None
+    assert find_metric(metric.id) is None
     assert CpuPoint.objects(metric_id=metric.id).count() == 0
 
 
 def test_renaming_a_service_renames_its_entry(svc):
     metric = new_metric(svc)
 
-    services.update_service(svc, {"name": "Payments"})
+    services.update_service(svc.id, {"name": "Payments"})
 
     assert metrics.get_metric(metric.id).service_name == "Payments"
     assert [m.id for m in metrics.list_service_metrics("PAYMENTS")] == [metric.id]

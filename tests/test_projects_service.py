@@ -68,13 +68,13 @@ def test_list_pages_attach_microservices_in_bulk():
 def test_update_without_change_keeps_updated_at():
     project = make_project(owner="me")
     before = project.updated_at
-    updated = service.update_project(project, {"owner": "me"})
+    updated = service.update_project(project.id, {"owner": "me"})
     assert updated.updated_at == before
 
 
 def test_update_changes_fields_and_updated_at():
     project = make_project(owner="me")
-    updated = service.update_project(project, {"owner": "you", "name": "New"})
+    updated = service.update_project(project.id, {"owner": "you", "name": "New"})
     stored = Project.objects.get(id=project.id)
     assert (stored.owner, stored.name, stored.name_key) == ("you", "New", "new")
     assert updated.updated_at >= project.created_at
@@ -84,7 +84,7 @@ def test_rename_onto_another_name_raises_conflict():
     make_project(name="taken")
     project = make_project(name="mine")
     with pytest.raises(Conflict):
-        service.update_project(project, {"name": "TAKEN"})
+        service.update_project(project.id, {"name": "TAKEN"})
     assert Project.objects.get(id=project.id).name == "mine"
 
 
@@ -92,7 +92,7 @@ def test_delete_cascades():
     project = make_project()
     svc = make_service(project)
     LogEntry(project_id=project.id, service_id=svc.id, severity="info", level=1, message="m").save()
-    service.delete_project(project)
+    service.delete_project(project.id)
     assert Project.objects.count() == 0
     assert Service.objects.count() == 0
     assert LogEntry.objects.count() == 0

@@ -53,14 +53,14 @@ def test_list_filters():
 def test_project_cannot_change():
     svc = make_service()
     with pytest.raises(InvalidInput):
-        service.update_service(svc, {"project_id": make_project().id})
+        service.update_service(svc.id, {"project_id": make_project().id})
     assert Service.objects.get(id=svc.id).project_id == svc.project_id
 
 
 def test_same_project_id_is_accepted_as_noop():
     svc = make_service()
     before = svc.updated_at
-    assert service.update_service(svc, {"project_id": svc.project_id}).updated_at == before
+    assert service.update_service(svc.id, {"project_id": svc.project_id}).updated_at == before
 
 
 def test_rename_renames_the_metrics_entry():
@@ -68,7 +68,7 @@ def test_rename_renames_the_metrics_entry():
     CpuMetric(
         project_id=svc.project_id, service_id=svc.id, service_name="old", service_key="old"
     ).save()
-    service.update_service(svc, {"name": "New"})
+    service.update_service(svc.id, {"name": "New"})
     metric = CpuMetric.objects.get(service_id=svc.id)
     assert (metric.service_name, metric.service_key) == ("New", "new")
 
@@ -78,7 +78,7 @@ def test_rename_to_taken_name_raises_conflict():
     make_service(project, name="a")
     svc = make_service(project, name="b")
     with pytest.raises(Conflict):
-        service.update_service(svc, {"name": "A"})
+        service.update_service(svc.id, {"name": "A"})
 
 
 def test_services_by_project_groups_in_one_call():

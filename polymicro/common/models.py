@@ -36,3 +36,33 @@ class TimestampedDocument(me.Document):
         # A new document's updated_at equals its created_at to the millisecond.
         if self.updated_at is None:
             self.updated_at = self.created_at
+
+
+class View(dict):
+    """Plain data of a document, read as ``view["name"]`` or ``view.name``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def as_view(doc: me.Document, **extra) -> View:
+    """A document as plain data (what the cache stores and the schemas dump).
+
+    mongoengine's list and dict wrappers are copied to plain ones: they hold a
+    reference to their document, which would otherwise be pickled along.
+    """
+    view = View()
+    for name in doc._fields:
+        value = getattr(doc, name)
+        if isinstance(value, list):
+            value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        view[name] = value
+    view.update(extra)
+    return view

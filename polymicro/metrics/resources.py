@@ -76,16 +76,14 @@ class MetricItem(MethodView):
     @blp.response(200, MetricSchema)
     def put(self, data, metric_id):
         """Replace all points of an entry with `data` (`If-Match`: the ETag of a plain GET)."""
-        metric = service.get_metric(metric_id)
-        blp.check_etag(metric, MetricSchema)
-        return service.replace_points(metric, data)
+        blp.check_etag(service.get_metric(metric_id), MetricSchema)
+        return service.replace_points(metric_id, data)
 
     @blp.response(204)
     def delete(self, metric_id):
         """Delete an entry with its points."""
-        metric = service.get_metric(metric_id)
-        blp.check_etag(metric, MetricSchema)
-        service.delete_metric(metric)
+        blp.check_etag(service.get_metric(metric_id), MetricSchema)
+        service.delete_metric(metric_id)
 
 
 @blp.route("/<objectid:metric_id>/data")

@@ -7,6 +7,9 @@ rewriting the entry (or moving its ``updated_at``) on every append would turn ea
 append into two writes and make the entry a hot spot shared by every writer.  An
 entry's ``updated_at`` therefore moves only when the entry itself changes (its service
 is renamed, or ``PUT`` replaces its points).
+
+The entries of a project (the dashboard's hot read) are cached in the namespace
+``metrics:<project id>``; every write to an entry or its points bumps it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from functools import partial
 
 from bson import ObjectId
 
-from polymicro.common.models import name_key
+from polymicro.common import caching
+from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import to_utc_naive, utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
@@ -62,20 +66,18 @@ def latest_points(
     return [{key: row.get(key) for key in POINT_FIELDS} for row in reversed(list(rows))]
 
 
-def attach_points(
+def metric_views(
     metrics: list[CpuMetric],
     since: datetime | None = None,
     until: datetime | None = None,
     points: int = DEFAULT_POINTS,
-) -> list[CpuMetric]:
-    """Give each entry its ``data`` for the window (one indexed query per entry)."""
-    for metric in metrics:
-        metric.data = latest_points(metric.id, since, until, points)
-    return metrics
+) -> list[dict]:
+    """Views of entries with their ``data`` for the window (one indexed query each)."""
+    return [as_view(m, data=latest_points(m.id, since, until, points)) for m in metrics]
 
 
 def _paged(query, since, until, points) -> PagedQuery:
-    window = partial(attach_points, since=since, until=until, points=points)
+    window = partial(metric_views, since=since, until=until, points=points)
     return PagedQuery(query.order_by(*ORDER), per_page=window)
 
 
@@ -92,10 +94,24 @@ def list_metrics(
     return _paged(query, since, until, points)
 
 
-def list_project_metrics(project_id: ObjectId, **window) -> PagedQuery:
-    if not Project.objects(id=project_id).count():
+def list_project_metrics(
+    project_id: ObjectId,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    points: int = DEFAULT_POINTS,
+) -> caching.CachedQuery:
+    """The entries of a project with their points (cached per project)."""
+    namespace = caching.metrics_namespace(project_id)
+    exists = caching.cached(  # only a True is cached (None is not): deletes bump it
+        namespace,
+        "project-exists",
+        lambda: Project.objects(id=project_id).count() > 0 or None,
+    )
+    if not exists:
         raise NotFound(f"Project {project_id} not found.")
-    return list_metrics(project_id=project_id, **window)
+    paged = list_metrics(project_id=project_id, since=since, until=until, points=points)
+    key = caching.make_key("project-metrics", since=since, until=until, points=points)
+    return caching.CachedQuery(namespace, key, paged)
 
 
 def list_service_metrics(
@@ -112,12 +128,9 @@ def list_service_metrics(
     return _paged(query, since, until, points)
 
 
-def find_metric(metric_id: ObjectId) -> CpuMetric | None:
-    return CpuMetric.objects(id=metric_id).first()
-
-
-def _require_metric(metric_id: ObjectId) -> CpuMetric:
-    metric = find_metric(metric_id)
+def load_metric(metric_id: ObjectId) -> CpuMetric:
+    """The stored entry (for writes); NotFound when there is none."""
+    metric = CpuMetric.objects(id=metric_id).first()
     if metric is None:
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
     return metric
@@ -128,9 +141,9 @@ def get_metric(
     since: datetime | None = None,
     until: datetime | None = None,
     points: int = DEFAULT_POINTS,
-) -> CpuMetric:
+) -> dict:
     """An entry with the latest ``points`` points of the window in ``data``."""
-    return attach_points([_require_metric(metric_id)], since, until, points)[0]
+    return metric_views([load_metric(metric_id)], since, until, points)[0]
 
 
 # --- writing ------------------------------------------------------------------------
@@ -157,7 +170,7 @@ def _delete_points_except(metric_id: ObjectId, keep: list[ObjectId]) -> None:
     CpuPoint._get_collection().delete_many({"metric_id": metric_id, "_id": {"$nin": keep}})
 
 
-def create_metric(data: dict) -> CpuMetric:
+def create_metric(data: dict) -> dict:
     """Create the entry of a service of a project, with optional initial points.
 
     The service is named case-insensitively; the entry stores its id and its canonical
@@ -180,10 +193,11 @@ def create_metric(data: dict) -> CpuMetric:
     )
     metric.save(force_insert=True)
     _insert_points(metric.id, data.get("data") or [])
-    return attach_points([metric])[0]
+    caching.bump(caching.metrics_namespace(project_id))
+    return metric_views([metric])[0]
 
 
-def replace_points(metric: CpuMetric, data: dict) -> CpuMetric:
+def replace_points(metric_id: ObjectId, data: dict) -> dict:
     """``PUT``: replace every point of the entry with ``data["data"]``.
 
     The new points are inserted first, then the old ones are deleted by ``_id``: an
@@ -192,12 +206,14 @@ def replace_points(metric: CpuMetric, data: dict) -> CpuMetric:
     the replacement runs are removed with the old ones (the last ``PUT`` wins).
     A body without ``data`` changes nothing.
     """
+    metric = load_metric(metric_id)
     if "data" in data:
         new_ids = _insert_points(metric.id, data["data"])
         _delete_points_except(metric.id, new_ids)
         metric.updated_at = utcnow()
         metric.save()
-    return attach_points([metric])[0]
+        caching.bump(caching.metrics_namespace(metric.project_id))
+    return metric_views([metric])[0]
 
 
 def append_cpu_points(metric_id: ObjectId, points: list[dict]) -> int:
@@ -208,37 +224,42 @@ def append_cpu_points(metric_id: ObjectId, points: list[dict]) -> int:
     if not 1 <= len(points) <= MAX_POINTS_PER_WRITE:
         message = f"Send 1 to {MAX_POINTS_PER_WRITE} points (got {len(points)})."
         raise InvalidInput(message, {"json": {"_schema": [message]}})
-    if not CpuMetric.objects(id=metric_id).count():
+    project_id = CpuMetric.objects(id=metric_id).scalar("project_id").first()
+    if project_id is None:
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
-    return len(_insert_points(metric_id, points))
+    inserted = len(_insert_points(metric_id, points))
+    caching.bump(caching.metrics_namespace(project_id))
+    return inserted
 
 
-def delete_metric(metric: CpuMetric) -> None:
+def delete_metric(metric_id: ObjectId) -> None:
     """Delete an entry and its points (points first: never orphans no API can reach)."""
+    metric = load_metric(metric_id)
     CpuPoint.objects(metric_id=metric.id).delete()
     metric.delete()
+    caching.bump(caching.metrics_namespace(metric.project_id))
 
 
-def delete_metrics(project_id: ObjectId | None = None, service_id: ObjectId | None = None) -> int:
-    """Delete the metrics entries (and their points) of a project or of a service."""
-    if project_id is None and service_id is None:
-        raise ValueError("delete_metrics needs project_id or service_id")
-    query = CpuMetric.objects
-    if project_id is not None:
-        query = query.filter(project_id=project_id)
+def delete_metrics(project_id: ObjectId, service_id: ObjectId | None = None) -> int:
+    """Delete the metrics entries (and their points) of a project, or of one of its
+    services (used by the cascades)."""
+    query = CpuMetric.objects(project_id=project_id)
     if service_id is not None:
         query = query.filter(service_id=service_id)
     metric_ids = list(query.scalar("id"))
     if metric_ids:
         CpuPoint.objects(metric_id__in=metric_ids).delete()
-    return query.delete()
+    deleted = query.delete()
+    caching.bump(caching.metrics_namespace(project_id))
+    return deleted
 
 
-def rename_service(service_id: ObjectId, new_name: str) -> None:
+def rename_service(project_id: ObjectId, service_id: ObjectId, new_name: str) -> None:
     """Keep the entry's ``service_name`` equal to its service's current name."""
     CpuMetric.objects(service_id=service_id).update(
         set__service_name=new_name, set__service_key=name_key(new_name), set__updated_at=utcnow()
     )
+    caching.bump(caching.metrics_namespace(project_id))
 
 
 # --- downsampling -------------------------------------------------------------------
@@ -283,7 +304,7 @@ def cpu_series(
             "choose a larger step or a shorter window.",
             "query",
         )
-    _require_metric(metric_id)
+    load_metric(metric_id)
     pipeline = [
         {"$match": {"metric_id": metric_id, "time": {"$gte": since, "$lte": until}}},
         {

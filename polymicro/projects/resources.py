@@ -56,12 +56,10 @@ class ProjectItem(MethodView):
     @blp.response(204)
     def delete(self, project_id):
         """Delete a project with its services, logs and metrics."""
-        project = service.get_project(project_id)
-        blp.check_etag(project, ProjectSchema)
-        service.delete_project(project)
+        blp.check_etag(service.get_project(project_id), ProjectSchema)
+        service.delete_project(project_id)
 
     @staticmethod
     def _update(data, project_id):
-        project = service.get_project(project_id)
-        blp.check_etag(project, ProjectSchema)
-        return service.update_project(project, data)
+        blp.check_etag(service.get_project(project_id), ProjectSchema)
+        return service.update_project(project_id, data)

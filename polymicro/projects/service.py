@@ -1,10 +1,15 @@
-"""Project use cases: the rules between the API and the documents."""
+"""Project use cases: the rules between the API and the documents.
+
+Reads return plain views (dicts) and are cached in the ``catalog`` namespace together
+with the services (a project embeds its services); every write bumps it.
+"""
 
 from __future__ import annotations
 
 from bson import ObjectId
 
-from polymicro.common.models import contains_literally, name_key
+from polymicro.common import caching
+from polymicro.common.models import as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, NotFound
@@ -21,7 +26,7 @@ SORTS = {
 
 def list_projects(
     q: str | None = None, owner: str | None = None, tag: str | None = None, sort: str = "name"
-) -> PagedQuery:
+) -> caching.CachedQuery:
     """Projects matching the filters; each page gets its services in one query."""
     query = Project.objects
     if q:
@@ -30,25 +35,35 @@ def list_projects(
         query = query.filter(owner=owner)
     if tag:
         query = query.filter(tags=tag)
-    return PagedQuery(query.order_by(*SORTS[sort]), per_page=attach_microservices)
+    paged = PagedQuery(query.order_by(*SORTS[sort]), per_page=project_views)
+    key = caching.make_key("projects", q=q, owner=owner, tag=tag, sort=sort)
+    return caching.CachedQuery(caching.CATALOG, key, paged)
 
 
-def attach_microservices(projects: list[Project]) -> list[Project]:
+def project_views(projects: list[Project]) -> list[dict]:
+    """Views of projects with their ``microservices``, fetched in one query for all."""
     by_project = services.services_by_project([p.id for p in projects])
-    for project in projects:
-        project.microservices = by_project.get(project.id, [])
-    return projects
+    return [as_view(p, microservices=by_project.get(p.id, [])) for p in projects]
 
 
-def find_project(project_id: ObjectId) -> Project | None:
-    return Project.objects(id=project_id).first()
-
-
-def get_project(project_id: ObjectId) -> Project:
-    project = find_project(project_id)
+def load_project(project_id: ObjectId) -> Project:
+    """The stored document (for writes); NotFound when there is none."""
+    project = Project.objects(id=project_id).first()
     if project is None:
         raise NotFound(f"Project {project_id} not found.")
-    return attach_microservices([project])[0]
+    return project
+
+
+def project_exists(project_id: ObjectId) -> bool:
+    return Project.objects(id=project_id).count() > 0
+
+
+def get_project(project_id: ObjectId) -> dict:
+    """A project with its ``microservices`` (cached)."""
+    key = caching.make_key("project", project_id)
+    return caching.cached(
+        caching.CATALOG, key, lambda: project_views([load_project(project_id)])[0]
+    )
 
 
 def _ensure_name_free(name: str, exclude: ObjectId | None = None) -> None:
@@ -59,16 +74,17 @@ def _ensure_name_free(name: str, exclude: ObjectId | None = None) -> None:
         raise Conflict(f"A project named {name!r} already exists (names are case-insensitive).")
 
 
-def create_project(data: dict) -> Project:
+def create_project(data: dict) -> dict:
     _ensure_name_free(data["name"])
     project = Project(**data, name_key=name_key(data["name"]))
     project.save(force_insert=True)  # a racing duplicate hits the unique index → 409
-    project.microservices = []
-    return project
+    caching.bump(caching.CATALOG)
+    return as_view(project, microservices=[])
 
 
-def update_project(project: Project, data: dict) -> Project:
+def update_project(project_id: ObjectId, data: dict) -> dict:
     """Apply a partial update; ``updated_at`` moves only when something changed."""
+    project = load_project(project_id)
     if "name" in data and name_key(data["name"]) != project.name_key:
         _ensure_name_free(data["name"], exclude=project.id)
     changed = {k: v for k, v in data.items() if getattr(project, k) != v}
@@ -78,14 +94,17 @@ def update_project(project: Project, data: dict) -> Project:
         project.name_key = name_key(project.name)
         project.updated_at = utcnow()
         project.save()
-    return attach_microservices([project])[0]
+        caching.bump(caching.CATALOG)
+    return project_views([project])[0]
 
 
-def delete_project(project: Project) -> None:
+def delete_project(project_id: ObjectId) -> None:
     """Delete the project with its services, their logs and their metrics.
 
     Children go first: an interruption leaves the project visible (and deletable
     again), never orphans that no API can reach.
     """
+    project = load_project(project_id)
     services.delete_services_of_project(project.id)
     project.delete()
+    caching.bump(caching.CATALOG)

@@ -66,12 +66,10 @@ class ServiceItem(MethodView):
     @blp.response(204)
     def delete(self, service_id):
         """Delete a service with its logs and metrics."""
-        svc = service.get_service(service_id)
-        blp.check_etag(svc, ServiceSchema)
-        service.delete_service(svc)
+        blp.check_etag(service.get_service(service_id), ServiceSchema)
+        service.delete_service(service_id)
 
     @staticmethod
     def _update(data, service_id):
-        svc = service.get_service(service_id)
-        blp.check_etag(svc, ServiceSchema)
-        return service.update_service(svc, data)
+        blp.check_etag(service.get_service(service_id), ServiceSchema)
+        return service.update_service(service_id, data)

@@ -1,4 +1,8 @@
-"""Service use cases: existence of the project, per-project name uniqueness, cascades."""
+"""Service use cases: existence of the project, per-project name uniqueness, cascades.
+
+Reads return plain views (dicts), cached in the ``catalog`` namespace (projects embed
+their services, so both share it); every write bumps it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ from collections import defaultdict
 
 from bson import ObjectId
 
-from polymicro.common.models import contains_literally, name_key
+from polymicro.common import caching
+from polymicro.common.models import as_view, contains_literally, name_key
+from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.logs import service as logs
@@ -17,12 +23,16 @@ from polymicro.services.models import Service
 ORDER = ("name_key", "id")
 
 
-def services_by_project(project_ids: list[ObjectId]) -> dict[ObjectId, list[Service]]:
-    """The services of several projects, fetched in one query."""
-    grouped: dict[ObjectId, list[Service]] = defaultdict(list)
+def _views(services: list[Service]) -> list[dict]:
+    return [as_view(svc) for svc in services]
+
+
+def services_by_project(project_ids: list[ObjectId]) -> dict[ObjectId, list[dict]]:
+    """Views of the services of several projects, fetched in one query."""
+    grouped: dict[ObjectId, list[dict]] = defaultdict(list)
     if project_ids:
         for svc in Service.objects(project_id__in=project_ids).order_by(*ORDER):
-            grouped[svc.project_id].append(svc)
+            grouped[svc.project_id].append(as_view(svc))
     return grouped
 
 
@@ -31,7 +41,7 @@ def list_services(
     status: str | None = None,
     health: str | None = None,
     q: str | None = None,
-):
+) -> caching.CachedQuery:
     query = Service.objects
     if project_id is not None:
         query = query.filter(project_id=project_id)
@@ -41,28 +51,34 @@ def list_services(
         query = query.filter(health=health)
     if q:
         query = query.filter(__raw__=contains_literally("name_key", name_key(q)))
-    return query.order_by(*ORDER)
+    paged = PagedQuery(query.order_by(*ORDER), per_page=_views)
+    key = caching.make_key("services", project_id=project_id, status=status, health=health, q=q)
+    return caching.CachedQuery(caching.CATALOG, key, paged)
 
 
-def list_project_services(project_id: ObjectId):
-    if not Project.objects(id=project_id).count():
+def list_project_services(project_id: ObjectId) -> caching.CachedQuery:
+    exists = caching.cached(  # only a True is cached (None is not): deletes bump CATALOG
+        caching.CATALOG,
+        caching.make_key("project-exists", project_id),
+        lambda: Project.objects(id=project_id).count() > 0 or None,
+    )
+    if not exists:
         raise NotFound(f"Project {project_id} not found.")
     return list_services(project_id=project_id)
 
 
-def find_service(service_id: ObjectId) -> Service | None:
-    return Service.objects(id=service_id).first()
-
-
-def get_service(service_id: ObjectId) -> Service:
-    svc = find_service(service_id)
+def load_service(service_id: ObjectId) -> Service:
+    """The stored document (for writes); NotFound when there is none."""
+    svc = Service.objects(id=service_id).first()
     if svc is None:
         raise NotFound(f"Service {service_id} not found.")
     return svc
 
 
-def find_service_by_name(project_id: ObjectId, name: str) -> Service | None:
-    return Service.objects(project_id=project_id, name_key=name_key(name)).first()
+def get_service(service_id: ObjectId) -> dict:
+    """A service (cached)."""
+    key = caching.make_key("service", service_id)
+    return caching.cached(caching.CATALOG, key, lambda: as_view(load_service(service_id)))
 
 
 def _ensure_name_free(project_id: ObjectId, name: str, exclude: ObjectId | None = None) -> None:
@@ -76,18 +92,20 @@ def _ensure_name_free(project_id: ObjectId, name: str, exclude: ObjectId | None 
         )
 
 
-def create_service(data: dict) -> Service:
+def create_service(data: dict) -> dict:
     if not Project.objects(id=data["project_id"]).count():
         raise InvalidInput.field("project_id", "No project with this id.")
     _ensure_name_free(data["project_id"], data["name"])
     svc = Service(**data, name_key=name_key(data["name"]))
     svc.save(force_insert=True)
-    return svc
+    caching.bump(caching.CATALOG)
+    return as_view(svc)
 
 
-def update_service(svc: Service, data: dict) -> Service:
+def update_service(service_id: ObjectId, data: dict) -> dict:
     """Apply a partial update.  ``project_id`` cannot change; a rename carries over to the
     service's CPU metrics entry (the dashboard matches entries by name)."""
+    svc = load_service(service_id)
     if "project_id" in data and data["project_id"] != svc.project_id:
         raise InvalidInput.field("project_id", "A service cannot move to another project.")
     data = {k: v for k, v in data.items() if k != "project_id"}
@@ -100,19 +118,23 @@ def update_service(svc: Service, data: dict) -> Service:
         svc.name_key = name_key(svc.name)
         svc.updated_at = utcnow()
         svc.save()
+        caching.bump(caching.CATALOG)
         if "name" in changed:
-            metrics.rename_service(svc.id, svc.name)
-    return svc
+            metrics.rename_service(svc.project_id, svc.id, svc.name)
+    return as_view(svc)
 
 
-def delete_service(svc: Service) -> None:
+def delete_service(service_id: ObjectId) -> None:
     """Delete the service with its logs and metrics (children first)."""
+    svc = load_service(service_id)
     logs.delete_logs(service_id=svc.id)
-    metrics.delete_metrics(service_id=svc.id)
+    metrics.delete_metrics(svc.project_id, service_id=svc.id)
     svc.delete()
+    caching.bump(caching.CATALOG)
 
 
 def delete_services_of_project(project_id: ObjectId) -> None:
     logs.delete_logs(project_id=project_id)
-    metrics.delete_metrics(project_id=project_id)
+    metrics.delete_metrics(project_id)
     Service.objects(project_id=project_id).delete()
+    caching.bump(caching.CATALOG)
