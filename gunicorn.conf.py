@@ -19,7 +19,11 @@ bind = [os.environ.get("POLYMICRO_GUNICORN_BIND", "127.0.0.1:8000")]
 # Provisional numbers: workers and threads will be set from the benchmark
 # (make bench) on the 2-core reference machine.
 worker_class = "gthread"
-workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2)
+# Without Redis the cache is an in-process SimpleCache: each worker would keep its own
+# copy and a write through one worker would not invalidate the others'.  So without
+# POLYMICRO_REDIS_URL the default is a single (threaded) worker, whose cache is coherent.
+_shared_cache = bool(os.environ.get("POLYMICRO_REDIS_URL", "").strip())
+workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2 if _shared_cache else 1)
 threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
 
 timeout = 30
