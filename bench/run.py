@@ -1,0 +1,907 @@
+"""Benchmark polymicro: reads against a bare-Flask ceiling, and log/CPU-point ingest.
+
+Usage (from the repository root; ``make bench`` builds .venv first)::
+
+    make bench                                     # full run, about 2.5 minutes on 2 cores
+    make bench BENCH_ARGS=--quick                  # smoke run, about 1 minute
+    make bench BENCH_ARGS='--workers 2 --threads 8 --duration 20'
+    make bench BENCH_ARGS='--sweep 1x8,2x4,2x8,4x2 --duration 5'   # reads only, ~50 s a combo
+    .venv/bin/python bench/run.py --help
+
+One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, SIGTERM):
+
+1. Redis at ``--redis-url`` (db 14, flushed; redis-server is started when nothing
+   answers on 6379) and a fresh SecantusDB (``secantusd-py``) in a temporary directory
+   (kept with ``--keep``).
+2. The ceiling: bench/hello.py, a bare Flask app answering ``{"hello": "world"}``, under
+   gunicorn with the same workers/threads/worker class (and no access log) as the app;
+   measured with wrk like every read below, then stopped.
+3. polymicro under gunicorn (``-c bench/gunicorn_conf.py``: the repo's gunicorn.conf.py
+   without the access log; workers/threads/class from the options, whose defaults come
+   from gunicorn.conf.py and so from POLYMICRO_GUNICORN_WORKERS/THREADS).
+4. Seeding through the API: 5 projects x 10 services, 2,000 logs per project (batches,
+   spread over the services, severities and the last two days), a CPU entry per service
+   with 96 points.
+5. Reads: each endpoint warmed (a few requests, then one second of wrk that is thrown
+   away), then ``wrk -t2 -c8 -d10s --latency``; requests/s, p50, p99, and the fraction of
+   the ceiling.  Any non-2xx response fails the run.
+6. Ingest: logs/s through single ``POST /api/logs`` (8 client threads, keep-alive), through
+   ``POST /api/logs/batch`` with 1000 entries per request, CPU points/s through
+   ``POST /api/metrics/cpu/{id}/data`` with 10,000 points per request, and raw pymongo
+   ``insert_many`` of the same log documents (as the app stores them) in batches of 1000
+   into a scratch collection with the ``logs`` collection's indexes.  Batch requests and
+   insert_many use the same number of clients (``--batch-clients``, 2).
+7. A markdown report (machine, settings, every figure) on stdout, the same as JSON in
+   var/bench/<UTC timestamp>.json, then PASS/MISS per target:
+   every GET >= 50% of the ceiling; every GET's p99 < 100 ms; batch log ingest >= 20x
+   single-POST ingest and >= 30% of raw insert_many.
+
+``--sweep 1x8,2x4,...`` (workers x threads) runs only the ceiling and the reads, once per
+combination, and prints a comparison table; use it to choose gunicorn's settings.
+
+Exit status: 0 when the measurement completed, whether targets were met or missed (it is a
+measurement, not a test); 1 when something broke (a server did not start, a request
+failed, a non-2xx response, wrk missing); 130/143 when interrupted.  wrk comes from
+Debian's ``wrk`` package and is installed with apt-get when missing and running as root.
+
+Note: every process (wrk, the Python clients, gunicorn, SecantusDB, Redis) shares this
+machine's cores, so figures include that contention; anything else running at the same
+time (the load average at start is in the report) makes them lower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+
+import pymongo
+from bson import ObjectId
+from load import HttpClient, WrkResult, ensure_wrk, run_parallel, run_wrk
+from servers import (
+    BENCH_DIR,
+    HOST,
+    ROOT,
+    BenchError,
+    GunicornSettings,
+    Processes,
+    Server,
+    ensure_redis,
+    start_gunicorn,
+    start_secantus,
+    stop_redis,
+)
+
+# --- what one run does --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of the seed data and of the ingest runs."""
+
+    projects: int = 5
+    services_per_project: int = 10
+    logs_per_project: int = 2_000
+    points_per_service: int = 96
+    single_posts: int = 2_000
+    log_batches: int = 20
+    batch_size: int = 1_000
+    point_posts: int = 10
+    points_per_post: int = 10_000
+
+
+FULL = Plan()
+QUICK = replace(FULL, single_posts=400, log_batches=4, point_posts=2)
+
+TARGET_CEILING_FRACTION = 0.50
+TARGET_P99_MS = 100.0
+TARGET_BATCH_VS_SINGLE = 20.0
+TARGET_BATCH_VS_RAW = 0.30
+
+SEVERITIES = ("debug", "info", "warn", "error", "critical")
+SEVERITY_WEIGHTS = (15, 55, 15, 12, 3)  # 12% errors: a project has a few pages of them
+LEVEL = {name: rank for rank, name in enumerate(SEVERITIES)}
+SEED_WINDOW = timedelta(days=2)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark polymicro (see the module docstring for what a run does).",
+    )
+    # Defaults: what gunicorn.conf.py sets (POLYMICRO_GUNICORN_WORKERS/THREADS) for an app
+    # with POLYMICRO_REDIS_URL set, as the benchmark serves it.
+    parser.add_argument("--workers", type=int, help="gunicorn workers (gunicorn.conf.py's)")
+    parser.add_argument("--threads", type=int, help="threads per worker (gunicorn.conf.py's)")
+    parser.add_argument("--worker-class", help="gunicorn worker class (gunicorn.conf.py's)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (10; --quick: 3)")
+    parser.add_argument("--warmup", type=float, help="seconds of discarded wrk per endpoint (1)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (8)")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument(
+        "--ingest-clients", type=int, help="client threads for single POSTs (= --connections)"
+    )
+    parser.add_argument(
+        "--batch-clients",
+        type=int,
+        default=2,
+        help="client threads for batch POSTs, point POSTs and insert_many (2)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: short wrk, less ingest")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary database dir")
+    parser.add_argument(
+        "--sweep", metavar="WxT,...", help="reads only, for each workers x threads, e.g. 1x8,2x4"
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--seed", type=int, default=1, help="random seed of the generated data")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
+    args = parser.parse_args(argv)
+    conf = gunicorn_defaults(args.redis_url)
+    args.workers = conf.workers if args.workers is None else args.workers
+    args.threads = conf.threads if args.threads is None else args.threads
+    args.worker_class = args.worker_class or conf.worker_class
+    if args.duration is None:
+        args.duration = 3.0 if args.quick else 10.0
+    if args.warmup is None:
+        args.warmup = 1.0
+    if args.ingest_clients is None:
+        args.ingest_clients = args.connections
+    args.plan = QUICK if args.quick else FULL
+    args.combos = parse_sweep(parser, args.sweep) if args.sweep else None
+    for name in ("workers", "threads", "connections", "wrk_threads", "ingest_clients"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_clients < 1 or args.duration <= 0:
+        parser.error("--batch-clients and --duration must be positive")
+    return args
+
+
+def parse_sweep(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+    combos = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", item)
+        if not match or min(int(match[1]), int(match[2])) < 1:
+            parser.error(f"--sweep: {item!r} is not WORKERSxTHREADS (e.g. 2x4)")
+        combos.append((int(match[1]), int(match[2])))
+    return combos
+
+
+def gunicorn_defaults(redis_url: str) -> GunicornSettings:
+    """workers/threads/worker_class as gunicorn.conf.py sets them in the environment the
+    app gets (this one plus POLYMICRO_REDIS_URL, on which its default workers depend)."""
+    saved = os.environ.get("POLYMICRO_REDIS_URL")
+    os.environ["POLYMICRO_REDIS_URL"] = redis_url
+    try:
+        conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    finally:
+        if saved is None:
+            del os.environ["POLYMICRO_REDIS_URL"]
+        else:
+            os.environ["POLYMICRO_REDIS_URL"] = saved
+    return GunicornSettings(conf["workers"], conf["threads"], conf["worker_class"])
+
+
+# --- seed data --------------------------------------------------------------------------------
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Seeded:
+    project_ids: list[str]
+    service_ids: dict[str, list[str]]  # by project id
+    metric_ids: list[str]
+    seconds: float
+
+
+class DataMaker:
+    """Deterministic, plausible request bodies."""
+
+    VERBS = ("GET", "POST", "PUT", "DELETE")
+    PATHS = ("/orders", "/users/{n}", "/cart", "/search?q=item{n}", "/health", "/pay/{n}")
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.now = datetime.now(UTC).replace(tzinfo=None)
+
+    def project(self, index: int) -> dict:
+        return {
+            "name": f"bench-project-{index}",
+            "description": f"Benchmark project {index}",
+            "owner": f"team-{index % 3}",
+            "tags": ["bench", f"tier-{index % 3}"],
+        }
+
+    def service(self, project_id: str, index: int) -> dict:
+        port = 8000 + index
+        return {
+            "project_id": project_id,
+            "name": f"svc-{index}",
+            "description": f"Benchmark service {index}",
+            "port": port,
+            "url": f"http://svc-{index}.internal:{port}",
+            "status": "Running",
+            "health": self.rng.choice(("Healthy", "Healthy", "Warning")),
+            "version": f"1.{index}.0",
+            "uptime": f"{self.rng.randint(1, 30)}d",
+            "last_deployment": iso(self.now - timedelta(days=self.rng.randint(1, 30))),
+            "tags": ["bench"],
+        }
+
+    def log(self, project_id: str, service_ids: list[str]) -> dict:
+        rng = self.rng
+        severity = rng.choices(SEVERITIES, SEVERITY_WEIGHTS)[0]
+        path = rng.choice(self.PATHS).format(n=rng.randint(1, 9999))
+        request_id = f"{rng.getrandbits(64):016x}"
+        when = self.now - timedelta(seconds=rng.uniform(0, SEED_WINDOW.total_seconds()))
+        return {
+            "project_id": project_id,
+            "service_id": rng.choice(service_ids),
+            "severity": severity,
+            "message": f"{rng.choice(self.VERBS)} {path} answered in {rng.randint(1, 900)} ms "
+            f"(request {request_id})",
+            "timestamp": iso(when),
+            "source": "bench",
+            "attributes": {"request_id": request_id, "attempt": rng.randint(1, 3)},
+        }
+
+    def points(self, count: int, start: datetime, step: timedelta) -> list[dict]:
+        rng = self.rng
+        return [
+            {
+                "time": iso(start + i * step),
+                "load": round(rng.uniform(0, 180), 2),
+                "memory": round(rng.uniform(10, 90), 2),
+                "threads": rng.randint(4, 64),
+            }
+            for i in range(count)
+        ]
+
+
+def stored_log(entry: dict) -> dict:
+    """A log entry as the app stores it (mongoengine's field order, ids, level, naive UTC)."""
+    return {
+        "project_id": ObjectId(entry["project_id"]),
+        "service_id": ObjectId(entry["service_id"]),
+        "severity": entry["severity"],
+        "level": LEVEL[entry["severity"]],
+        "message": entry["message"],
+        "timestamp": datetime.strptime(entry["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ"),
+        "source": entry["source"],
+        "attributes": entry["attributes"],
+    }
+
+
+def encode(payload) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def seed(port: int, plan: Plan, maker: DataMaker, batch_clients: int) -> Seeded:
+    say(
+        f"seeding: {plan.projects} projects x {plan.services_per_project} services, "
+        f"{plan.logs_per_project} logs per project, {plan.points_per_service} CPU points "
+        "per service"
+    )
+    started = time.perf_counter()
+    client = HttpClient(port)
+    project_ids, service_ids, metric_ids = [], {}, []
+    for p in range(plan.projects):
+        project_id = client.call("POST", "/api/projects", maker.project(p), expect=201)["id"]
+        project_ids.append(project_id)
+        service_ids[project_id] = [
+            client.call("POST", "/api/services", maker.service(project_id, s), expect=201)["id"]
+            for s in range(plan.services_per_project)
+        ]
+    # Logs: whole batches of at most batch_size, spread over every project's services.
+    jobs = []
+    for project_id in project_ids:
+        entries = [
+            maker.log(project_id, service_ids[project_id]) for _ in range(plan.logs_per_project)
+        ]
+        for i in range(0, len(entries), plan.batch_size):
+            jobs.append(("POST", "/api/logs/batch", encode(entries[i : i + plan.batch_size])))
+    run_parallel(port, batch_clients, jobs, expect=201)
+    # CPU: one entry per service, then its points (every 30 min over two days for 96).
+    step = SEED_WINDOW / max(plan.points_per_service, 1)
+    for p, project_id in enumerate(project_ids):
+        for s in range(plan.services_per_project):
+            body = {"project_id": project_id, "service_name": f"svc-{s}"}
+            metric_id = client.call("POST", "/api/metrics/cpu", body, expect=201)["id"]
+            metric_ids.append(metric_id)
+            points = maker.points(plan.points_per_service, maker.now - SEED_WINDOW, step)
+            inserted = client.call("POST", f"/api/metrics/cpu/{metric_id}/data", points, 201)
+            if inserted != {"inserted": len(points)}:
+                raise BenchError(f"seeding project {p}: CPU points answered {inserted}")
+    client.close()
+    seconds = time.perf_counter() - started
+    say(f"seeded in {seconds:.1f} s")
+    return Seeded(project_ids, service_ids, metric_ids, seconds)
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+def read_endpoints(seeded: Seeded) -> list[tuple[str, str]]:
+    """(label, path) of every read measured; all on the first project."""
+    p = seeded.project_ids[0]
+    return [
+        ("GET /api/projects", "/api/projects"),
+        ("GET /api/services/project/{id}", f"/api/services/project/{p}"),
+        ("GET /api/metrics/cpu/project/{id}", f"/api/metrics/cpu/project/{p}"),
+        ("GET /api/logs/project/{id}", f"/api/logs/project/{p}"),
+        ("GET /api/logs?project_id=…&severity=error", f"/api/logs?project_id={p}&severity=error"),
+        ("GET /api/projects/{id}", f"/api/projects/{p}"),
+    ]
+
+
+def measure_read(wrk: str, server: Server, label: str, path: str, args) -> dict:
+    """Warm ``path`` (3 checked requests, then ``--warmup`` s of wrk), then measure it."""
+    client = HttpClient(server.port)
+    for _ in range(3):
+        client.call("GET", path, expect=200)
+    client.close()
+    url = server.url + path
+    if args.warmup > 0:
+        warm = run_wrk(wrk, url, args.warmup, args.connections, args.wrk_threads)
+        require_2xx(label, warm)
+    result = run_wrk(wrk, url, args.duration, args.connections, args.wrk_threads)
+    server.check_alive()
+    require_2xx(label, result)
+    say(
+        f"{label:<44} {result.rps:9.1f} req/s   p50 {result.p50_ms:7.2f} ms   "
+        f"p99 {result.p99_ms:7.2f} ms"
+    )
+    return {"name": label, "path": path, **result.as_dict()}
+
+
+def require_2xx(label: str, result: WrkResult) -> None:
+    if result.non_2xx:
+        raise BenchError(
+            f"{label}: {result.non_2xx} of {result.requests} responses were not 2xx/3xx"
+        )
+    if any(result.socket_errors.values()):
+        say(f"warning: {label}: wrk socket errors {result.socket_errors}")
+
+
+def measure_ceiling(wrk, procs, settings, workdir, env, args) -> dict:
+    hello = start_gunicorn(
+        procs, "hello", "hello:app", settings, workdir, env, "/", pythonpath=BENCH_DIR
+    )
+    try:
+        return measure_read(wrk, hello, "bare Flask {hello: world} (ceiling)", "/", args)
+    finally:
+        procs.stop(hello)
+
+
+def with_ceiling(reads: list[dict], ceiling: dict) -> list[dict]:
+    for read in reads:
+        read["fraction_of_ceiling"] = read["rps"] / ceiling["rps"] if ceiling["rps"] else None
+    return reads
+
+
+# --- ingest --------------------------------------------------------------------------------
+
+
+def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, args) -> dict:
+    plan: Plan = args.plan
+
+    def entries(count: int) -> list[dict]:
+        out = []
+        for i in range(count):
+            project_id = seeded.project_ids[i % len(seeded.project_ids)]
+            out.append(maker.log(project_id, seeded.service_ids[project_id]))
+        return out
+
+    # Single POSTs: one entry per request, --ingest-clients keep-alive connections.
+    singles = entries(plan.single_posts)
+    jobs = [("POST", "/api/logs", encode(entry)) for entry in singles]
+    say(f"ingest: {len(jobs)} single POST /api/logs, {args.ingest_clients} clients")
+    single_s = run_parallel(port, args.ingest_clients, jobs, expect=201)
+    single = rate(len(singles), len(jobs), single_s, args.ingest_clients)
+    say(f"  {single['per_s']:.0f} logs/s")
+
+    # Batches of batch_size; the same entries (as stored) go to insert_many below.
+    batches = [entries(plan.batch_size) for _ in range(plan.log_batches)]
+    jobs = [("POST", "/api/logs/batch", encode(batch)) for batch in batches]
+
+    def check_batch(answer) -> None:
+        if answer.get("inserted") != plan.batch_size:
+            raise BenchError(f"POST /api/logs/batch answered inserted={answer.get('inserted')}")
+
+    say(
+        f"ingest: {len(jobs)} POST /api/logs/batch x {plan.batch_size}, "
+        f"{args.batch_clients} clients"
+    )
+    batch_s = run_parallel(port, args.batch_clients, jobs, expect=201, check=check_batch)
+    batch = rate(plan.log_batches * plan.batch_size, len(jobs), batch_s, args.batch_clients)
+    say(f"  {batch['per_s']:.0f} logs/s")
+
+    # CPU points: point_posts requests of points_per_post, one entry each (round-robin).
+    start = maker.now - timedelta(days=30)
+    jobs = []
+    for i in range(plan.point_posts):
+        metric_id = seeded.metric_ids[i % len(seeded.metric_ids)]
+        points = maker.points(
+            plan.points_per_post, start + timedelta(hours=i), timedelta(seconds=1)
+        )
+        jobs.append(("POST", f"/api/metrics/cpu/{metric_id}/data", encode(points)))
+
+    def check_points(answer) -> None:
+        if answer != {"inserted": plan.points_per_post}:
+            raise BenchError(f"POST /api/metrics/cpu/{{id}}/data answered {answer}")
+
+    say(
+        f"ingest: {len(jobs)} POST /api/metrics/cpu/{{id}}/data x {plan.points_per_post}, "
+        f"{args.batch_clients} clients"
+    )
+    points_s = run_parallel(port, args.batch_clients, jobs, expect=201, check=check_points)
+    points = rate(plan.point_posts * plan.points_per_post, len(jobs), points_s, args.batch_clients)
+    say(f"  {points['per_s']:.0f} points/s")
+
+    say(f"ingest: raw insert_many, {plan.log_batches} x {plan.batch_size} into a logs-like copy")
+    raw_s = raw_insert_many(mongo_uri, [[stored_log(e) for e in b] for b in batches], args)
+    raw = rate(plan.log_batches * plan.batch_size, plan.log_batches, raw_s, args.batch_clients)
+    say(f"  {raw['per_s']:.0f} logs/s")
+    return {
+        "single_post_logs": single,
+        "batch_post_logs": batch,
+        "cpu_points": points,
+        "raw_insert_many_logs": raw,
+        "batch_vs_single": batch["per_s"] / single["per_s"],
+        "batch_vs_raw": batch["per_s"] / raw["per_s"],
+    }
+
+
+def rate(items: int, requests: int, seconds: float, clients: int) -> dict:
+    return {
+        "items": items,
+        "requests": requests,
+        "clients": clients,
+        "seconds": seconds,
+        "per_s": items / seconds,
+    }
+
+
+def raw_insert_many(mongo_uri: str, batches: list[list[dict]], args) -> float:
+    """insert_many of each batch into ``bench_raw_logs``, which gets every index of the
+    app's ``logs`` collection first; ``--batch-clients`` threads; returns wall seconds."""
+    client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        db = client.get_default_database()
+        scratch = db["bench_raw_logs"]
+        scratch.drop()
+        indexes = db["logs"].index_information()
+        if len(indexes) < 2:
+            raise BenchError("the logs collection has no secondary index to copy")
+        for name, spec in indexes.items():
+            if name == "_id_":
+                continue
+            options = {k: v for k, v in spec.items() if k not in ("key", "v", "ns")}
+            scratch.create_index(spec["key"], name=name, **options)
+        clients = max(1, min(args.batch_clients, len(batches)))
+        shares = [batches[i::clients] for i in range(clients)]
+        start_line = threading.Barrier(clients + 1)
+        failures: list[BaseException] = []
+
+        def worker(share: list[list[dict]]) -> None:
+            start_line.wait()
+            try:
+                for batch in share:
+                    scratch.insert_many(batch, ordered=True)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in shares]
+        for thread in threads:
+            thread.start()
+        start_line.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        if failures:
+            raise BenchError(f"insert_many failed: {failures[0]!r}")
+        expected = sum(len(b) for b in batches)
+        if scratch.count_documents({}) != expected:
+            raise BenchError("insert_many stored a different number of documents")
+        scratch.drop()
+        return elapsed
+    finally:
+        client.close()
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", flush=True)
+
+
+def app_env(mongo_uri: str, redis_url: str) -> dict:
+    env = dict(os.environ)
+    for name in ("POLYMICRO_GUNICORN_BIND", "POLYMICRO_MONGODB_MOCK"):
+        env.pop(name, None)
+    env.update(
+        POLYMICRO_MONGODB_URI=mongo_uri,
+        POLYMICRO_REDIS_URL=redis_url,
+        POLYMICRO_LOG_LEVEL="WARNING",
+        POLYMICRO_GUNICORN_LOGLEVEL="warning",
+    )
+    return env
+
+
+def start_app(procs, settings: GunicornSettings, workdir: Path, env: dict) -> Server:
+    return start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
+
+
+def run_full(wrk, procs, workdir, env, mongo_uri, args) -> dict:
+    settings = GunicornSettings(args.workers, args.threads, args.worker_class)
+    say(f"gunicorn {settings.label}; wrk -t{args.wrk_threads} -c{args.connections}")
+    ceiling = measure_ceiling(wrk, procs, settings, workdir, env, args)
+    app = start_app(procs, settings, workdir, env)
+    maker = DataMaker(args.seed)
+    seeded = seed(app.port, args.plan, maker, args.batch_clients)
+    reads = [measure_read(wrk, app, *ep, args) for ep in read_endpoints(seeded)]
+    ingest = measure_ingest(app.port, mongo_uri, seeded, maker, args)
+    app.check_alive()
+    procs.stop(app)
+    result = header(args, settings)
+    result.update(
+        data=seed_summary(args.plan, seeded),
+        ceiling=ceiling,
+        reads=with_ceiling(reads, ceiling),
+        ingest=ingest,
+    )
+    result["targets"] = evaluate(result)
+    return result
+
+
+def run_sweep(wrk, procs, workdir, env, redis_client, args) -> dict:
+    runs = []
+    seeded = None
+    maker = DataMaker(args.seed)
+    for workers, threads in args.combos:
+        settings = GunicornSettings(workers, threads, args.worker_class)
+        say(f"sweep: gunicorn {settings.label}")
+        redis_client.flushdb()  # every combination starts from a cold cache
+        ceiling = measure_ceiling(wrk, procs, settings, workdir, env, args)
+        app = start_app(procs, settings, workdir, env)
+        try:
+            if seeded is None:
+                seeded = seed(app.port, args.plan, maker, args.batch_clients)
+            reads = [measure_read(wrk, app, *ep, args) for ep in read_endpoints(seeded)]
+        finally:
+            procs.stop(app)
+        runs.append(
+            {
+                "gunicorn": settings.__dict__,
+                "ceiling": ceiling,
+                "reads": with_ceiling(reads, ceiling),
+            }
+        )
+    result = header(args, None)
+    result.update(data=seed_summary(args.plan, seeded), runs=runs)
+    return result
+
+
+def seed_summary(plan: Plan, seeded: Seeded) -> dict:
+    return {
+        "projects": plan.projects,
+        "services": plan.projects * plan.services_per_project,
+        "logs": plan.projects * plan.logs_per_project,
+        "cpu_points": plan.projects * plan.services_per_project * plan.points_per_service,
+        "seed_seconds": seeded.seconds,
+    }
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def versions() -> dict:
+    out = {}
+    for name in ("polymicro", "flask", "flask-smorest", "gunicorn", "mongoengine", "pymongo"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["secantusdb"] = metadata.version("SecantusDB")
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    out["wrk"] = (wrk.stdout or wrk.stderr).split(" [")[0].strip()
+    return out
+
+
+def commit() -> str:
+    """The commit measured, with ``+changes`` when app files differ from it."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "polymicro", "wsgi.py", "gunicorn.conf.py")
+    return head + (" +uncommitted changes" if dirty else "")
+
+
+STARTED = datetime.now(UTC)
+
+
+def header(args, settings: GunicornSettings | None) -> dict:
+    mode = "sweep" if args.combos else "quick" if args.quick else "full"
+    return {
+        "mode": mode,
+        "date": STARTED.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit(),
+        "machine": machine(),
+        "versions": versions(),
+        "gunicorn": None if settings is None else {**settings.__dict__, "access_log": False},
+        "load": {
+            "tool": "wrk",
+            "threads": min(args.wrk_threads, args.connections),
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "ingest_clients": args.ingest_clients,
+            "batch_clients": args.batch_clients,
+        },
+    }
+
+
+def evaluate(result: dict) -> list[dict]:
+    """PASS/MISS of every target (see the module docstring)."""
+
+    def target(text: str, value: str, passed: bool) -> dict:
+        return {"target": text, "value": value, "pass": passed}
+
+    reads, ingest = result["reads"], result["ingest"]
+    targets = [
+        target(
+            f"{r['name']}: ≥ {TARGET_CEILING_FRACTION:.0%} of the ceiling",
+            f"{r['fraction_of_ceiling']:.1%}",
+            r["fraction_of_ceiling"] >= TARGET_CEILING_FRACTION,
+        )
+        for r in reads
+    ]
+    targets += [
+        target(
+            f"{r['name']}: p99 < {TARGET_P99_MS:.0f} ms",
+            f"{r['p99_ms']:.1f} ms",
+            r["p99_ms"] < TARGET_P99_MS,
+        )
+        for r in reads
+    ]
+    targets.append(
+        target(
+            f"batch log ingest ≥ {TARGET_BATCH_VS_SINGLE:.0f}× single-POST ingest",
+            f"{ingest['batch_vs_single']:.1f}×",
+            ingest["batch_vs_single"] >= TARGET_BATCH_VS_SINGLE,
+        )
+    )
+    targets.append(
+        target(
+            f"batch log ingest ≥ {TARGET_BATCH_VS_RAW:.0%} of raw insert_many",
+            f"{ingest['batch_vs_raw']:.1%}",
+            ingest["batch_vs_raw"] >= TARGET_BATCH_VS_RAW,
+        )
+    )
+    return targets
+
+
+def render_header(result: dict) -> list[str]:
+    m, v, load = result["machine"], result["versions"], result["load"]
+    lines = [
+        f"## polymicro benchmark ({result['mode']}) — {result['date']}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| machine | {m['nproc']} CPUs (nproc), {m['cpu_model']}, {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, load average at start {m['load_average_at_start'][0]} |",
+        f"| code | {result['commit']}; Python {m['python']}, Flask {v['flask']}, "
+        f"flask-smorest {v['flask-smorest']}, gunicorn {v['gunicorn']} |",
+        f"| database | SecantusDB {v['secantusdb']} (fresh, 127.0.0.1), Redis cache db 14 |",
+    ]
+    if result["gunicorn"]:
+        g = result["gunicorn"]
+        lines.append(
+            f"| gunicorn | {g['workers']} workers × {g['threads']} threads, "
+            f"{g['worker_class']}, no access log |"
+        )
+    lines.append(
+        f"| reads | {v['wrk']}: {load['threads']} threads, {load['connections']} connections, "
+        f"{load['duration_s']:g} s per endpoint after {load['warmup_s']:g} s warm-up, --latency |"
+    )
+    d = result["data"]
+    lines.append(
+        f"| data | {d['projects']} projects, {d['services']} services, {d['logs']:,} logs, "
+        f"{d['cpu_points']:,} CPU points (seeded through the API in {d['seed_seconds']:.1f} s) |"
+    )
+    return lines
+
+
+def render_full(result: dict) -> str:
+    lines = render_header(result)
+    lines += ["", "### Reads", "", "| endpoint | req/s | p50 ms | p99 ms | of ceiling |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    c = result["ceiling"]
+    lines.append(
+        f'| bare Flask `{{"hello": "world"}}` (ceiling) | {c["rps"]:.1f} | '
+        f"{c['p50_ms']:.2f} | {c['p99_ms']:.2f} | 100% |"
+    )
+    for r in result["reads"]:
+        lines.append(
+            f"| `{r['name'][4:]}` | {r['rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['fraction_of_ceiling']:.1%} |"
+        )
+    i = result["ingest"]
+    lines += ["", "### Ingest", "", "| what | items | requests | clients | s | per s | vs |"]
+    lines.append("|---|---:|---:|---:|---:|---:|---|")
+    rows = [
+        ("logs: single `POST /api/logs`", i["single_post_logs"], "1×"),
+        (
+            "logs: `POST /api/logs/batch`, 1000 per request",
+            i["batch_post_logs"],
+            f"{i['batch_vs_single']:.1f}× single, {i['batch_vs_raw']:.1%} of raw",
+        ),
+        (
+            "logs: raw pymongo `insert_many`, 1000 per batch, logs indexes",
+            i["raw_insert_many_logs"],
+            "",
+        ),
+        ("CPU points: `POST /api/metrics/cpu/{id}/data`, 10,000 per request", i["cpu_points"], ""),
+    ]
+    for what, row, versus in rows:
+        lines.append(
+            f"| {what} | {row['items']:,} | {row['requests']:,} | {row['clients']} | "
+            f"{row['seconds']:.2f} | {row['per_s']:,.0f} | {versus} |"
+        )
+    lines += ["", "### Targets", ""]
+    for t in result["targets"]:
+        lines.append(f"- {'PASS' if t['pass'] else 'MISS'} {t['target']} — {t['value']}")
+    return "\n".join(lines)
+
+
+def render_sweep(result: dict) -> str:
+    lines = render_header(result)
+    names = [r["name"][4:] for r in result["runs"][0]["reads"]]
+    lines += ["", "### Reads per gunicorn setting: req/s (p99 ms)", ""]
+    lines.append(
+        "| workers × threads | ceiling | "
+        + " | ".join(f"`{n}`" for n in names)
+        + " | min of ceiling | worst p99 ms |"
+    )
+    lines.append("|---|" + "---:|" * (len(names) + 3))
+    for run in result["runs"]:
+        g, c = run["gunicorn"], run["ceiling"]
+        cells = [f"{r['rps']:.0f} ({r['p99_ms']:.0f})" for r in run["reads"]]
+        worst_fraction = min(r["fraction_of_ceiling"] for r in run["reads"])
+        worst_p99 = max(r["p99_ms"] for r in run["reads"])
+        lines.append(
+            f"| {g['workers']} × {g['threads']} {g['worker_class']} | "
+            f"{c['rps']:.0f} ({c['p99_ms']:.0f}) | "
+            + " | ".join(cells)
+            + f" | {worst_fraction:.1%} | {worst_p99:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(result: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "-sweep" if result["mode"] == "sweep" else ""
+    path = out_dir / f"{STARTED.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def _exit_on_signal(signum, _frame):
+    # SystemExit unwinds through main's finally, which stops every server.
+    print(f"bench: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Ctrl-C raises KeyboardInterrupt even where the shell started us with SIGINT ignored
+    # (a background job); SIGTERM and SIGHUP exit through the same cleanup.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    began = time.monotonic()
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="polymicro-bench-"))
+    redis_client, started_redis = None, False
+    try:
+        load_1m = os.getloadavg()[0]
+        if load_1m > 0.5 * len(os.sched_getaffinity(0)):
+            say(f"warning: load average {load_1m:.1f} at start; other work will lower the figures")
+        wrk = ensure_wrk()
+        redis_client, started_redis = ensure_redis(args.redis_url)
+        say(f"starting SecantusDB in {workdir}")
+        db = start_secantus(procs, workdir / "db", workdir)
+        mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro"
+        env = app_env(mongo_uri, args.redis_url)
+        if args.combos:
+            result = run_sweep(wrk, procs, workdir, env, redis_client, args)
+            report = render_sweep(result)
+        else:
+            result = run_full(wrk, procs, workdir, env, mongo_uri, args)
+            report = render_full(result)
+        result["elapsed_s"] = round(time.monotonic() - began, 1)
+        path = write_json(result, args.out_dir)
+        print()
+        print(report)
+        print()
+        say(f"took {result['elapsed_s']:.0f} s; JSON in {path.relative_to(ROOT)}")
+        return 0
+    except BenchError as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        # Stop everything even if another signal arrives meanwhile (bounded: SIGKILL after
+        # a grace period per process).
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        procs.stop_all()
+        if redis_client is not None:
+            if started_redis:
+                stop_redis(redis_client)
+            else:
+                try:
+                    redis_client.flushdb()  # leave no benchmark keys behind
+                except Exception as exc:
+                    print(f"bench: could not flush the Redis db: {exc!r}")
+        if args.keep:
+            say(f"kept {workdir} (database in db/, server logs beside it)")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
