@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from polymicro.logs.models import LogEntry
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.projects.models import Project
 from polymicro.services.models import Service
@@ -179,3 +180,73 @@ class TestWritesInvalidate:
         client.delete(f"/api/metrics/cpu/{world['metric']['id']}")
         assert client.get(u["project_metrics"]).json == []
         assert CpuMetric.objects.count() == 0
+
+
+class TestLogLists:
+    @pytest.fixture
+    def logged(self, client, world):
+        body = {
+            "project_id": world["project"]["id"],
+            "service_id": world["service"]["id"],
+            "severity": "error",
+            "message": "first",
+        }
+        world["log"] = client.post("/api/logs", json=body).json
+        world["body"] = body
+        pid, sid = world["project"]["id"], world["service"]["id"]
+        world["lists"] = [
+            "/api/logs",
+            f"/api/logs?project_id={pid}",
+            f"/api/logs/project/{pid}",
+            f"/api/logs/service/{sid}",
+            f"/api/logs?project_id={pid}&severity=error",
+        ]
+        return world
+
+    def messages(self, client, path):
+        return [entry["message"] for entry in client.get(path).json]
+
+    def test_log_lists_are_cached(self, client, logged):
+        prime(client, *logged["lists"])
+        LogEntry.objects(id=logged["log"]["id"]).update(set__message="sneaky")
+        for path in logged["lists"]:
+            assert self.messages(client, path) == ["first"], path
+
+    def test_single_post(self, client, logged):
+        prime(client, *logged["lists"])
+        client.post("/api/logs", json=dict(logged["body"], message="second"))
+        for path in logged["lists"]:
+            assert self.messages(client, path) == ["second", "first"], path
+
+    def test_batch(self, client, logged):
+        prime(client, *logged["lists"])
+        client.post("/api/logs/batch", json=[dict(logged["body"], message="second")])
+        for path in logged["lists"]:
+            assert self.messages(client, path) == ["second", "first"], path
+
+    @pytest.mark.parametrize("method", ["put", "patch"])
+    def test_update(self, client, logged, method):
+        prime(client, *logged["lists"])
+        getattr(client, method)(f"/api/logs/{logged['log']['id']}", json={"message": "edited"})
+        for path in logged["lists"]:
+            assert self.messages(client, path) == ["edited"], path
+
+    def test_delete(self, client, logged):
+        prime(client, *logged["lists"])
+        client.delete(f"/api/logs/{logged['log']['id']}")
+        for path in logged["lists"]:
+            assert self.messages(client, path) == [], path
+
+    def test_service_delete_cascade(self, client, logged):
+        prime(client, *logged["lists"])
+        client.delete(f"/api/services/{logged['service']['id']}")
+        assert client.get(logged["lists"][3]).status_code == 404
+        for path in logged["lists"][:3]:
+            assert self.messages(client, path) == [], path
+
+    def test_project_delete_cascade(self, client, logged):
+        prime(client, *logged["lists"])
+        client.delete(f"/api/projects/{logged['project']['id']}")
+        assert self.messages(client, "/api/logs") == []
+        assert client.get(logged["lists"][2]).status_code == 404
+        assert client.get(logged["lists"][3]).status_code == 404

@@ -8,6 +8,7 @@ import pytest
 from bson import ObjectId
 from mongoengine.queryset import QuerySet
 
+from polymicro.common.caching import CachedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs import service
@@ -174,7 +175,8 @@ class TestCreateMany:
 
     def test_one_bulk_insert_and_no_single_saves(self, svc, monkeypatch):
         inserts = []
-        real_insert = QuerySet.insert
+        collection_class = type(LogEntry._get_collection())
+        real_insert = collection_class.insert_many
 
         def counting_insert(self, docs, *args, **kwargs):
             inserts.append(len(docs))
@@ -183,7 +185,7 @@ class TestCreateMany:
         def no_save(self, *args, **kwargs):
             raise AssertionError("a batch must not save entries one by one")
 
-        monkeypatch.setattr(QuerySet, "insert", counting_insert)
+        monkeypatch.setattr(collection_class, "insert_many", counting_insert)
         monkeypatch.setattr(LogEntry, "save", no_save)
         service.create_logs([data_for(svc, message=str(i)) for i in range(50)])
         assert inserts == [50]
@@ -282,15 +284,21 @@ def listed(query) -> list[ObjectId]:
     return [entry.id for entry in query]
 
 
+def database_query(cached: CachedQuery) -> QuerySet:
+    """The mongoengine queryset behind a cached, paged list."""
+    return cached.query.queryset
+
+
 class TestList:
-    def test_returns_a_newest_first_queryset(self, svc):
+    def test_returns_newest_first_pages_read_as_raw_rows(self, svc):
         first = log(svc, timestamp=at(1))
         tie_a = log(svc, timestamp=at(2))
         tie_b = log(svc, timestamp=at(2))
         last = log(svc, timestamp=at(3))
         query = service.list_logs()
-        assert isinstance(query, QuerySet)
-        assert query._ordering == [("timestamp", -1), ("_id", -1)]
+        assert isinstance(query, CachedQuery)
+        assert database_query(query)._ordering == [("timestamp", -1), ("_id", -1)]
+        assert database_query(query)._as_pymongo  # no document built per row
         assert listed(query) == [last.id, tie_b.id, tie_a.id, first.id]
         assert query.count() == 4
         assert listed(query[1:3]) == [tie_b.id, tie_a.id]
@@ -316,7 +324,7 @@ class TestList:
 
     def test_min_severity_uses_the_stored_level(self, by_severity):
         query = service.list_logs(min_severity="error")
-        assert query._query == {"level": {"$gte": 3}}
+        assert database_query(query)._query == {"level": {"$gte": 3}}
 
     def test_unknown_severity_filter_is_invalid_input(self):
         with pytest.raises(InvalidInput):
@@ -389,7 +397,7 @@ class TestIndexes:
     def test_every_filter_has_an_index_that_also_sorts(self, svc, filters, leading):
         log(svc)  # the collection and its indexes exist once something is written
         keys = [spec["key"] for spec in LogEntry._get_collection().index_information().values()]
-        first_field = next(iter(service.list_logs(**filters)._query), "timestamp")
+        first_field = next(iter(database_query(service.list_logs(**filters))._query), "timestamp")
         assert first_field == leading
         assert any(
             key[0][0] == leading and key[-2:] == [("timestamp", -1), ("_id", -1)] for key in keys

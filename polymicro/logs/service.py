@@ -1,5 +1,10 @@
 """Log use cases: references to a project and one of its services, severity levels,
-newest-first lists, all-or-nothing batches."""
+newest-first lists, all-or-nothing batches.
+
+Lists are read as raw rows (no mongoengine document per row) and cached per project
+(namespace ``logs:<project id>``; lists not scoped to a project use ``logs``).  Every
+log write bumps both, so a list never outlives a write that changes it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from datetime import datetime
 
 from bson import ObjectId
 
-from polymicro.common.models import contains_literally
+from polymicro.common import caching
+from polymicro.common.models import contains_literally, row_view, to_row
+from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
@@ -17,6 +24,19 @@ from polymicro.services.models import Service
 
 ORDER = ("-timestamp", "-id")
 IMMUTABLE = ("project_id", "service_id")
+ALL_LOGS = "logs"
+
+
+def _namespace(project_id: ObjectId | None) -> str:
+    return f"logs:{project_id}" if project_id is not None else ALL_LOGS
+
+
+def _bump(*project_ids: ObjectId) -> None:
+    caching.bump(ALL_LOGS, *(_namespace(pid) for pid in set(project_ids)))
+
+
+def _rows(rows: list[dict]) -> list[dict]:
+    return [row_view(LogEntry, row) for row in rows]
 
 
 def list_logs(
@@ -30,17 +50,36 @@ def list_logs(
     since: datetime | None = None,
     until: datetime | None = None,
     q: str | None = None,
-):
-    """Log entries matching every given filter, newest first (a lazy queryset)."""
+) -> caching.CachedQuery:
+    """Log entries matching every given filter, newest first (lazy, paged, cached)."""
+    filters = {
+        "project_id": project_id,
+        "service_id": service_id,
+        "severity": sorted({canonical_severity(s) for s in severity or ()}),
+        "min_severity": min_severity and canonical_severity(min_severity),
+        "source": source,
+        "test_id": test_id,
+        "func_id": func_id,
+        "since": since,
+        "until": until,
+        "q": q,
+    }
+    key = caching.make_key("logs", **filters)
+    return caching.CachedQuery(_namespace(project_id), key, _query(**filters))
+
+
+def _query(
+    project_id, service_id, severity, min_severity, source, test_id, func_id, since, until, q
+) -> PagedQuery:
     query = LogEntry.objects
     if project_id is not None:
         query = query.filter(project_id=project_id)
     if service_id is not None:
         query = query.filter(service_id=service_id)
     if severity:
-        query = query.filter(severity__in=sorted({canonical_severity(s) for s in severity}))
+        query = query.filter(severity__in=severity)
     if min_severity:
-        query = query.filter(level__gte=SEVERITY_LEVEL[canonical_severity(min_severity)])
+        query = query.filter(level__gte=SEVERITY_LEVEL[min_severity])
     if source:
         query = query.filter(source=source)
     if test_id:
@@ -53,17 +92,25 @@ def list_logs(
         query = query.filter(timestamp__lte=until)
     if q:
         query = query.filter(__raw__=contains_literally("message", q, ignore_case=True))
-    return query.order_by(*ORDER)
+    return PagedQuery(query.order_by(*ORDER).as_pymongo(), per_page=_rows)
 
 
-def list_project_logs(project_id: ObjectId, **filters):
-    if not Project.objects(id=project_id).count():
+def _exists(model, object_id: ObjectId, namespace: str) -> bool:
+    """Existence, cached while true (deletes bump the namespace through the cascade)."""
+    key = caching.make_key("exists", model.__name__, object_id)
+    producer = lambda: model.objects(id=object_id).count() > 0 or None  # noqa: E731
+    return bool(caching.cached(namespace, key, producer))
+
+
+def list_project_logs(project_id: ObjectId, **filters) -> caching.CachedQuery:
+    if not _exists(Project, project_id, _namespace(project_id)):
         raise NotFound(f"Project {project_id} not found.")
-    return list_logs(project_id=project_id, **filters)
+    filters["project_id"] = project_id  # the path wins over a query parameter
+    return list_logs(**filters)
 
 
-def list_service_logs(service_id: ObjectId, **filters):
-    if not Service.objects(id=service_id).count():
+def list_service_logs(service_id: ObjectId, **filters) -> caching.CachedQuery:
+    if not _exists(Service, service_id, ALL_LOGS):
         raise NotFound(f"Service {service_id} not found.")
     return list_logs(service_id=service_id, **filters)
 
@@ -108,26 +155,35 @@ def _check_references(entries: list[dict]) -> list[dict[str, list[str]]]:
     return [_reference_errors(e, projects, service_projects) for e in entries]
 
 
-def _new_entry(data: dict, received: datetime) -> LogEntry:
+def _new_entry(data: dict, received: datetime) -> dict:
+    """Validated input completed with what the service owns: canonical severity, its
+    level, and the time of receipt when no timestamp was given."""
     data = dict(data)
     data["severity"] = canonical_severity(data["severity"])
+    data["level"] = SEVERITY_LEVEL[data["severity"]]
     if data.get("timestamp") is None:
         data["timestamp"] = received
-    return LogEntry(**data, level=SEVERITY_LEVEL[data["severity"]])
+    return data
 
 
 def create_log(data: dict) -> LogEntry:
     (errors,) = _check_references([data])
     if errors:
         raise InvalidInput("Invalid log entry: see `errors`.", {"json": errors})
-    entry = _new_entry(data, utcnow())
+    entry = LogEntry(**_new_entry(data, utcnow()))
     entry.save(force_insert=True)
+    _bump(entry.project_id)
     return entry
 
 
 def create_logs(entries: list[dict]) -> list[ObjectId]:
     """Store every entry or none: a bad reference anywhere is a 422 naming each bad
-    entry by its index; otherwise one bulk insert.  Returns the ids in input order."""
+    entry by its index; otherwise one bulk insert.  Returns the ids in input order.
+
+    The schema has validated every entry (once); rows go to the database as plain
+    dicts in one ``insert_many``, without a mongoengine document (and its second
+    validation) per entry.
+    """
     if not entries:
         raise InvalidInput.field("_schema", "Send at least one log entry.")
     errors = {
@@ -141,10 +197,10 @@ def create_logs(entries: list[dict]) -> list[ObjectId]:
             {"json": errors},
         )
     received = utcnow()
-    docs = [_new_entry(data, received) for data in entries]
-    for doc in docs:
-        doc.validate()  # insert() skips the model checks that save() makes
-    return LogEntry.objects.insert(docs, load_bulk=False)
+    rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
+    ids = LogEntry._get_collection().insert_many(rows, ordered=True).inserted_ids
+    _bump(*(row["project_id"] for row in rows))
+    return ids
 
 
 def update_log(entry: LogEntry, data: dict) -> LogEntry:
@@ -161,11 +217,13 @@ def update_log(entry: LogEntry, data: dict) -> LogEntry:
         for key, value in changed.items():
             setattr(entry, key, value)
         entry.save()
+        _bump(entry.project_id)
     return entry
 
 
 def delete_log(entry: LogEntry) -> None:
     entry.delete()
+    _bump(entry.project_id)
 
 
 def delete_logs(project_id: ObjectId | None = None, service_id: ObjectId | None = None) -> int:
@@ -177,4 +235,7 @@ def delete_logs(project_id: ObjectId | None = None, service_id: ObjectId | None 
         query = query.filter(project_id=project_id)
     if service_id is not None:
         query = query.filter(service_id=service_id)
-    return query.delete()
+    project_ids = query.distinct("project_id") if project_id is None else [project_id]
+    deleted = query.delete()
+    _bump(*project_ids)
+    return deleted
