@@ -1,0 +1,80 @@
+"""Every filter and sort the API offers is served by a declared index.
+
+On a real server (the wire run) the query planner is asked: the winning plan of each
+list query must scan an index (``IXSCAN``), never the whole collection.  On mongomock,
+which has no planner, the declared indexes are checked instead.
+
+``q`` (text *contains*) is the one filter no index can serve: an unanchored pattern
+is matched against every name or message the other filters leave (see the README).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from bson import ObjectId
+
+from polymicro.logs.models import LogEntry
+from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.projects.models import Project
+from polymicro.services.models import Service
+from tests.conftest import USES_REAL_DB
+
+pytestmark = pytest.mark.usefixtures("ctx")
+
+OID = ObjectId()
+T0 = datetime(2026, 1, 1)
+
+# (document, filter, sort, the field an index must start with)
+CASES = [
+    (Project, {}, [("name_key", 1)], "name_key"),
+    (Project, {"name_key": "shop"}, None, "name_key"),
+    (Project, {"owner": "x"}, None, "owner"),
+    (Project, {"tags": "x"}, None, "tags"),
+    (Project, {}, [("created_at", -1)], "created_at"),
+    (Service, {"project_id": OID}, [("name_key", 1)], "project_id"),
+    (Service, {"status": "Running"}, None, "status"),
+    (Service, {"health": "Healthy"}, None, "health"),
+    (Service, {}, [("name_key", 1)], "name_key"),
+    (CpuMetric, {"project_id": OID}, None, "project_id"),
+    (CpuMetric, {"service_key": "api"}, None, "service_key"),
+    (CpuMetric, {"service_id": OID}, None, "service_id"),
+    (CpuPoint, {"metric_id": OID, "time": {"$gte": T0}}, [("time", -1)], "metric_id"),
+    (LogEntry, {"project_id": OID}, [("timestamp", -1), ("_id", -1)], "project_id"),
+    (LogEntry, {"service_id": OID}, [("timestamp", -1), ("_id", -1)], "service_id"),
+    (LogEntry, {"level": {"$gte": 2}}, [("timestamp", -1)], "level"),
+    (LogEntry, {}, [("timestamp", -1), ("_id", -1)], "timestamp"),
+]
+
+
+def _touch(document) -> None:
+    """mongoengine creates a collection's indexes when it first uses the collection."""
+    document.ensure_indexes()
+
+
+def _index_scans(plan: dict) -> list[str]:
+    stages = []
+    while plan:
+        if plan.get("stage") == "IXSCAN":
+            stages.append(next(iter(plan["keyPattern"])))
+        plan = plan.get("inputStage")
+    return stages
+
+
+@pytest.mark.parametrize(
+    ("document", "query", "sort", "leading"),
+    CASES,
+    ids=[f"{c[0].__name__}-{c[3]}-{i}" for i, c in enumerate(CASES)],
+)
+def test_filter_is_served_by_an_index(document, query, sort, leading):
+    _touch(document)
+    collection = document._get_collection()
+    keys = [next(iter(spec["key"]))[0] for spec in collection.index_information().values()]
+    assert leading in keys, f"no index of {document.__name__} starts with {leading}"
+    if USES_REAL_DB:
+        cursor = collection.find(query)
+        if sort:
+            cursor = cursor.sort(sort)
+        plan = cursor.limit(10).explain()["queryPlanner"]["winningPlan"]
+        assert _index_scans(plan), f"{document.__name__} {query} scans the collection: {plan}"
