@@ -15,6 +15,7 @@ from polymicro import errors
 from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
 from polymicro.extensions import api, init_cache, init_db, ping_db
+from polymicro.observability import init_observability
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     register_api(app)
     errors.register_error_handlers(app)
     register_request_guards(app)
+    init_observability(app)
     register_cli(app)
     return app
 

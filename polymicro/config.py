@@ -18,6 +18,27 @@ class Config:
     """Defaults for a local run against the embedded SecantusDB."""
 
     TESTING = False
+    # "development" or "production".  Production refuses to start without SECRET_KEY.
+    ENV = "development"
+    # --- security (issue 4) ----------------------------------------------------------
+    # Signs the access and refresh tokens.  make run keeps one in var/secret-key.
+    SECRET_KEY = ""
+    AUTH_ENABLED = True
+    # Anyone may register (as a viewer) when true; otherwise only an admin creates users.
+    ALLOW_REGISTRATION = False
+    ACCESS_TOKEN_MINUTES = 15
+    REFRESH_TOKEN_DAYS = 7
+    RATELIMIT_ENABLED = True
+    # Per client (user, API key or address).  flask-limiter syntax.
+    RATELIMIT_DEFAULT = "1200 per minute"
+    RATELIMIT_LOGIN = "10 per minute"
+    # Empty: REDIS_URL when set, else in-process memory.
+    RATELIMIT_STORAGE_URI = ""
+    # Comma-separated origins allowed by CORS; empty: none.  "*" never sends credentials.
+    CORS_ORIGINS = ""
+    # --- observability (issue 5) -----------------------------------------------------
+    LOG_FORMAT = "text"  # or "json": one JSON object per line, with the request id
+    METRICS_ENABLED = True
     # --- database -------------------------------------------------------------------
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).
@@ -52,6 +73,8 @@ class TestingConfig(Config):
     """Unit tests: mongomock and SimpleCache unless the test run asks for real servers."""
 
     TESTING = True
+    SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+    RATELIMIT_ENABLED = False  # the rate-limit tests turn it on
     MONGODB_URI = "mongodb://localhost/polymicro_test"
     MONGODB_MOCK = True
     MONGODB_TIMEOUT_MS = 1000
