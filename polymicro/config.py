@@ -73,7 +73,7 @@ class TestingConfig(Config):
     """Unit tests: mongomock and SimpleCache unless the test run asks for real servers."""
 
     TESTING = True
-    SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+    SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"  # noqa: S105 - tests only
     RATELIMIT_ENABLED = False  # the rate-limit tests turn it on
     MONGODB_URI = "mongodb://localhost/polymicro_test"
     MONGODB_MOCK = True
