@@ -18,7 +18,9 @@ One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, 
    measured with wrk like every read below, then stopped.
 3. polymicro under gunicorn (``-c bench/gunicorn_conf.py``: the repo's gunicorn.conf.py
    without the access log; workers/threads/class from the options, whose defaults come
-   from gunicorn.conf.py and so from POLYMICRO_GUNICORN_WORKERS/THREADS).
+   from gunicorn.conf.py and so from POLYMICRO_GUNICORN_WORKERS/THREADS), with app log
+   level WARNING and the rate limit and authentication off (see BENCH_APP_ENV;
+   ``--app-env KEY=VALUE`` changes any app setting).
 4. Seeding through the API: 5 projects x 10 services, 2,000 logs per project (batches,
    spread over the services, severities and the last two days), a CPU entry per service
    with 96 points.
@@ -148,6 +150,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sweep", metavar="WxT,...", help="reads only, for each workers x threads, e.g. 1x8,2x4"
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--app-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the app, repeatable (e.g. POLYMICRO_RATELIMIT_ENABLED=true)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the generated data")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
     args = parser.parse_args(argv)
@@ -166,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("workers", "threads", "connections", "wrk_threads", "ingest_clients"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any("=" not in item for item in args.app_env):
+        parser.error("--app-env takes KEY=VALUE")
     if args.batch_clients < 1 or args.duration <= 0:
         parser.error("--batch-clients and --duration must be positive")
     return args
@@ -534,16 +545,25 @@ def say(text: str) -> None:
     print(f"bench: {text}", flush=True)
 
 
-def app_env(mongo_uri: str, redis_url: str) -> dict:
+# Settings the benchmark gives the app (``--app-env KEY=VALUE`` overrides any of them).
+# One client address sending thousands of requests a second is exactly what the per-client
+# rate limit stops, and the benchmark has no account to log in with: both are off, so their
+# cost is not measured (a setting the app does not know is ignored).
+BENCH_APP_ENV = {
+    "POLYMICRO_LOG_LEVEL": "WARNING",
+    "POLYMICRO_GUNICORN_LOGLEVEL": "warning",
+    "POLYMICRO_RATELIMIT_ENABLED": "false",
+    "POLYMICRO_AUTH_ENABLED": "false",
+}
+
+
+def app_env(mongo_uri: str, redis_url: str, overrides: list[str]) -> dict:
     env = dict(os.environ)
     for name in ("POLYMICRO_GUNICORN_BIND", "POLYMICRO_MONGODB_MOCK"):
         env.pop(name, None)
-    env.update(
-        POLYMICRO_MONGODB_URI=mongo_uri,
-        POLYMICRO_REDIS_URL=redis_url,
-        POLYMICRO_LOG_LEVEL="WARNING",
-        POLYMICRO_GUNICORN_LOGLEVEL="warning",
-    )
+    env.update(BENCH_APP_ENV)
+    env.update(POLYMICRO_MONGODB_URI=mongo_uri, POLYMICRO_REDIS_URL=redis_url)
+    env.update(item.split("=", 1) for item in overrides)
     return env
 
 
@@ -677,6 +697,7 @@ def header(args, settings: GunicornSettings | None) -> dict:
         "machine": machine(),
         "versions": versions(),
         "gunicorn": None if settings is None else {**settings.__dict__, "access_log": False},
+        "app_env": {**BENCH_APP_ENV, **dict(item.split("=", 1) for item in args.app_env)},
         "load": {
             "tool": "wrk",
             "threads": min(args.wrk_threads, args.connections),
@@ -741,6 +762,9 @@ def render_header(result: dict) -> list[str]:
         f"| code | {result['commit']}; Python {m['python']}, Flask {v['flask']}, "
         f"flask-smorest {v['flask-smorest']}, gunicorn {v['gunicorn']} |",
         f"| database | SecantusDB {v['secantusdb']} (fresh, 127.0.0.1), Redis cache db 14 |",
+        "| app settings | "
+        + ", ".join(f"{k.removeprefix('POLYMICRO_')}={v}" for k, v in result["app_env"].items())
+        + " |",
     ]
     if result["gunicorn"]:
         g = result["gunicorn"]
@@ -863,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"starting SecantusDB in {workdir}")
         db = start_secantus(procs, workdir / "db", workdir)
         mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro"
-        env = app_env(mongo_uri, args.redis_url)
+        env = app_env(mongo_uri, args.redis_url, args.app_env)
         if args.combos:
             result = run_sweep(wrk, procs, workdir, env, redis_client, args)
             report = render_sweep(result)
