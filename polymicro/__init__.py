@@ -16,12 +16,14 @@ from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
 from polymicro.extensions import api, init_cache, init_db, ping_db
 from polymicro.observability import init_observability
+from polymicro.security import init_security
 
 __version__ = "0.1.0"
 
 log = logging.getLogger(__name__)
 
 JSON_BODY_METHODS = {"POST", "PUT", "PATCH"}
+FORM_PATHS = {"/api/auth/login"}  # the dashboard logs in with form fields
 
 
 def create_app(config: type[Config] | dict | None = None) -> Flask:
@@ -30,6 +32,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     configure_logging(app)
     init_db(app)
     init_cache(app)
+    init_security(app)
     register_api(app)
     errors.register_error_handlers(app)
     register_request_guards(app)
@@ -53,6 +56,8 @@ def configure_logging(app: Flask) -> None:
 
 
 def register_api(app: Flask) -> None:
+    from polymicro.auth.resources import blp as auth_blp
+    from polymicro.auth.resources import keys_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
     from polymicro.operations.resources import blp as operations_blp
@@ -64,7 +69,14 @@ def register_api(app: Flask) -> None:
     api.register_converter(
         ObjectIdConverter, lambda _: {"type": "string", "pattern": ObjectIdConverter.regex}
     )
-    for blueprint in (projects_blp, services_blp, logs_blp, metrics_blp, operations_blp):
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    api.spec.components.security_scheme(
+        "apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    )
+    blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
+    for blueprint in (*blueprints, operations_blp):
         api.register_blueprint(blueprint)
 
 
@@ -72,6 +84,8 @@ def register_request_guards(app: Flask) -> None:
     @app.before_request
     def require_json_body():
         """A write whose body is not JSON gets 415 instead of being read as empty."""
+        if request.path.rstrip("/") in FORM_PATHS:
+            return
         if request.method in JSON_BODY_METHODS and request.content_length != 0:
             has_body = request.content_length or request.headers.get("Transfer-Encoding")
             if has_body and not request.is_json:

@@ -27,6 +27,9 @@ class Config:
     # Anyone may register (as a viewer) when true; otherwise only an admin creates users.
     ALLOW_REGISTRATION = False
     ACCESS_TOKEN_MINUTES = 15
+    # argon2id cost (OWASP's recommended minimum is 19 MiB, t=2; these are higher).
+    PASSWORD_HASH_TIME_COST = 3
+    PASSWORD_HASH_MEMORY_KIB = 65536
     REFRESH_TOKEN_DAYS = 7
     RATELIMIT_ENABLED = True
     # Per client (user, API key or address).  flask-limiter syntax.
@@ -75,6 +78,8 @@ class TestingConfig(Config):
     TESTING = True
     SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"  # noqa: S105 - tests only
     RATELIMIT_ENABLED = False  # the rate-limit tests turn it on
+    PASSWORD_HASH_TIME_COST = 1  # fast hashing: tests create many users
+    PASSWORD_HASH_MEMORY_KIB = 1024
     MONGODB_URI = "mongodb://localhost/polymicro_test"
     MONGODB_MOCK = True
     MONGODB_TIMEOUT_MS = 1000

@@ -33,6 +33,18 @@ class DomainError(Exception):
         self.errors = errors
 
 
+class Unauthorized(DomainError):
+    """No valid credentials (401)."""
+
+    code = 401
+
+
+class Forbidden(DomainError):
+    """Valid credentials that do not allow this (403)."""
+
+    code = 403
+
+
 class NotFound(DomainError):
     code = 404
 

@@ -149,8 +149,35 @@ def app(mongodb_uri, redis_url):
     close_db()
 
 
+def token_for(app, role: str = "admin", user_id: str | None = None) -> str:
+    """An access token with ``role`` (claims only: no user document is needed for the
+    role checks; the auth tests log real users in)."""
+    from bson import ObjectId
+    from flask_jwt_extended import create_access_token
+
+    with app.app_context():
+        return create_access_token(
+            identity=user_id or str(ObjectId()),
+            additional_claims={"role": role, "username": f"test-{role}"},
+        )
+
+
+def client_as(app, role: str = "admin"):
+    """A test client that sends a ``role`` token with every request."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token_for(app, role)}"
+    return test_client
+
+
 @pytest.fixture
 def client(app):
+    """A client authenticated as an admin (auth is on, as in production)."""
+    return client_as(app, "admin")
+
+
+@pytest.fixture
+def anon_client(app):
+    """A client without credentials."""
     return app.test_client()
 
 

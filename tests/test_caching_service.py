@@ -20,7 +20,7 @@ from polymicro import create_app
 from polymicro.common import caching
 from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
-from tests.conftest import _empty_database
+from tests.conftest import _empty_database, client_as
 
 in_app = pytest.mark.usefixtures("ctx")
 
@@ -166,7 +166,7 @@ def test_redis_outage_keeps_the_api_answering_and_caching_resumes(own_redis_app,
     import redis
 
     app, state = own_redis_app
-    client = app.test_client()
+    client = client_as(app)
     server = redis.Redis(port=state["port"])
     assert client.post("/api/projects", json={"name": "Before"}).status_code == 201
     assert client.get("/api/projects").status_code == 200
@@ -200,7 +200,7 @@ def test_unreachable_redis_from_the_start_is_not_an_error(mongodb_uri, caplog, m
         config.update(MONGODB_URI=mongodb_uri, MONGODB_MOCK=False)
     app = create_app(config)
     caching.reset_state()
-    client = app.test_client()
+    client = client_as(app)
     with caplog.at_level(logging.WARNING, logger="polymicro.common.caching"):
         assert client.post("/api/projects", json={"name": "A"}).status_code == 201
         assert client.get("/api/projects").status_code == 200

@@ -28,7 +28,7 @@ from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.projects.models import Project
 from polymicro.services.models import HEALTHS, STATUSES, Service
-from tests.conftest import _test_config
+from tests.conftest import _test_config, client_as
 from tests.factories import make_project
 
 SEED_ONE_DAY = ["seed-demo", "--days", "1"]
@@ -78,7 +78,7 @@ def seeded(mongodb_uri, redis_url):
                     ).as_pymongo()
                 ),
                 "points": list(CpuPoint.objects.order_by("metric_id", "time").as_pymongo()),
-                "api": app.test_client().get("/api/projects"),
+                "api": client_as(app).get("/api/projects"),
             }
     finally:
         if uri:

@@ -9,6 +9,7 @@ import pytest
 from polymicro import check_database, create_app
 from polymicro.common.timeutil import format_time, parse_time
 from polymicro.config import TestingConfig, load_config
+from tests.conftest import client_as
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def unreachable_app():
     ],
 )
 def test_unreachable_database_is_503_with_a_clear_message(unreachable_app, method, path, body):
-    response = getattr(unreachable_app.test_client(), method)(path, json=body)
+    response = getattr(client_as(unreachable_app), method)(path, json=body)
     assert response.status_code == 503
     assert response.json["message"] == "The database is unavailable; try again shortly."
 

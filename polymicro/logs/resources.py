@@ -14,6 +14,7 @@ from polymicro.logs.schemas import (
     LogQueryArgsSchema,
     ProjectLogQueryArgsSchema,
 )
+from polymicro.security import access, project_scope
 
 blp = Blueprint(
     "logs",
@@ -25,6 +26,7 @@ blp = Blueprint(
 
 @blp.route("/")
 class Logs(MethodView):
+    @access("viewer")
     @blp.arguments(LogQueryArgsSchema, location="query")
     @blp.response(200, LogEntrySchema(many=True))
     @blp.paginate(QueryPage)
@@ -32,25 +34,28 @@ class Logs(MethodView):
         """List log entries, newest first."""
         return service.list_logs(**args)
 
+    @access("editor", keys=True)
     @blp.arguments(LogEntrySchema)
     @blp.response(201, LogEntrySchema)
     def post(self, data):
         """Store a log entry of a service of a project."""
-        return service.create_log(data)
+        return service.create_log(data, scope=project_scope())
 
 
 @blp.route("/batch")
 class LogBatch(MethodView):
+    @access("editor", keys=True)
     @blp.arguments(LogBatchSchema(many=True))
     @blp.response(201, LogBatchResultSchema)
     def post(self, entries):
         """Store 1–1000 entries: all of them, or none and a 422 naming each bad index."""
-        ids = service.create_logs(entries)
+        ids = service.create_logs(entries, scope=project_scope())
         return {"inserted": len(ids), "ids": ids}
 
 
 @blp.route("/project/<objectid:project_id>")
 class ProjectLogs(MethodView):
+    @access("viewer")
     @blp.arguments(ProjectLogQueryArgsSchema, location="query")
     @blp.response(200, LogEntrySchema(many=True))
     @blp.alt_response(404, description="No such project.")
@@ -62,6 +67,7 @@ class ProjectLogs(MethodView):
 
 @blp.route("/service/<objectid:service_id>")
 class ServiceLogs(MethodView):
+    @access("viewer")
     @blp.arguments(LogFilterSchema, location="query")
     @blp.response(200, LogEntrySchema(many=True))
     @blp.alt_response(404, description="No such service.")
@@ -74,24 +80,28 @@ class ServiceLogs(MethodView):
 @blp.route("/<objectid:log_id>")
 @blp.etag
 class LogItem(MethodView):
+    @access("viewer")
     @blp.response(200, LogEntrySchema)
     @blp.alt_response(404, description="No such log entry.")
     def get(self, log_id):
         """Get a log entry."""
         return service.get_log(log_id)
 
+    @access("editor")
     @blp.arguments(LogEntryUpdateSchema)
     @blp.response(200, LogEntrySchema)
     def put(self, data, log_id):
         """Update a log entry (partial body accepted)."""
         return self._update(data, log_id)
 
+    @access("editor")
     @blp.arguments(LogEntryUpdateSchema)
     @blp.response(200, LogEntrySchema)
     def patch(self, data, log_id):
         """Update a log entry (partial body)."""
         return self._update(data, log_id)
 
+    @access("editor")
     @blp.response(204)
     def delete(self, log_id):
         """Delete a log entry."""

@@ -20,6 +20,7 @@ from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
 from polymicro.projects.models import Project
+from polymicro.security import ensure_project
 from polymicro.services.models import Service
 
 ORDER = ("-timestamp", "-id")
@@ -166,7 +167,10 @@ def _new_entry(data: dict, received: datetime) -> dict:
     return data
 
 
-def create_log(data: dict) -> LogEntry:
+def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
+    """Store one entry; a caller limited to project ``scope`` (an API key) may write only
+    to that project."""
+    ensure_project(scope, data["project_id"])
     (errors,) = _check_references([data])
     if errors:
         raise InvalidInput("Invalid log entry: see `errors`.", {"json": errors})
@@ -176,7 +180,7 @@ def create_log(data: dict) -> LogEntry:
     return entry
 
 
-def create_logs(entries: list[dict]) -> list[ObjectId]:
+def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[ObjectId]:
     """Store every entry or none: a bad reference anywhere is a 422 naming each bad
     entry by its index; otherwise one bulk insert.  Returns the ids in input order.
 
@@ -186,6 +190,8 @@ def create_logs(entries: list[dict]) -> list[ObjectId]:
     """
     if not entries:
         raise InvalidInput.field("_schema", "Send at least one log entry.")
+    for entry in entries:
+        ensure_project(scope, entry["project_id"])
     errors = {
         str(index): problems
         for index, problems in enumerate(_check_references(entries))

@@ -15,6 +15,7 @@ from polymicro.metrics.schemas import (
     PointsWindowSchema,
     SeriesQueryArgsSchema,
 )
+from polymicro.security import access, project_scope
 
 blp = Blueprint(
     "metrics",
@@ -26,6 +27,7 @@ blp = Blueprint(
 
 @blp.route("/")
 class Metrics(MethodView):
+    @access("viewer")
     @blp.arguments(MetricQueryArgsSchema, location="query")
     @blp.response(200, MetricSchema(many=True))
     @blp.paginate(QueryPage)
@@ -33,16 +35,18 @@ class Metrics(MethodView):
         """List CPU metrics entries, each with the latest `points` points of the window."""
         return service.list_metrics(**args)
 
+    @access("editor", keys=True)
     @blp.arguments(MetricSchema)
     @blp.response(201, MetricSchema)
     @blp.alt_response(409, description="The service already has an entry.")
     def post(self, data):
         """Create the entry of a service (named case-insensitively), with optional points."""
-        return service.create_metric(data)
+        return service.create_metric(data, scope=project_scope())
 
 
 @blp.route("/project/<objectid:project_id>")
 class ProjectMetrics(MethodView):
+    @access("viewer")
     @blp.arguments(PointsWindowSchema, location="query")
     @blp.response(200, MetricSchema(many=True))
     @blp.alt_response(404, description="No such project.")
@@ -54,6 +58,7 @@ class ProjectMetrics(MethodView):
 
 @blp.route("/service/<path:service_name>")
 class ServiceMetrics(MethodView):
+    @access("viewer")
     @blp.arguments(MetricQueryArgsSchema, location="query")
     @blp.response(200, MetricSchema(many=True))
     @blp.paginate(QueryPage)
@@ -65,6 +70,7 @@ class ServiceMetrics(MethodView):
 @blp.route("/<objectid:metric_id>")
 @blp.etag
 class MetricItem(MethodView):
+    @access("viewer")
     @blp.arguments(PointsWindowSchema, location="query")
     @blp.response(200, MetricSchema)
     @blp.alt_response(404, description="No such entry.")
@@ -72,13 +78,15 @@ class MetricItem(MethodView):
         """Get an entry with the latest `points` points of the window, oldest first."""
         return service.get_metric(metric_id, **args)
 
+    @access("editor", keys=True)
     @blp.arguments(MetricUpdateSchema)
     @blp.response(200, MetricSchema)
     def put(self, data, metric_id):
         """Replace all points of an entry with `data` (`If-Match`: the ETag of a plain GET)."""
         blp.check_etag(service.get_metric(metric_id), MetricSchema)
-        return service.replace_points(metric_id, data)
+        return service.replace_points(metric_id, data, scope=project_scope())
 
+    @access("editor")
     @blp.response(204)
     def delete(self, metric_id):
         """Delete an entry with its points."""
@@ -88,16 +96,18 @@ class MetricItem(MethodView):
 
 @blp.route("/<objectid:metric_id>/data")
 class MetricData(MethodView):
+    @access("editor", keys=True)
     @blp.arguments(PointsBodySchema)
     @blp.response(201, InsertedSchema)
     @blp.alt_response(404, description="No such entry.")
     def post(self, points, metric_id):
         """Append one point (an object) or up to 10000 (an array): all are stored or none."""
-        return {"inserted": service.append_cpu_points(metric_id, points)}
+        return {"inserted": service.append_cpu_points(metric_id, points, scope=project_scope())}
 
 
 @blp.route("/<objectid:metric_id>/series")
 class MetricSeries(MethodView):
+    @access("viewer")
     @blp.arguments(SeriesQueryArgsSchema, location="query")
     @blp.response(200, BucketSchema(many=True))
     @blp.alt_response(404, description="No such entry.")

@@ -26,6 +26,7 @@ from polymicro.common.timeutil import to_utc_naive, utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.projects.models import Project
+from polymicro.security import ensure_project
 from polymicro.services.models import Service
 
 DEFAULT_POINTS = 500  # points per entry returned by a read unless ``points`` says otherwise
@@ -170,7 +171,7 @@ def _delete_points_except(metric_id: ObjectId, keep: list[ObjectId]) -> None:
     CpuPoint._get_collection().delete_many({"metric_id": metric_id, "_id": {"$nin": keep}})
 
 
-def create_metric(data: dict) -> dict:
+def create_metric(data: dict, scope: ObjectId | None = None) -> dict:
     """Create the entry of a service of a project, with optional initial points.
 
     The service is named case-insensitively; the entry stores its id and its canonical
@@ -178,6 +179,7 @@ def create_metric(data: dict) -> dict:
     ``(project_id, service_id)`` settles a race).
     """
     project_id = data["project_id"]
+    ensure_project(scope, project_id)
     if not Project.objects(id=project_id).count():
         raise InvalidInput.field("project_id", "No project with this id.")
     svc = Service.objects(project_id=project_id, name_key=name_key(data["service_name"])).first()
@@ -197,7 +199,7 @@ def create_metric(data: dict) -> dict:
     return metric_views([metric])[0]
 
 
-def replace_points(metric_id: ObjectId, data: dict) -> dict:
+def replace_points(metric_id: ObjectId, data: dict, scope: ObjectId | None = None) -> dict:
     """``PUT``: replace every point of the entry with ``data["data"]``.
 
     The new points are inserted first, then the old ones are deleted by ``_id``: an
@@ -207,6 +209,7 @@ def replace_points(metric_id: ObjectId, data: dict) -> dict:
     A body without ``data`` changes nothing.
     """
     metric = load_metric(metric_id)
+    ensure_project(scope, metric.project_id)
     if "data" in data:
         new_ids = _insert_points(metric.id, data["data"])
         _delete_points_except(metric.id, new_ids)
@@ -216,7 +219,9 @@ def replace_points(metric_id: ObjectId, data: dict) -> dict:
     return metric_views([metric])[0]
 
 
-def append_cpu_points(metric_id: ObjectId, points: list[dict]) -> int:
+def append_cpu_points(
+    metric_id: ObjectId, points: list[dict], scope: ObjectId | None = None
+) -> int:
     """Append validated points to an entry in one bulk write; returns how many.
 
     The entry document is not rewritten (see the module docstring).
@@ -227,6 +232,7 @@ def append_cpu_points(metric_id: ObjectId, points: list[dict]) -> int:
     project_id = CpuMetric.objects(id=metric_id).scalar("project_id").first()
     if project_id is None:
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
+    ensure_project(scope, project_id)
     inserted = len(_insert_points(metric_id, points))
     caching.bump(caching.metrics_namespace(project_id))
     return inserted

@@ -6,6 +6,7 @@ from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.projects import service
 from polymicro.projects.schemas import ProjectQueryArgsSchema, ProjectSchema, ProjectUpdateSchema
+from polymicro.security import access
 
 blp = Blueprint(
     "projects",
@@ -17,6 +18,7 @@ blp = Blueprint(
 
 @blp.route("/")
 class Projects(MethodView):
+    @access("viewer")
     @blp.arguments(ProjectQueryArgsSchema, location="query")
     @blp.response(200, ProjectSchema(many=True))
     @blp.paginate(QueryPage)
@@ -24,6 +26,7 @@ class Projects(MethodView):
         """List projects (each with its `microservices`)."""
         return service.list_projects(**args)
 
+    @access("editor")
     @blp.arguments(ProjectSchema)
     @blp.response(201, ProjectSchema)
     @blp.alt_response(409, description="A project with that name exists.")
@@ -35,24 +38,28 @@ class Projects(MethodView):
 @blp.route("/<objectid:project_id>")
 @blp.etag
 class ProjectItem(MethodView):
+    @access("viewer")
     @blp.response(200, ProjectSchema)
     @blp.alt_response(404, description="No such project.")
     def get(self, project_id):
         """Get a project."""
         return service.get_project(project_id)
 
+    @access("editor")
     @blp.arguments(ProjectUpdateSchema)
     @blp.response(200, ProjectSchema)
     def put(self, data, project_id):
         """Update a project (partial body accepted)."""
         return self._update(data, project_id)
 
+    @access("editor")
     @blp.arguments(ProjectUpdateSchema)
     @blp.response(200, ProjectSchema)
     def patch(self, data, project_id):
         """Update a project (partial body)."""
         return self._update(data, project_id)
 
+    @access("admin")
     @blp.response(204)
     def delete(self, project_id):
         """Delete a project with its services, logs and metrics."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bson import ObjectId
 
+from polymicro.auth import service as auth
 from polymicro.common import caching
 from polymicro.common.models import as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
@@ -106,5 +107,6 @@ def delete_project(project_id: ObjectId) -> None:
     """
     project = load_project(project_id)
     services.delete_services_of_project(project.id)
+    auth.delete_api_keys(project.id)
     project.delete()
     caching.bump(caching.CATALOG)

@@ -4,6 +4,7 @@ from flask.views import MethodView
 
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
+from polymicro.security import access
 from polymicro.services import service
 from polymicro.services.schemas import ServiceQueryArgsSchema, ServiceSchema, ServiceUpdateSchema
 
@@ -17,6 +18,7 @@ blp = Blueprint(
 
 @blp.route("/")
 class Services(MethodView):
+    @access("viewer")
     @blp.arguments(ServiceQueryArgsSchema, location="query")
     @blp.response(200, ServiceSchema(many=True))
     @blp.paginate(QueryPage)
@@ -24,6 +26,7 @@ class Services(MethodView):
         """List services."""
         return service.list_services(**args)
 
+    @access("editor")
     @blp.arguments(ServiceSchema)
     @blp.response(201, ServiceSchema)
     @blp.alt_response(409, description="The project has a service with that name.")
@@ -34,6 +37,7 @@ class Services(MethodView):
 
 @blp.route("/project/<objectid:project_id>")
 class ProjectServices(MethodView):
+    @access("viewer")
     @blp.response(200, ServiceSchema(many=True))
     @blp.alt_response(404, description="No such project.")
     @blp.paginate(QueryPage)
@@ -45,24 +49,28 @@ class ProjectServices(MethodView):
 @blp.route("/<objectid:service_id>")
 @blp.etag
 class ServiceItem(MethodView):
+    @access("viewer")
     @blp.response(200, ServiceSchema)
     @blp.alt_response(404, description="No such service.")
     def get(self, service_id):
         """Get a service."""
         return service.get_service(service_id)
 
+    @access("editor")
     @blp.arguments(ServiceUpdateSchema)
     @blp.response(200, ServiceSchema)
     def put(self, data, service_id):
         """Update a service (partial body accepted)."""
         return self._update(data, service_id)
 
+    @access("editor")
     @blp.arguments(ServiceUpdateSchema)
     @blp.response(200, ServiceSchema)
     def patch(self, data, service_id):
         """Update a service (partial body)."""
         return self._update(data, service_id)
 
+    @access("editor")
     @blp.response(204)
     def delete(self, service_id):
         """Delete a service with its logs and metrics."""

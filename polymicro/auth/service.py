@@ -1,0 +1,277 @@
+"""User and API-key use cases: registration, login, tokens, roles, keys.
+
+Passwords are hashed with argon2id (argon2-cffi).  A failed login says the same thing,
+and costs the same time, whether the user exists or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from bson import ObjectId
+from flask import current_app
+from flask_jwt_extended import create_access_token, create_refresh_token
+
+from polymicro.auth.models import ApiKey, User
+from polymicro.common import caching
+from polymicro.common.models import as_view, name_key
+from polymicro.common.pagination import PagedQuery
+from polymicro.common.timeutil import utcnow
+from polymicro.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from polymicro.projects.models import Project
+
+KEYS = "api-keys"  # cache namespace of key lookups, bumped on every key change
+KEY_PREFIX = "pmk_"
+BAD_LOGIN = "Unknown user or wrong password."
+
+
+def _hasher() -> PasswordHasher:
+    config = current_app.config
+    return PasswordHasher(
+        time_cost=config["PASSWORD_HASH_TIME_COST"],
+        memory_cost=config["PASSWORD_HASH_MEMORY_KIB"],
+    )
+
+
+def hash_password(password: str) -> str:
+    return _hasher().hash(password)
+
+
+def _password_matches(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher().verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def user_view(user: User) -> dict:
+    view = as_view(user)
+    view.pop("password_hash")
+    return view
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+def _ensure_unique(username: str | None, email: str | None, exclude=None) -> None:
+    for field, value, what in (
+        ("username_key", username and name_key(username), "username"),
+        ("email", email and email.lower(), "email"),
+    ):
+        if value is None:
+            continue
+        clash = User.objects(**{field: value})
+        if exclude is not None:
+            clash = clash.filter(id__ne=exclude)
+        if clash.first() is not None:
+            raise Conflict(f"That {what} is taken.")
+
+
+def register_user(data: dict, by_admin: bool = False) -> dict:
+    """A new user.  Only an admin registers others (and may choose the role), unless
+    ``ALLOW_REGISTRATION`` opens self-registration (as a viewer)."""
+    if not by_admin and not current_app.config["ALLOW_REGISTRATION"]:
+        raise Forbidden("Registration is closed: an admin creates accounts.")
+    if "role" in data and not by_admin:
+        raise InvalidInput.field("role", "Only an admin may choose a role.")
+    _ensure_unique(data["username"], data["email"])
+    user = User(
+        username=data["username"],
+        username_key=name_key(data["username"]),
+        email=data["email"].lower(),
+        password_hash=hash_password(data["password"]),
+        role=data.get("role", "viewer"),
+    )
+    user.save(force_insert=True)
+    return user_view(user)
+
+
+def authenticate(username: str, password: str) -> User:
+    user = User.objects(username_key=name_key(username)).first()
+    if user is None:
+        _hasher().hash(password)  # same cost as a real check: no timing oracle
+        raise Unauthorized(BAD_LOGIN)
+    if not _password_matches(user.password_hash, password) or not user.is_active:
+        raise Unauthorized(BAD_LOGIN)
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.update(set__password_hash=hash_password(password))
+    return user
+
+
+def _access_token(user: User) -> str:
+    claims = {"role": user.role, "username": user.username}
+    return create_access_token(identity=str(user.id), additional_claims=claims)
+
+
+def login(username: str, password: str) -> dict:
+    user = authenticate(username, password)
+    return {
+        "access_token": _access_token(user),
+        "refresh_token": create_refresh_token(identity=str(user.id)),
+        "token_type": "bearer",
+        "expires_in": current_app.config["ACCESS_TOKEN_MINUTES"] * 60,
+        "user": user_view(user),
+    }
+
+
+def refresh(user_id: str) -> dict:
+    """A new access token, with the user's current role (re-read here)."""
+    user = User.objects(id=user_id).first() if ObjectId.is_valid(user_id) else None
+    if user is None or not user.is_active:
+        raise Unauthorized("This account no longer exists or is disabled.")
+    return {
+        "access_token": _access_token(user),
+        "token_type": "bearer",
+        "expires_in": current_app.config["ACCESS_TOKEN_MINUTES"] * 60,
+        "user": user_view(user),
+    }
+
+
+def _load_user(user_id) -> User:
+    user = User.objects(id=user_id).first() if ObjectId.is_valid(str(user_id)) else None
+    if user is None:
+        raise NotFound(f"User {user_id} not found.")
+    return user
+
+
+def get_user(user_id) -> dict:
+    return user_view(_load_user(user_id))
+
+
+def update_me(user_id, data: dict) -> dict:
+    """Change one's e-mail and/or password (the current password is required for that)."""
+    user = _load_user(user_id)
+    if "password" in data:
+        current = data.get("current_password")
+        if current is None or not _password_matches(user.password_hash, current):
+            raise InvalidInput.field("current_password", "The current password is wrong.")
+    email = data.get("email")
+    if email is not None and email.lower() != user.email:
+        _ensure_unique(None, email, exclude=user.id)
+        user.email = email.lower()
+    if "password" in data:
+        user.password_hash = hash_password(data["password"])
+    if user._get_changed_fields():
+        user.updated_at = utcnow()
+        user.save()
+    return user_view(user)
+
+
+def list_users() -> PagedQuery:
+    return PagedQuery(User.objects.order_by("username_key"), per_page=_user_views)
+
+
+def _user_views(users: list[User]) -> list[dict]:
+    return [user_view(u) for u in users]
+
+
+def admin_update_user(user_id, data: dict) -> dict:
+    """Change a user's role or switch the account off; the last active admin stays."""
+    user = _load_user(user_id)
+    stays_admin = data.get("role", user.role) == "admin" and data.get("is_active", user.is_active)
+    if user.role == "admin" and user.is_active and not stays_admin:
+        others = User.objects(role="admin", is_active=True, id__ne=user.id).count()
+        if not others:
+            raise Conflict("This is the last active admin; make another admin first.")
+    changed = {k: v for k, v in data.items() if getattr(user, k) != v}
+    if changed:
+        for key, value in changed.items():
+            setattr(user, key, value)
+        user.updated_at = utcnow()
+        user.save()
+    return user_view(user)
+
+
+def create_admin(username: str, email: str, password: str) -> tuple[dict, bool]:
+    """Create an admin, or make the existing user of that name an active admin with this
+    password.  Returns the user and whether it was created."""
+    user = User.objects(username_key=name_key(username)).first()
+    if user is None:
+        return register_user(
+            {"username": username, "email": email, "password": password, "role": "admin"},
+            by_admin=True,
+        ), True
+    user.update(
+        set__role="admin",
+        set__is_active=True,
+        set__password_hash=hash_password(password),
+        set__updated_at=utcnow(),
+    )
+    return get_user(user.id), False
+
+
+# --- API keys ----------------------------------------------------------------------------
+
+
+def _digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def create_api_key(project_id: ObjectId, name: str, created_by: str | None) -> dict:
+    """A new key for an existing project; the secret is in the result, and only there."""
+    if not Project.objects(id=project_id).count():
+        raise NotFound(f"Project {project_id} not found.")
+    prefix = secrets.token_hex(6)
+    raw_key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        project_id=project_id,
+        name=name,
+        prefix=prefix,
+        key_hash=_digest(raw_key),
+        created_by=created_by,
+    )
+    key.save(force_insert=True)
+    caching.bump(KEYS)
+    return as_view(key, key=raw_key)
+
+
+def list_api_keys(project_id: ObjectId) -> PagedQuery:
+    if not Project.objects(id=project_id).count():
+        raise NotFound(f"Project {project_id} not found.")
+    query = ApiKey.objects(project_id=project_id).order_by("created_at", "id")
+    return PagedQuery(query, per_page=lambda keys: [as_view(k) for k in keys])
+
+
+def revoke_api_key(project_id: ObjectId, key_id: ObjectId) -> None:
+    key = ApiKey.objects(id=key_id, project_id=project_id).first()
+    if key is None:
+        raise NotFound(f"API key {key_id} not found in project {project_id}.")
+    if key.revoked_at is None:
+        key.update(set__revoked_at=utcnow(), set__updated_at=utcnow())
+        caching.bump(KEYS)
+
+
+def delete_api_keys(project_id: ObjectId) -> None:
+    """Cascade of a project deletion: its keys stop working at once."""
+    ApiKey.objects(project_id=project_id).delete()
+    caching.bump(KEYS)
+
+
+def verify_api_key(raw_key: str) -> dict | None:
+    """The live key matching ``raw_key`` ({id, project_id}), or None."""
+    parts = raw_key.split("_")
+    if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX or len(raw_key) > 200:
+        return None
+    prefix = parts[1]
+    row = caching.cached(KEYS, caching.make_key("key", prefix), lambda: _key_row(prefix))
+    if not row or row["revoked"]:
+        return None
+    if not hmac.compare_digest(row["key_hash"], _digest(raw_key)):
+        return None
+    return {"id": row["id"], "project_id": row["project_id"]}
+
+
+def _key_row(prefix: str) -> dict | None:
+    key = ApiKey.objects(prefix=prefix).first()
+    if key is None:
+        return None
+    return {
+        "id": key.id,
+        "project_id": key.project_id,
+        "key_hash": key.key_hash,
+        "revoked": key.revoked_at is not None,
+    }
