@@ -253,7 +253,7 @@ def delete_api_keys(project_id: ObjectId) -> None:
 
 def verify_api_key(raw_key: str) -> dict | None:
     """The live key matching ``raw_key`` ({id, project_id}), or None."""
-    parts = raw_key.split("_")
+    parts = raw_key.split("_", 2)  # the secret itself may contain "_"
     if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX or len(raw_key) > 200:
         return None
     prefix = parts[1]
