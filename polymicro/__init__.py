@@ -27,8 +27,9 @@ FORM_PATHS = {"/api/auth/login"}  # the dashboard logs in with form fields
 
 
 def create_app(config: type[Config] | dict | None = None) -> Flask:
-    app = Flask(__name__)
-    configure(app, config)
+    settings = load_config(config)
+    app = Flask(__name__, instance_path=settings["INSTANCE_PATH"] or None)
+    configure(app, settings)
     configure_logging(app)
     init_db(app)
     init_cache(app)
@@ -41,8 +42,8 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     return app
 
 
-def configure(app: Flask, config: type[Config] | dict | None) -> None:
-    app.config.update(load_config(config))
+def configure(app: Flask, settings: dict) -> None:
+    app.config.update(settings)
     app.json.sort_keys = False
     # Collection paths answer with and without the trailing slash, without a redirect.
     app.url_map.strict_slashes = False

@@ -5,6 +5,8 @@ A thin click layer: the work lives in plain functions (``polymicro.demo``).
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
@@ -13,12 +15,18 @@ from flask.cli import with_appcontext
 from pymongo.errors import ConnectionFailure
 
 from polymicro import demo
+from polymicro.auth import service as auth
+from polymicro.auth.models import User
 from polymicro.extensions import cache
+
+DEMO_ADMIN = "admin"
+CREDENTIALS_FILE = "demo-admin.txt"  # in the instance folder, readable by its owner only
 
 
 def register(app: Flask) -> None:
     """Attach the commands to the app (called by create_app)."""
     app.cli.add_command(seed_demo_command)
+    app.cli.add_command(create_admin_command)
 
 
 def _progressbar(items: list[demo.ServiceWork]):
@@ -66,6 +74,7 @@ def seed_demo_command(days: int, seed: int, if_empty: bool) -> None:
     points only when it has none.
     """
     try:
+        _ensure_demo_admin()
         if if_empty and demo.database_has_projects():
             click.echo("The database already has projects: nothing seeded (--if-empty).")
             return
@@ -83,3 +92,43 @@ def _clear_cache() -> None:
         cache.clear()
     except Exception as exc:  # a cache that is down must not fail the seeding
         click.echo(f"Warning: could not clear the cache ({type(exc).__name__}).", err=True)
+
+
+def _ensure_demo_admin() -> None:
+    """A database without any user gets the demo admin, with a fresh random password that
+    is printed and kept in the instance folder (where ``make run`` shows it)."""
+    if User.objects.count():
+        return
+    password = secrets.token_urlsafe(12)
+    auth.create_admin(DEMO_ADMIN, f"{DEMO_ADMIN}@localhost", password)
+    path = Path(current_app.instance_path) / CREDENTIALS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{DEMO_ADMIN} {password}\n", encoding="utf-8")
+    path.chmod(0o600)
+    click.echo(f"Created the demo admin: username {DEMO_ADMIN!r}, password {password!r}")
+    click.echo(f"(kept in {path}; change it with PUT /api/auth/me)")
+
+
+@click.command("create-admin")
+@click.option("--username", default=DEMO_ADMIN, show_default=True)
+@click.option("--email", default=None, help="Default: <username>@localhost.")
+@click.option(
+    "--password",
+    envvar="POLYMICRO_ADMIN_PASSWORD",
+    default=None,
+    help="Default: a random one, printed once. Also read from POLYMICRO_ADMIN_PASSWORD.",
+)
+@with_appcontext
+def create_admin_command(username: str, email: str | None, password: str | None) -> None:
+    """Create an admin, or make an existing user an active admin with a new password."""
+    generated = password is None
+    password = password or secrets.token_urlsafe(12)
+    if len(password) < 8:
+        raise click.BadParameter("at least 8 characters", param_hint="--password")
+    try:
+        user, created = auth.create_admin(username, email or f"{username}@localhost", password)
+    except ConnectionFailure as exc:
+        raise click.ClickException(_unreachable(exc)) from None
+    click.echo(f"{'Created' if created else 'Updated'} admin {user['username']!r}.")
+    if generated:
+        click.echo(f"Password: {password}  (shown once)")

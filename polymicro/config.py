@@ -58,6 +58,9 @@ class Config:
     # (1000 × 16 KiB messages) fits.
     MAX_CONTENT_LENGTH = 20 * 1024 * 1024
     LOG_LEVEL = "INFO"
+    # Where the generated development secret and the demo admin's password are kept.
+    # Empty: Flask's default, the instance/ folder next to the package.
+    INSTANCE_PATH = ""
     # --- OpenAPI (flask-smorest) ----------------------------------------------------
     API_TITLE = "Poly Micro Manager API"
     API_VERSION = "0.1.0"

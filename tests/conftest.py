@@ -118,8 +118,12 @@ def redis_url():
     return TEST_REDIS_URL
 
 
+INSTANCE_DIR = tempfile.mkdtemp(prefix="polymicro-instance-")  # never the repo's instance/
+
+
 def _test_config(mongodb_uri, redis_url) -> dict:
     config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
+    config["INSTANCE_PATH"] = INSTANCE_DIR
     if mongodb_uri:
         config.update(MONGODB_URI=mongodb_uri, MONGODB_MOCK=False, MONGODB_TIMEOUT_MS=5000)
     if redis_url:

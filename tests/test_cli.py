@@ -299,3 +299,44 @@ def test_poisson_has_the_requested_mean():
     for lam in (0.5, 4.0, 50.0):
         draws = [demo.poisson(rng, lam) for _ in range(4000)]
         assert abs(sum(draws) / len(draws) - lam) < 0.1 * lam + 0.05
+
+
+# --- admins -------------------------------------------------------------------------------
+
+
+def test_seed_demo_creates_the_demo_admin_once_and_keeps_its_password(app, tmp_path):
+    from pathlib import Path
+
+    from polymicro.auth import service as auth
+    from polymicro.auth.models import User
+
+    first = app.test_cli_runner().invoke(args=["seed-demo", "--days", "1", "--if-empty"])
+    assert first.exit_code == 0, first.output
+    assert "Created the demo admin" in first.output
+    username, password = (Path(app.instance_path) / "demo-admin.txt").read_text().split()
+    with app.app_context():
+        assert auth.authenticate(username, password).role == "admin"
+    second = app.test_cli_runner().invoke(args=["seed-demo", "--days", "1", "--if-empty"])
+    assert "Created the demo admin" not in second.output
+    with app.app_context():
+        assert User.objects.count() == 1
+
+
+def test_create_admin_creates_then_resets(app):
+    from polymicro.auth import service as auth
+
+    runner = app.test_cli_runner()
+    created = runner.invoke(args=["create-admin", "--username", "root", "--password", "s3cret-pw"])
+    assert created.exit_code == 0, created.output
+    assert "Created admin 'root'" in created.output
+    reset = runner.invoke(args=["create-admin", "--username", "root"])
+    assert "Updated admin 'root'" in reset.output
+    password = reset.output.split("Password: ")[1].split()[0]
+    with app.app_context():
+        assert auth.authenticate("root", password).role == "admin"
+
+
+def test_create_admin_refuses_a_short_password(app):
+    result = app.test_cli_runner().invoke(args=["create-admin", "--password", "short"])
+    assert result.exit_code == 2
+    assert "at least 8 characters" in result.output
