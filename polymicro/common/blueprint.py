@@ -4,14 +4,20 @@
 - ETags: ``If-None-Match`` on GET gives 304 (flask-smorest's behaviour), but
   ``If-Match`` on writes is *optional*: flask-smorest would answer 428 without it,
   the contract allows unconditional writes and answers 412 only to a stale tag.
+- Response caching (:meth:`Blueprint.cached_response`) for the dashboard's hot reads.
 """
 
 from __future__ import annotations
 
-import flask_smorest
-from flask import request
-from flask_smorest.etag import _get_etag_ctx
+from collections.abc import Callable
+from functools import wraps
 
+import flask_smorest
+from flask import Response, request
+from flask_smorest.etag import _get_etag_ctx
+from flask_smorest.utils import get_appcontext
+
+from polymicro.common import caching
 from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
@@ -36,3 +42,47 @@ class Blueprint(flask_smorest.Blueprint):
         doc = super()._prepare_etag_doc(doc, doc_info, **kwargs)
         doc.get("responses", {}).pop(428, None)
         return doc
+
+    def cached_response(self, namespace_of: Callable[[dict], str], etag: bool = False):
+        """Serve this GET from the cache: body, ``X-Pagination`` and ETag, as sent.
+
+        The service layer caches data; on the hot reads the marshmallow dump and JSON
+        encoding of that data cost most of a request (66 % of the CPU on a project's
+        metrics, measured with py-spy under ``make bench``), so the final response is
+        cached too, in the same namespace: every write that invalidates the data
+        invalidates the response.  The key is the path and the whole query string.
+        Place it under ``access()`` (authorization first) and above ``arguments``.
+        ``namespace_of`` gets the view's path parameters.  With ``etag`` (item
+        endpoints under ``@blp.etag``), a cached ETag still answers 304.
+        """
+
+        def decorator(func):
+            @wraps(func)
+            def wrapper(*args, **kwargs):
+                namespace = namespace_of(kwargs)
+                key = caching.make_key(
+                    "response", request.path.rstrip("/"), sorted(request.args.items(multi=True))
+                )
+                reader = caching.Reader(namespace)
+                hit = reader.peek(key)
+                if hit is not None:
+                    body, pagination, etag_value = hit
+                    if etag and etag_value:
+                        self._check_not_modified(etag_value)
+                        _get_etag_ctx()["etag"] = etag_value
+                    response = Response(body, 200, mimetype="application/json")
+                    if pagination:
+                        response.headers["X-Pagination"] = pagination
+                    return response
+                response = func(*args, **kwargs)
+                if response.status_code == 200:
+                    pagination = response.headers.get("X-Pagination")
+                    etag_value = None
+                    if etag:
+                        etag_value = self._generate_etag(get_appcontext()["result_dump"])
+                    reader.put(key, (response.get_data(), pagination, etag_value))
+                return response
+
+            return wrapper
+
+        return decorator

@@ -161,21 +161,30 @@ def make_key(*parts: Any, **params: Any) -> str:
 
 def cached(namespace: str, key: str, producer: Callable[[], Any]) -> Any:
     """The value under ``key`` in ``namespace``, computed by ``producer`` when missing."""
-    return _Reader(namespace).get(key, producer)
+    return Reader(namespace).get(key, producer)
 
 
-class _Reader:
-    """Reads of one request in one namespace: the generation is looked up once."""
+
+
+
+class Reader:
+    """Reads of one request in one namespace: the generation is looked up once, before
+    anything is computed, and a value is stored under that generation only.  A write
+    that lands meanwhile bumps the generation, so the value, possibly computed from
+    data older than that write, is never read again."""
 
     def __init__(self, namespace: str):
         self.namespace = namespace
         self._prefix: str | None = None
 
+    def _key(self, key: str) -> str:
+        if self._prefix is None:
+            self._prefix = f"{self.namespace}:{_guard(_generation, self.namespace)}:"
+        return self._prefix + key
+
     def get(self, key: str, producer: Callable[[], Any]) -> Any:
         try:
-            if self._prefix is None:
-                self._prefix = f"{self.namespace}:{_guard(_generation, self.namespace)}:"
-            full_key = self._prefix + key
+            full_key = self._key(key)
             hit = _guard(cache.get, full_key)
         except CacheDown:
             return producer()
@@ -186,6 +195,18 @@ class _Reader:
             _guard(cache.set, full_key, value)
         return value
 
+    def peek(self, key: str) -> Any:
+        """The value under ``key``, or None (missing, or the cache is down)."""
+        try:
+            return _guard(cache.get, self._key(key))
+        except CacheDown:
+            return None
+
+    def put(self, key: str, value: Any) -> None:
+        """Keep ``value`` under ``key`` (best effort)."""
+        with contextlib.suppress(CacheDown):
+            _guard(cache.set, self._key(key), value)
+
 
 class CachedQuery:
     """A pageable query (``count()`` and slices, see ``pagination.py``) whose count and
@@ -194,7 +215,7 @@ class CachedQuery:
     def __init__(self, namespace: str, key: str, query):
         self.query = query
         self.key = key
-        self._reader = _Reader(namespace)
+        self._reader = Reader(namespace)
 
     def count(self) -> int:
         return self._reader.get(f"{self.key}:count", self.query.count)

@@ -5,6 +5,7 @@ exactly as for an unknown id (the contract treats both alike).
 """
 
 from bson import ObjectId
+from flask import request
 from werkzeug.routing import BaseConverter
 
 
@@ -16,3 +17,13 @@ class ObjectIdConverter(BaseConverter):
 
     def to_url(self, value) -> str:
         return str(value)
+
+
+def query_object_id(name: str) -> ObjectId | None:
+    """A query-string id as an ObjectId, or None when absent or malformed (the view's
+    own schema then answers 422)."""
+    value = request.args.get(name, "")
+    try:
+        return ObjectId(value) if len(value) == 24 else None
+    except (TypeError, ValueError):
+        return None

@@ -28,12 +28,13 @@ IMMUTABLE = ("project_id", "service_id")
 ALL_LOGS = "logs"
 
 
-def _namespace(project_id: ObjectId | None) -> str:
+def namespace_for(project_id: ObjectId | None) -> str:
+    """The cache namespace of log lists of one project, or of lists not scoped to one."""
     return f"logs:{project_id}" if project_id is not None else ALL_LOGS
 
 
 def _bump(*project_ids: ObjectId) -> None:
-    caching.bump(ALL_LOGS, *(_namespace(pid) for pid in set(project_ids)))
+    caching.bump(ALL_LOGS, *(namespace_for(pid) for pid in set(project_ids)))
 
 
 def _rows(rows: list[dict]) -> list[dict]:
@@ -66,7 +67,7 @@ def list_logs(
         "q": q,
     }
     key = caching.make_key("logs", **filters)
-    return caching.CachedQuery(_namespace(project_id), key, _query(**filters))
+    return caching.CachedQuery(namespace_for(project_id), key, _query(**filters))
 
 
 def _query(
@@ -104,7 +105,7 @@ def _exists(model, object_id: ObjectId, namespace: str) -> bool:
 
 
 def list_project_logs(project_id: ObjectId, **filters) -> caching.CachedQuery:
-    if not _exists(Project, project_id, _namespace(project_id)):
+    if not _exists(Project, project_id, namespace_for(project_id)):
         raise NotFound(f"Project {project_id} not found.")
     filters["project_id"] = project_id  # the path wins over a query parameter
     return list_logs(**filters)

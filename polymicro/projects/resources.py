@@ -2,6 +2,7 @@
 
 from flask.views import MethodView
 
+from polymicro.common import caching
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.projects import service
@@ -19,6 +20,7 @@ blp = Blueprint(
 @blp.route("/")
 class Projects(MethodView):
     @access("viewer")
+    @blp.cached_response(lambda _: caching.CATALOG)
     @blp.arguments(ProjectQueryArgsSchema, location="query")
     @blp.response(200, ProjectSchema(many=True))
     @blp.paginate(QueryPage)
@@ -39,6 +41,7 @@ class Projects(MethodView):
 @blp.etag
 class ProjectItem(MethodView):
     @access("viewer")
+    @blp.cached_response(lambda _: caching.CATALOG, etag=True)
     @blp.response(200, ProjectSchema)
     @blp.alt_response(404, description="No such project.")
     def get(self, project_id):
