@@ -387,7 +387,7 @@ class TestIndexes:
             ({"since": T0}, "timestamp"),
             ({"project_id": ObjectId()}, "project_id"),
             ({"service_id": ObjectId()}, "service_id"),
-            ({"severity": ["error"]}, "severity"),
+            ({"severity": ["error"]}, "level"),
             ({"min_severity": "warn"}, "level"),
             ({"source": "a"}, "source"),
             ({"test_id": "a"}, "test_id"),

@@ -79,7 +79,7 @@ def _query(
     if service_id is not None:
         query = query.filter(service_id=service_id)
     if severity:
-        query = query.filter(severity__in=severity)
+        query = query.filter(level__in=[SEVERITY_LEVEL[name] for name in severity])
     if min_severity:
         query = query.filter(level__gte=SEVERITY_LEVEL[min_severity])
     if source:
