@@ -31,7 +31,13 @@ USER 10001:10001
 
 EXPOSE 8000
 
+# Liveness only (/api/health/live touches neither database nor cache): a database outage
+# must not mark the app container unhealthy.  Orchestrators should probe
+# /api/health/live (restart) and /api/health/ready (traffic); /metrics is for the
+# Prometheus scraper and must not be routed from the public network.  gunicorn.conf.py
+# keeps the per-worker metric files in a fresh directory under /tmp (writable by the
+# user below; mount an emptyDir/tmpfs there if the root filesystem is read-only).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/health', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/api/health/live', timeout=4)"]
 
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -2,9 +2,19 @@
 
 Every value can be overridden from the environment; a `--bind` on the command line
 (as scripts/run.sh passes) wins over POLYMICRO_GUNICORN_BIND.
+
+Prometheus metrics from several workers: each worker writes its counters to files in
+PROMETHEUS_MULTIPROC_DIR and /metrics sums them all (polymicro/observability.py).  This
+file sets that variable before any worker starts (prometheus_client reads it when it is
+first imported): to a fresh private temporary directory, removed when gunicorn exits,
+unless it is set already, in which case that directory is emptied at start (so counters
+restart from zero with the server, never from a previous run's files).
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 
 def _int_env(name: str, default: int) -> int:
@@ -33,7 +43,74 @@ graceful_timeout = 10
 # it, and two servers on one machine would share the path. (Older versions ignore this.)
 control_socket_disable = True
 
-# Logs go to the terminal / container log.
-accesslog = "-"
+# --- logs -------------------------------------------------------------------------------
+# The application writes one access line per request itself (logger polymicro.access:
+# method, path, status, duration, request id; JSON with POLYMICRO_LOG_FORMAT=json), so
+# gunicorn's own access log would only repeat it without the request id.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("POLYMICRO_GUNICORN_LOGLEVEL", "info")
+
+if os.environ.get("POLYMICRO_LOG_FORMAT", "").strip().lower() == "json":
+    # gunicorn's own lines (start, worker boot/exit, timeouts) as JSON objects too, in
+    # the application's shape, so that every line of the output parses.  The root
+    # logger gets no handler here: each worker's app installs its own.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "polymicro.observability.RequestIdFilter"}},
+        "formatters": {"json": {"()": "polymicro.observability.json_formatter"}},
+        "handlers": {
+            "json_stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "filters": ["request_id"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": []},
+        "loggers": {
+            "gunicorn.error": {
+                "level": loglevel.upper(),
+                "handlers": ["json_stderr"],
+                "propagate": False,
+            },
+            "gunicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+# --- Prometheus multiprocess mode -------------------------------------------------------
+# Set at import, in the master, before it forks any worker (gunicorn reads this file
+# first).  A reload (SIGHUP) reads it again and finds the variable already set.
+_PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Remembered in the environment, not in a variable: a reload re-runs this file.
+_OWNED_DIR_ENV = "POLYMICRO_OWNED_PROMETHEUS_DIR"
+if not os.environ.get(_PROMETHEUS_DIR_ENV):
+    os.environ[_PROMETHEUS_DIR_ENV] = tempfile.mkdtemp(prefix="polymicro-prometheus-")
+    os.environ[_OWNED_DIR_ENV] = os.environ[_PROMETHEUS_DIR_ENV]
+
+
+def on_starting(server):
+    """Once, in the master, before the first worker: an empty metrics directory."""
+    path = Path(os.environ[_PROMETHEUS_DIR_ENV])
+    path.mkdir(parents=True, exist_ok=True)
+    stale = list(path.glob("*.db"))
+    for file in stale:
+        file.unlink(missing_ok=True)
+    server.log.info(
+        "Prometheus multiprocess directory %s (%d stale files removed)", path, len(stale)
+    )
+
+
+def child_exit(server, worker):
+    """In the master, after a worker exits: drop its live gauges (counters stay summed)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """The directory this file created goes with the server; one given is left in place."""
+    owned = os.environ.get(_OWNED_DIR_ENV)
+    if owned and owned == os.environ.get(_PROMETHEUS_DIR_ENV):
+        shutil.rmtree(owned, ignore_errors=True)

@@ -127,6 +127,7 @@ port=$(free_port "$want_port")
 
 echo
 echo "polymicro is serving on http://127.0.0.1:$port  (Swagger UI: http://127.0.0.1:$port/docs) — Ctrl-C stops everything"
+echo "probes: /api/health/live, /api/health/ready; Prometheus metrics: http://127.0.0.1:$port/metrics"
 echo
 
 gunicorn -c gunicorn.conf.py --bind "127.0.0.1:$port" wsgi:app &
