@@ -15,7 +15,7 @@ from polymicro import errors
 from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
 from polymicro.extensions import api, init_cache, init_db, ping_db
-from polymicro.observability import init_observability
+from polymicro.observability import configure_logging, init_observability
 from polymicro.security import init_security
 
 __version__ = "0.1.0"
@@ -48,12 +48,6 @@ def configure(app: Flask, settings: dict) -> None:
     # Collection paths answer with and without the trailing slash, without a redirect.
     app.url_map.strict_slashes = False
     app.url_map.converters["objectid"] = ObjectIdConverter
-
-
-def configure_logging(app: Flask) -> None:
-    level = app.config["LOG_LEVEL"].upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("polymicro").setLevel(level)
 
 
 def register_api(app: Flask) -> None:

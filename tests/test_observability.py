@@ -303,7 +303,6 @@ def test_record_ingest_moves_the_ingest_counters(client):
     assert cpu == 5
 
 
-@pytest.mark.xfail(strict=True, reason="service-layer call pending")
 def test_posting_a_log_batch_counts_the_logs_stored(client, ctx):
     svc = make_service()
     entry = {"project_id": str(svc.project_id), "service_id": str(svc.id), "severity": "info"}
@@ -316,7 +315,6 @@ def test_posting_a_log_batch_counts_the_logs_stored(client, ctx):
     assert value(after, INGESTED, kind="logs") - value(before, INGESTED, kind="logs") == 4
 
 
-@pytest.mark.xfail(strict=True, reason="service-layer call pending")
 def test_posting_cpu_points_counts_the_points_stored(client, ctx):
     svc = make_service()
     body = {"project_id": str(svc.project_id), "service_name": svc.name}

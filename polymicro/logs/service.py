@@ -19,6 +19,7 @@ from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
+from polymicro.observability import record_ingest
 from polymicro.projects.models import Project
 from polymicro.security import ensure_project
 from polymicro.services.models import Service
@@ -177,6 +178,7 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
         raise InvalidInput("Invalid log entry: see `errors`.", {"json": errors})
     entry = LogEntry(**_new_entry(data, utcnow()))
     entry.save(force_insert=True)
+    record_ingest("logs", 1)
     _bump(entry.project_id)
     return entry
 
@@ -206,6 +208,7 @@ def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[Obje
     received = utcnow()
     rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
     ids = LogEntry._get_collection().insert_many(rows, ordered=True).inserted_ids
+    record_ingest("logs", len(ids))
     _bump(*(row["project_id"] for row in rows))
     return ids
 

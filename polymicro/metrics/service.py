@@ -25,6 +25,7 @@ from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import to_utc_naive, utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.observability import record_ingest
 from polymicro.projects.models import Project
 from polymicro.security import ensure_project
 from polymicro.services.models import Service
@@ -164,7 +165,9 @@ def _insert_points(metric_id: ObjectId, points: list[dict]) -> list[ObjectId]:
         doc = {"metric_id": metric_id, "time": utcnow() if time is None else to_utc_naive(time)}
         doc.update((k, point[k]) for k in ("load", "memory", "threads") if point.get(k) is not None)
         docs.append(doc)
-    return CpuPoint._get_collection().insert_many(docs, ordered=True).inserted_ids
+    ids = CpuPoint._get_collection().insert_many(docs, ordered=True).inserted_ids
+    record_ingest("cpu_points", len(ids))
+    return ids
 
 
 def _delete_points_except(metric_id: ObjectId, keep: list[ObjectId]) -> None:
