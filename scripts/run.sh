@@ -128,6 +128,18 @@ port=$(free_port "$want_port")
 echo
 echo "polymicro is serving on http://127.0.0.1:$port  (Swagger UI: http://127.0.0.1:$port/docs) — Ctrl-C stops everything"
 echo "probes: /api/health/live, /api/health/ready; Prometheus metrics: http://127.0.0.1:$port/metrics"
+# seed-demo keeps the demo admin's generated password in the instance folder.
+creds="${POLYMICRO_INSTANCE_PATH:-instance}/demo-admin.txt"
+if [ -r "$creds" ]; then
+    read -r demo_user demo_password <"$creds"
+    echo "log in: POST /api/auth/login with username '$demo_user', password '$demo_password'"
+    echo "        (or Authorize in the Swagger UI; from $creds)"
+else
+    echo "log in: create an admin with: .venv/bin/flask --app polymicro create-admin"
+fi
+if [ "${POLYMICRO_AUTH_ENABLED:-true}" = false ]; then
+    echo "WARNING: POLYMICRO_AUTH_ENABLED=false: no login needed, and none is checked"
+fi
 echo
 
 gunicorn -c gunicorn.conf.py --bind "127.0.0.1:$port" wsgi:app &
