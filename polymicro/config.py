@@ -21,7 +21,8 @@ class Config:
     # "development" or "production".  Production refuses to start without SECRET_KEY.
     ENV = "development"
     # --- security (issue 4) ----------------------------------------------------------
-    # Signs the access and refresh tokens.  make run keeps one in var/secret-key.
+    # Signs the access and refresh tokens.  Empty in development: one is generated and
+    # kept in the instance folder (shared by every worker).
     SECRET_KEY = ""
     AUTH_ENABLED = True
     # Anyone may register (as a viewer) when true; otherwise only an admin creates users.
