@@ -21,7 +21,6 @@ start): for local experiments only.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from copy import deepcopy
@@ -33,7 +32,7 @@ from pathlib import Path
 from bson import ObjectId
 from flask import Flask, current_app, g, request
 from flask_cors import CORS
-from flask_jwt_extended import JWTManager, get_jwt, verify_jwt_in_request
+from flask_jwt_extended import JWTManager, decode_token, get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -49,7 +48,11 @@ API_KEY_HEADER = "X-API-Key"
 MIN_SECRET_LENGTH = 32
 
 jwt = JWTManager()
-limiter = Limiter(key_func=lambda: client_key(), headers_enabled=True)
+limiter = Limiter(
+    key_func=lambda: client_key(),
+    headers_enabled=True,
+    default_limits=[lambda: default_limit()],
+)
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ def init_security(app: Flask) -> None:
         JWT_ERROR_MESSAGE_KEY="message",
     )
     jwt.init_app(app)
+    _drop_jwt_error_handlers(app)
     _init_rate_limits(app)
     _init_cors(app)
     app.after_request(_security_headers)
@@ -211,6 +215,17 @@ def init_security(app: Flask) -> None:
     @app.errorhandler(Unauthorized)
     def _unauthorized_response(exc):
         return _auth_error_response(exc)
+
+
+def _drop_jwt_error_handlers(app: Flask) -> None:
+    """flask-jwt-extended registers a handler for each of its exception classes (a bare
+    ``{"message"}``, often 422, without WWW-Authenticate).  Flask prefers the handler of
+    the most specific class, so those would win over ``_bad_token`` below, registered
+    for the base classes: /refresh with an access token or a garbled one answered 422."""
+    handlers = app.error_handler_spec[None][None]
+    for exc_class in list(handlers):
+        if issubclass(exc_class, (JWTExtendedException, PyJWTError)):
+            del handlers[exc_class]
 
 
 def _auth_error_response(exc: Unauthorized):
@@ -263,12 +278,36 @@ def _init_rate_limits(app: Flask) -> None:
 
 
 def client_key() -> str:
-    """Whom a rate limit counts: the credential when one is sent (each user or key has
-    its own budget, also behind a shared NAT), else the client address."""
-    credential = request.headers.get(API_KEY_HEADER) or request.headers.get("Authorization")
-    if credential:
-        return "cred:" + hashlib.sha256(credential.encode()).hexdigest()[:24]
-    return "addr:" + (get_remote_address() or "unknown")
+    """Whom a rate limit counts: the user or API key when the request carries a valid
+    credential (each has its own budget, also behind a shared NAT), else the client
+    address.  An invalid credential counts as its address: a made-up token or key per
+    request must not buy a fresh budget each time."""
+    return _verified_client() or "addr:" + (get_remote_address() or "unknown")
+
+
+def _verified_client() -> str | None:
+    raw_key = request.headers.get(API_KEY_HEADER)
+    if raw_key:
+        from polymicro.auth import service as auth
+
+        try:
+            key = auth.verify_api_key(raw_key)
+        except Exception:  # database down: the view answers 503; count by address
+            return None
+        return f"key:{key['id']}" if key else None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        return "user:" + decode_token(token.strip())["sub"]
+    except (JWTExtendedException, PyJWTError, KeyError, TypeError):
+        return None
+
+
+def default_limit() -> str:
+    """Read per request: the limiter is module-level, shared by every app of a process,
+    and would otherwise keep the RATELIMIT_DEFAULT of the first app for all of them."""
+    return current_app.config["RATELIMIT_DEFAULT"]
 
 
 def login_limit() -> str:

@@ -1,0 +1,751 @@
+"""polymicro/security.py and the hardening around it, by OWASP API Security Top 10 (2023):
+
+- API2 broken authentication: forged, expired, ``alg=none`` and tampered tokens;
+- API4 unrestricted resource consumption: rate limits, body, page and batch caps;
+- API8 security misconfiguration: secrets, auth switched off, CORS, headers, errors;
+- injection: MongoDB operators in bodies and query strings.
+
+(API1, object-level authorization of API keys, is in test_auth_api.py; the role ×
+endpoint table in test_access_matrix.py.)  Tests that need other settings build their
+own app with ``make_app``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import stat
+import warnings
+from datetime import timedelta
+
+import jwt as pyjwt
+import pytest
+from flask import request
+from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
+from jwt.warnings import InsecureKeyLengthWarning
+
+from polymicro import create_app
+from polymicro.auth import service as auth
+from polymicro.common import caching
+from polymicro.config import Config
+from polymicro.extensions import cache, close_db
+from polymicro.logs.models import LogEntry
+from polymicro.security import access, limiter, project_scope
+from tests.conftest import _empty_database, _test_config, client_as, token_for
+from tests.factories import make_project, make_service
+
+PASSWORD = "correct horse battery"
+PROJECTS = "/api/projects"
+LOGIN = "/api/auth/login"
+STRONG_SECRET = "s" * 48
+
+
+@pytest.fixture
+def make_app(mongodb_uri, redis_url):
+    """``make_app(**settings)``: a test app with these settings on top of the test ones,
+    on a clean database, cache and rate-limit storage."""
+    apps = []
+
+    def factory(**settings):
+        config = _test_config(mongodb_uri, redis_url)
+        config.update(settings)
+        app = create_app(config)
+        caching.reset_state()
+        # One Limiter serves every app of this process: start each one on a live, empty
+        # storage (an earlier test may have left the fallback switched on).
+        limiter._storage_dead = False
+        with app.app_context():
+            cache.clear()
+            if mongodb_uri:
+                _empty_database()
+            if app.config["RATELIMIT_ENABLED"] and limiter.storage.check():
+                limiter.reset()
+        apps.append(app)
+        return app
+
+    yield factory
+    if apps:
+        with apps[-1].app_context():
+            if apps[-1].config["RATELIMIT_ENABLED"] and limiter.storage.check():
+                limiter.reset()
+            if mongodb_uri:
+                _empty_database()
+    close_db()
+
+
+def assert_error(response, code: int) -> None:
+    assert response.status_code == code, response.get_data(as_text=True)
+    assert response.json["code"] == code
+    assert isinstance(response.json["status"], str)
+    assert isinstance(response.json["message"], str)
+
+
+def assert_401(response) -> None:
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="polymicro"'
+
+
+def b64(data: dict) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64(segment: str) -> dict:
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def make_user(app, username="alice", role="viewer", password=PASSWORD) -> dict:
+    with app.app_context():
+        data = {"username": username, "email": f"{username}@example.com", "password": password}
+        return auth.register_user({**data, "role": role}, by_admin=True)
+
+
+# --- API2: broken authentication ------------------------------------------------------
+
+
+def claims_of(app, role="admin") -> dict:
+    with app.app_context():
+        return decode_token(token_for(app, role))
+
+
+def expired(app):
+    with app.app_context():
+        return create_access_token(
+            "0" * 24, additional_claims={"role": "admin"}, expires_delta=timedelta(seconds=-1)
+        )
+
+
+def other_secret(app):
+    return pyjwt.encode(claims_of(app), "another-secret-that-is-long-enough-too", "HS256")
+
+
+def alg_none(app, alg="none"):
+    return f"{b64({'alg': alg, 'typ': 'JWT'})}.{b64(claims_of(app))}."
+
+
+def right_secret_other_algorithm(app):
+    with warnings.catch_warnings():  # PyJWT finds the test secret short for HS512
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        return pyjwt.encode(claims_of(app), app.config["SECRET_KEY"], "HS512")
+
+
+def tampered_role(app):
+    """A viewer's real token with the payload edited to admin, not signed again."""
+    header, payload, signature = token_for(app, "viewer").split(".")
+    claims = unb64(payload)
+    claims["role"] = "admin"
+    return f"{header}.{b64(claims)}.{signature}"
+
+
+def refresh_token(app):
+    with app.app_context():
+        return create_refresh_token("0" * 24)
+
+
+def no_type_claim_other_secret(app):
+    claims = claims_of(app)
+    claims.pop("type")
+    return pyjwt.encode(claims, "x" * 48, "HS256")
+
+
+BAD_TOKENS = {
+    "expired": expired,
+    "signed with another secret": other_secret,
+    "alg none": alg_none,
+    "alg None": lambda app: alg_none(app, "None"),
+    "HS512 with the right secret": right_secret_other_algorithm,
+    "tampered role claim": tampered_role,
+    "refresh token": refresh_token,
+    "no type, other secret": no_type_claim_other_secret,
+    "garbage": lambda app: "garbage",
+    "three dots": lambda app: "a.b.c",
+}
+KNOWN_MESSAGES = {
+    "The token has expired; log in or refresh.",
+    "Log in first: send Authorization: Bearer <access token>.",
+    "The token is not valid.",
+    "Use an access token here (a refresh token only refreshes).",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_TOKENS)
+@pytest.mark.parametrize("path", [PROJECTS, "/api/auth/users"])
+def test_bad_tokens_are_401_with_www_authenticate_and_the_error_shape(app, ctx, kind, path):
+    token = BAD_TOKENS[kind](app)
+    response = app.test_client().get(path, headers={"Authorization": f"Bearer {token}"})
+    assert_401(response)
+    assert response.json["message"] in KNOWN_MESSAGES  # nothing of the library's text
+
+
+def test_the_same_claims_properly_signed_pass(app, ctx):
+    """The control of the test above: the forgeries fail for their forgery only."""
+    token = pyjwt.encode(claims_of(app), app.config["SECRET_KEY"], "HS256")
+    response = app.test_client().get(
+        "/api/auth/users", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200
+
+
+def test_an_expired_token_says_so(app, ctx):
+    response = app.test_client().get(PROJECTS, headers={"Authorization": f"Bearer {expired(app)}"})
+    assert_401(response)
+    assert "expired" in response.json["message"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "Bearer", "Bearer ", "Bearer garbage", "Basic YWxpY2U6cGFzc3dvcmQ=", "garbage"],
+)
+def test_missing_or_malformed_authorization_is_401(anon_client, header):
+    headers = {} if header is None else {"Authorization": header}
+    assert_401(anon_client.get(PROJECTS, headers=headers))
+    assert_401(anon_client.post(PROJECTS, json={"name": "x"}, headers=headers))
+
+
+def test_a_token_of_another_scheme_with_a_valid_jwt_is_401(app, ctx):
+    response = app.test_client().get(
+        PROJECTS, headers={"Authorization": f"Token {token_for(app, 'admin')}"}
+    )
+    assert_401(response)
+
+
+def test_an_unknown_role_claim_gives_no_access(app, ctx):
+    token = token_for(app, "superuser")
+    response = app.test_client().get(PROJECTS, headers={"Authorization": f"Bearer {token}"})
+    assert_error(response, 403)
+
+
+def test_the_anonymous_401_comes_before_input_validation(anon_client):
+    response = anon_client.get(f"{PROJECTS}?page_size=999999&sort=bogus")
+    assert_401(response)
+
+
+# --- API8: secrets --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["", "short", "x" * 31])
+def test_production_refuses_to_start_without_a_strong_secret(make_app, tmp_path, secret):
+    with pytest.raises(RuntimeError, match="SECRET_KEY"):
+        make_app(ENV="production", SECRET_KEY=secret, INSTANCE_PATH=str(tmp_path))
+    assert not (tmp_path / "secret-key").exists()
+
+
+def test_production_starts_with_a_strong_secret_and_signs_with_it(make_app, tmp_path):
+    app = make_app(ENV="production", SECRET_KEY=STRONG_SECRET, INSTANCE_PATH=str(tmp_path))
+    assert app.config["JWT_SECRET_KEY"] == STRONG_SECRET
+    token = token_for(app, "viewer")
+    assert pyjwt.decode(token, STRONG_SECRET, algorithms=["HS256"])["role"] == "viewer"
+    assert not (tmp_path / "secret-key").exists()
+
+
+def test_development_without_a_secret_generates_one_once_and_reuses_it(make_app, tmp_path, caplog):
+    instance = tmp_path / "instance"
+    with caplog.at_level(logging.WARNING, logger="polymicro.security"):
+        first = make_app(ENV="development", SECRET_KEY="", INSTANCE_PATH=str(instance))
+    path = instance / "secret-key"
+    secret = path.read_text().strip()
+    assert len(secret) >= 32
+    assert first.config["SECRET_KEY"] == first.config["JWT_SECRET_KEY"] == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert any("generated a development secret key" in r.getMessage() for r in caplog.records)
+    token = token_for(first, "viewer")
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="polymicro.security"):
+        second = make_app(ENV="development", SECRET_KEY="", INSTANCE_PATH=str(instance))
+    assert second.config["SECRET_KEY"] == secret
+    assert not any("generated" in r.getMessage() for r in caplog.records)
+    response = second.test_client().get(PROJECTS, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200  # tokens of one worker are valid in another
+
+
+def test_the_secret_comes_from_the_configuration(make_app, tmp_path):
+    app = make_app(SECRET_KEY=STRONG_SECRET, INSTANCE_PATH=str(tmp_path))
+    assert app.config["JWT_SECRET_KEY"] == STRONG_SECRET
+    assert not (tmp_path / "secret-key").exists()
+
+
+def test_only_hs256_tokens_are_made_and_accepted(app):
+    assert app.config["JWT_ALGORITHM"] == "HS256"
+    assert app.config["JWT_DECODE_ALGORITHMS"] == ["HS256"]
+    assert unb64(token_for(app, "viewer").split(".")[0])["alg"] == "HS256"
+
+
+def test_access_tokens_are_short_lived_and_refresh_tokens_longer(app):
+    assert app.config["JWT_ACCESS_TOKEN_EXPIRES"] == timedelta(minutes=15)
+    assert app.config["JWT_REFRESH_TOKEN_EXPIRES"] == timedelta(days=7)
+
+
+# --- API8: authentication switched off -------------------------------------------------
+
+
+def test_auth_disabled_logs_a_loud_warning_and_lets_requests_pass(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="polymicro.security"):
+        app = make_app(AUTH_ENABLED=False)
+    warnings = [r for r in caplog.records if "AUTHENTICATION IS DISABLED" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    anon = app.test_client()
+    created = anon.post(PROJECTS, json={"name": "open"})
+    assert created.status_code == 201, created.json
+    assert anon.get(PROJECTS).status_code == 200
+    assert anon.get("/api/auth/users").status_code == 200
+    assert anon.delete(f"{PROJECTS}/{created.json['id']}").status_code == 204
+
+
+def test_auth_enabled_logs_no_such_warning(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="polymicro.security"):
+        app = make_app(AUTH_ENABLED=True)
+    assert not any("AUTHENTICATION IS DISABLED" in r.getMessage() for r in caplog.records)
+    assert_401(app.test_client().get(PROJECTS))
+
+
+def test_auth_is_on_by_default():
+    assert Config.AUTH_ENABLED is True
+    assert Config.ALLOW_REGISTRATION is False
+    assert Config.RATELIMIT_ENABLED is True
+    assert Config.CORS_ORIGINS == ""
+
+
+# --- API4: rate limits ----------------------------------------------------------------
+
+
+def login_attempt(client, username="alice", password=None):
+    password = password or "wrong password"
+    return client.post(LOGIN, json={"username": username, "password": password})
+
+
+def assert_429(response) -> None:
+    assert_error(response, 429)
+    retry_after = int(response.headers["Retry-After"])
+    assert 0 <= retry_after <= 60
+
+
+def test_the_fourth_login_attempt_from_one_address_is_429(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute")
+    make_user(app)
+    client = app.test_client()
+    for username in ("alice", "bob", "carol"):  # counted per address, whatever the name
+        assert_401(login_attempt(client, username))
+    assert_429(login_attempt(client, "alice", PASSWORD))  # even with the right password
+    other_address = app.test_client()
+    other_address.environ_base["REMOTE_ADDR"] = "10.0.0.2"
+    assert (
+        other_address.post(LOGIN, json={"username": "alice", "password": PASSWORD}).status_code
+        == 200
+    )
+
+
+def test_login_attempts_with_changing_credentials_share_the_address_budget(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_LOGIN="3 per minute")
+    client = app.test_client()
+    for i in range(3):
+        headers = {"Authorization": f"Bearer made-up-{i}", "X-API-Key": f"pmk_{i}_x"}
+        assert_401(client.post(LOGIN, json={"username": "a", "password": "b"}, headers=headers))
+    assert_429(client.post(LOGIN, json={"username": "a", "password": "b"}))
+
+
+def test_the_default_limit_counts_per_client(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="5 per minute")
+    first = client_as(app, "viewer")
+    second = client_as(app, "viewer")
+    for remaining in range(4, -1, -1):
+        response = first.get(PROJECTS)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "5"
+        assert response.headers["X-RateLimit-Remaining"] == str(remaining)
+    assert_429(first.get(PROJECTS))
+    assert_429(first.post(PROJECTS, json={"name": "x"}))
+    assert second.get(PROJECTS).status_code == 200
+
+
+def test_the_default_limit_is_configurable(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per minute")
+    client = client_as(app, "viewer")
+    assert client.get(PROJECTS).status_code == 200
+    assert client.get(PROJECTS).headers["X-RateLimit-Limit"] == "2"
+    assert_429(client.get(PROJECTS))
+
+
+def test_made_up_credentials_do_not_buy_a_fresh_budget(make_app):
+    """Each request with a new invalid token or key is still one client: its address."""
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="4 per minute")
+    client = app.test_client()
+    assert_401(client.get(PROJECTS, headers={"Authorization": "Bearer made-up-1"}))
+    assert_401(client.get(PROJECTS, headers={"Authorization": "Bearer made-up-2"}))
+    assert_401(client.get(PROJECTS, headers={"X-API-Key": "pmk_0123456789ab_made-up-3"}))
+    assert_401(client.get(PROJECTS, headers={"X-API-Key": "pmk_0123456789ab_made-up-4"}))
+    assert_429(client.get(PROJECTS, headers={"Authorization": "Bearer made-up-5"}))
+    assert_429(client.get(PROJECTS))
+    assert client_as(app, "viewer").get(PROJECTS).status_code == 200  # a real user: own budget
+
+
+def test_an_api_key_has_its_own_budget(make_app):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per minute")
+    with app.app_context():
+        svc = make_service()
+        raw = auth.create_api_key(svc.project_id, "ci", None)["key"]
+    entry = {
+        "project_id": str(svc.project_id),
+        "service_id": str(svc.id),
+        "message": "m",
+        "severity": "info",
+    }
+    key = app.test_client()
+    key.environ_base["HTTP_X_API_KEY"] = raw
+    assert key.post("/api/logs", json=entry).status_code == 201
+    assert key.post("/api/logs", json=entry).status_code == 201
+    assert_429(key.post("/api/logs", json=entry))
+    assert client_as(app, "editor").post("/api/logs", json=entry).status_code == 201
+    with app.app_context():
+        assert LogEntry.objects.count() == 3
+
+
+def test_rate_limits_can_be_switched_off(make_app):
+    app = make_app(
+        RATELIMIT_ENABLED=False, RATELIMIT_LOGIN="1 per minute", RATELIMIT_DEFAULT="1 per minute"
+    )
+    client = client_as(app, "viewer")
+    for _ in range(5):
+        assert_401(login_attempt(app.test_client()))
+        assert client.get(PROJECTS).status_code == 200
+
+
+def test_the_limiter_counts_in_redis_when_redis_url_is_set_else_in_memory(make_app, redis_url):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="5 per minute")
+    client = client_as(app, "viewer")
+    assert client.get(PROJECTS).status_code == 200
+    storage = type(limiter.storage).__name__
+    if redis_url:
+        import redis
+
+        assert app.config["RATELIMIT_STORAGE_URI"] == redis_url
+        assert storage == "RedisStorage"
+        keys = redis.Redis.from_url(redis_url).keys("*polymicro:limits*")
+        assert keys, "no rate-limit counter in Redis"
+    else:
+        assert app.config["RATELIMIT_STORAGE_URI"] == "memory://"
+        assert storage == "MemoryStorage"
+    for _ in range(4):
+        client.get(PROJECTS)
+    assert_429(client.get(PROJECTS))
+
+
+def test_an_unreachable_redis_for_the_limiter_gives_no_5xx(make_app):
+    app = make_app(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # nothing listens on port 1
+        RATELIMIT_DEFAULT="3 per minute",
+    )
+    assert type(limiter.storage).__name__ == "RedisStorage"
+    make_user(app)
+    client = client_as(app, "viewer")
+    statuses = [client.get(PROJECTS).status_code for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    assert (
+        app.test_client().post(LOGIN, json={"username": "alice", "password": PASSWORD}).status_code
+        == 200
+    )
+    assert_429(client.get(PROJECTS))  # counted in memory meanwhile
+
+
+# --- API8: CORS -----------------------------------------------------------------------
+
+
+def preflight(client, origin, path=PROJECTS):
+    return client.options(
+        path,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization, Content-Type",
+        },
+    )
+
+
+def test_no_cors_headers_by_default(app):
+    client = client_as(app, "viewer")
+    for response in (preflight(client, "https://dash.example"), client.get(
+        PROJECTS, headers={"Origin": "https://dash.example"}
+    )):  # fmt: skip
+        assert "Access-Control-Allow-Origin" not in response.headers
+        assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_a_configured_origin_gets_cors_without_credentials(make_app):
+    app = make_app(CORS_ORIGINS="https://dash.example, https://ops.example")
+    client = client_as(app, "viewer")
+    response = preflight(client, "https://dash.example")
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://dash.example"
+    assert "Access-Control-Allow-Credentials" not in response.headers
+    assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    actual = client.get(PROJECTS, headers={"Origin": "https://ops.example"})
+    assert actual.headers["Access-Control-Allow-Origin"] == "https://ops.example"
+    assert "X-Pagination" in actual.headers["Access-Control-Expose-Headers"]
+    assert "Access-Control-Allow-Credentials" not in actual.headers
+
+
+def test_another_origin_gets_no_cors(make_app):
+    app = make_app(CORS_ORIGINS="https://dash.example")
+    client = client_as(app, "viewer")
+    for origin in ("https://evil.example", "https://dash.example.evil.example", "null"):
+        assert "Access-Control-Allow-Origin" not in preflight(client, origin).headers
+        assert (
+            "Access-Control-Allow-Origin"
+            not in client.get(PROJECTS, headers={"Origin": origin}).headers
+        )
+
+
+def test_a_wildcard_origin_never_comes_with_credentials(make_app):
+    app = make_app(CORS_ORIGINS="*")
+    client = client_as(app, "viewer")
+    for response in (
+        preflight(client, "https://anywhere.example"),
+        client.get(PROJECTS, headers={"Origin": "https://anywhere.example"}),
+    ):
+        # flask-cors echoes the origin rather than "*"; either way, no credentials.
+        assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://anywhere.example")
+        assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+# --- API8: security headers -----------------------------------------------------------
+
+HARDENING = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def test_api_responses_carry_the_security_headers_and_a_csp(app, anon_client):
+    client = client_as(app, "viewer")
+    for response in (
+        client.get(PROJECTS),  # 200
+        anon_client.get(PROJECTS),  # 401
+        client.post(PROJECTS, json={"name": "x"}),  # 403
+        client.get(f"{PROJECTS}/0123456789abcdef01234567"),  # 404
+        client.get("/api/nothing-here"),  # no route
+    ):
+        for header, value in HARDENING.items():
+            assert response.headers[header] == value, (response.status_code, header)
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp
+        assert "frame-ancestors 'none'" in csp
+
+
+def test_the_docs_page_has_the_headers_but_no_csp(anon_client):
+    response = anon_client.get("/docs")
+    assert response.status_code == 200
+    assert "Content-Security-Policy" not in response.headers
+    for header, value in HARDENING.items():
+        assert response.headers[header] == value
+
+
+def test_auth_responses_are_never_cached(app, anon_client):
+    make_user(app)
+    for response in (
+        anon_client.post(LOGIN, json={"username": "alice", "password": PASSWORD}),
+        anon_client.post(LOGIN, json={"username": "alice", "password": "wrong password"}),
+        anon_client.get("/api/auth/me"),
+        client_as(app, "admin").get("/api/auth/users"),
+    ):
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_hsts_is_sent_over_https_only(app):
+    client = client_as(app, "viewer")
+    assert "Strict-Transport-Security" not in client.get(PROJECTS).headers
+    secure = client.get(PROJECTS, base_url="https://localhost")
+    assert secure.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_the_openapi_document_declares_who_may_call_what(anon_client):
+    spec = anon_client.get("/openapi.json").json
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    paths = spec["paths"]
+    assert paths["/api/auth/login"]["post"]["security"] == []
+    assert paths["/api/projects/"]["get"]["security"] == [{"bearerAuth": []}]
+    assert paths["/api/logs/"]["post"]["security"] == [{"bearerAuth": []}, {"apiKey": []}]
+
+
+# --- injection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"username": {"$ne": ""}, "password": {"$ne": ""}},
+        {"username": "alice", "password": {"$ne": ""}},
+        {"username": {"$regex": ".*"}, "password": PASSWORD},
+        {"username": ["alice"], "password": PASSWORD},
+    ],
+)
+def test_operators_at_login_are_422_not_a_login(app, anon_client, payload):
+    make_user(app)
+    response = anon_client.post(LOGIN, json=payload)
+    assert_error(response, 422)
+    assert "access_token" not in response.get_data(as_text=True)
+
+
+def test_operator_shaped_form_fields_at_login_are_422(app, anon_client):
+    make_user(app)
+    response = anon_client.post(LOGIN, data={"username[$ne]": "", "password[$ne]": ""})
+    assert_error(response, 422)
+
+
+def test_operator_text_is_a_plain_string_at_login(app, anon_client):
+    make_user(app)
+    response = anon_client.post(LOGIN, json={"username": '{"$ne": ""}', "password": PASSWORD})
+    assert_401(response)
+
+
+def test_an_operator_as_api_key_is_401(app, anon_client):
+    assert_401(anon_client.get(PROJECTS, headers={"X-API-Key": '{"$ne": ""}'}))
+
+
+def test_operators_in_query_strings_are_ignored_or_literal(app, ctx):
+    make_project(name="one", owner="alice")
+    make_project(name="two", owner="bob")
+    client = client_as(app, "viewer")
+
+    def names(query):
+        response = client.get(f"{PROJECTS}?{query}")
+        assert response.status_code == 200, response.json
+        return sorted(p["name"] for p in response.json)
+
+    assert names("owner=alice") == ["one"]
+    assert names("owner[$ne]=x") == ["one", "two"]  # an unknown parameter: ignored
+    assert names("owner=%7B%22%24ne%22%3A%22x%22%7D") == []  # owner == '{"$ne":"x"}'
+    assert names("q=.%2A") == []  # q is literal text, not a pattern
+
+
+def test_operators_in_bodies_are_422(client, ctx):
+    svc = make_service()
+    response = client.post(
+        "/api/logs",
+        json={
+            "project_id": {"$ne": None},
+            "service_id": str(svc.id),
+            "message": "m",
+            "severity": "info",
+        },
+    )
+    assert_error(response, 422)
+    assert_error(client.post(PROJECTS, json={"name": {"$gt": ""}}), 422)
+    assert LogEntry.objects.count() == 0
+
+
+# --- API4: sizes ----------------------------------------------------------------------
+
+
+def test_the_body_cap_is_20_mib_by_default(app):
+    assert Config.MAX_CONTENT_LENGTH == 20 * 1024 * 1024
+    assert app.config["MAX_CONTENT_LENGTH"] == 20 * 1024 * 1024
+
+
+def test_a_body_over_the_cap_is_413_and_nothing_is_stored(make_app):
+    app = make_app(MAX_CONTENT_LENGTH=1024)
+    with app.app_context():
+        svc = make_service()
+    client = client_as(app, "editor")
+    entry = {"project_id": str(svc.project_id), "service_id": str(svc.id), "severity": "info"}
+    response = client.post("/api/logs", json={**entry, "message": "x" * 2000})
+    assert_error(response, 413)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.post("/api/logs", json={**entry, "message": "small"}).status_code == 201
+    assert_error(app.test_client().post(LOGIN, data={"username": "a", "password": "b" * 2000}), 413)
+    with app.app_context():
+        assert LogEntry.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "path", [PROJECTS, "/api/services", "/api/logs", "/api/metrics/cpu", "/api/auth/users"]
+)
+def test_page_size_over_1000_is_422(client, path):
+    assert_error(client.get(f"{path}?page_size=1001"), 422)
+    assert client.get(f"{path}?page_size=1000").status_code == 200
+
+
+def test_a_log_batch_over_1000_entries_is_422_and_nothing_is_stored(client, ctx):
+    svc = make_service()
+    entry = {
+        "project_id": str(svc.project_id),
+        "service_id": str(svc.id),
+        "message": "m",
+        "severity": "info",
+    }
+    assert_error(client.post("/api/logs/batch", json=[entry] * 1001), 422)
+    assert LogEntry.objects.count() == 0
+
+
+def test_metric_points_over_10000_per_write_are_422(client, ctx):
+    svc = make_service()
+    created = client.post(
+        "/api/metrics/cpu", json={"project_id": str(svc.project_id), "service_name": svc.name}
+    )
+    assert created.status_code == 201
+    points = [{"load": 1.0}] * 10001
+    assert_error(client.post(f"/api/metrics/cpu/{created.json['id']}/data", json=points), 422)
+
+
+def test_a_huge_password_is_refused_before_hashing(app, anon_client):
+    make_user(app)
+    response = anon_client.post(LOGIN, json={"username": "alice", "password": "x" * 100_000})
+    assert_error(response, 422)
+
+
+# --- API8: errors without internals ----------------------------------------------------
+
+
+def test_an_unexpected_error_is_a_500_without_internals(make_app):
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.get("/api/explode")
+    def explode():
+        raise RuntimeError("secret internals: mongodb://admin:hunter2@db")
+
+    response = app.test_client().get("/api/explode")
+    assert_error(response, 500)
+    text = response.get_data(as_text=True)
+    assert "hunter2" not in text
+    assert "Traceback" not in text
+    assert "RuntimeError" not in text
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_jwt_library_error_text_is_not_echoed(app, anon_client):
+    token = other_secret(app)
+    response = anon_client.get(PROJECTS, headers={"Authorization": f"Bearer {token}"})
+    assert_401(response)
+    assert "Signature" not in response.json["message"]
+    assert set(response.json) == {"code", "status", "message"}
+
+
+# --- the access decorator -------------------------------------------------------------
+
+
+def test_access_refuses_an_unknown_role_at_import_time():
+    with pytest.raises(ValueError, match="unknown role"):
+        access("root")
+
+
+def test_a_user_is_not_limited_to_a_project_but_a_key_is(app, ctx):
+    svc = make_service()
+    raw = auth.create_api_key(svc.project_id, "ci", None)["key"]
+    scopes = {}
+
+    @app.get("/api/whoami")
+    @access("editor", keys=True)
+    def whoami():
+        scopes[request.headers.get("X-Who")] = project_scope()
+        return {}
+
+    client_as(app, "admin").get("/api/whoami", headers={"X-Who": "user"})
+    app.test_client().get("/api/whoami", headers={"X-Who": "key", "X-API-Key": raw})
+    assert scopes == {"user": None, "key": svc.project_id}
