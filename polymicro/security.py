@@ -242,10 +242,10 @@ def _configure_secret(app: Flask) -> None:
     keeps a generated key in the instance folder, shared by every worker."""
     secret = app.config["SECRET_KEY"]
     if secret:
-        if app.config["ENV"] == "production" and len(secret) < MIN_SECRET_LENGTH:
+        if app.config["ENV"].strip().lower() == "production" and len(secret) < MIN_SECRET_LENGTH:
             raise RuntimeError(f"POLYMICRO_SECRET_KEY must be at least {MIN_SECRET_LENGTH} chars")
         return
-    if app.config["ENV"] == "production":
+    if app.config["ENV"].strip().lower() == "production":
         raise RuntimeError(
             "POLYMICRO_SECRET_KEY is not set: production refuses to start without a secret "
             "to sign tokens (e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')."

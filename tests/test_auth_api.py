@@ -757,3 +757,22 @@ def test_garbage_keys_are_401(app, client, svc_a):
         assert_401(key_client(app, garbage).get("/api/projects"))  # 401 before the 403
     assert LogEntry.objects.count() == 0
     assert key_client(app, raw).post("/api/logs", json=log_body(svc_a)).status_code == 201
+
+
+def test_a_password_change_retires_older_refresh_tokens(app, ctx):
+    import time
+
+    new_user(app)
+    old = tokens(app)
+    time.sleep(1.1)  # token times have one-second resolution
+    changed = app.test_client().put(
+        "/api/auth/me",
+        json={"password": "another-password", "current_password": PASSWORD},
+        headers=bearer(old["access_token"]),
+    )
+    assert changed.status_code == 200
+    refused = app.test_client().post("/api/auth/refresh", headers=bearer(old["refresh_token"]))
+    assert_401(refused)
+    fresh = tokens(app, password="another-password")
+    accepted = app.test_client().post("/api/auth/refresh", headers=bearer(fresh["refresh_token"]))
+    assert accepted.status_code == 200

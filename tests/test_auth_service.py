@@ -7,6 +7,7 @@ own account, the admin's changes, ``create_admin`` and the project API keys.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import mongoengine
 import pytest
@@ -179,7 +180,7 @@ def test_refresh_gives_an_access_token_with_the_current_role(ctx):
     user = new_user("alice", role="viewer")
     assert decode_token(auth.login("alice", PASSWORD)["access_token"])["role"] == "viewer"
     auth.admin_update_user(user["id"], {"role": "editor"})
-    result = auth.refresh(str(user["id"]))
+    result = auth.refresh(str(user["id"]), issued_at=int(time.time()))
     assert result["token_type"] == "bearer"
     assert "refresh_token" not in result
     assert result["user"]["role"] == "editor"
@@ -194,7 +195,16 @@ def test_refresh_refuses_a_disabled_or_missing_user(ctx):
     auth.admin_update_user(user["id"], {"is_active": False})
     for user_id in (str(user["id"]), str(ObjectId()), "not-an-id"):
         with pytest.raises(Unauthorized):
-            auth.refresh(user_id)
+            auth.refresh(user_id, issued_at=int(time.time()))
+
+
+def test_refresh_refuses_tokens_issued_before_a_password_change(ctx):
+    user = new_user("alice")
+    before = int(time.time()) - 5
+    auth.update_me(user["id"], {"password": "a-new-password", "current_password": PASSWORD})
+    with pytest.raises(Unauthorized, match="password change"):
+        auth.refresh(str(user["id"]), issued_at=before)
+    assert auth.refresh(str(user["id"]), issued_at=int(time.time()) + 1)["token_type"] == "bearer"
 
 
 # --- one's own account ---------------------------------------------------------------

@@ -16,6 +16,9 @@ class User(TimestampedDocument):
     password_hash = me.StringField(required=True)  # argon2id
     role = me.StringField(required=True, choices=ROLES, default="viewer")
     is_active = me.BooleanField(required=True, default=True)
+    # Refresh tokens issued before this moment are refused (set when the password
+    # changes or the account is switched off).
+    tokens_valid_after = me.DateTimeField()
 
     meta = {
         "collection": "users",

@@ -1,7 +1,7 @@
 """/api/auth and /api/projects/{id}/keys"""
 
 from flask.views import MethodView
-from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
 
 from polymicro.auth import service
 from polymicro.auth.schemas import (
@@ -59,7 +59,7 @@ class Refresh(MethodView):
     def post(self):
         """A new access token, for `Authorization: Bearer <refresh token>`."""
         verify_jwt_in_request(refresh=True)
-        return service.refresh(get_jwt_identity())
+        return service.refresh(get_jwt_identity(), get_jwt()["iat"])
 
 
 @blp.route("/me")

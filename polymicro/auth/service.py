@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import UTC
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -51,6 +52,7 @@ def _password_matches(password_hash: str, password: str) -> bool:
 def user_view(user: User) -> dict:
     view = as_view(user)
     view.pop("password_hash")
+    view.pop("tokens_valid_after")
     return view
 
 
@@ -118,11 +120,15 @@ def login(username: str, password: str) -> dict:
     }
 
 
-def refresh(user_id: str) -> dict:
-    """A new access token, with the user's current role (re-read here)."""
+def refresh(user_id: str, issued_at: int) -> dict:
+    """A new access token, with the user's current role (re-read here).  A refresh token
+    issued before the last password change (or deactivation) is refused."""
     user = User.objects(id=user_id).first() if ObjectId.is_valid(user_id) else None
     if user is None or not user.is_active:
         raise Unauthorized("This account no longer exists or is disabled.")
+    valid_after = user.tokens_valid_after
+    if valid_after is not None and issued_at < int(valid_after.replace(tzinfo=UTC).timestamp()):
+        raise Unauthorized("This refresh token predates a password change; log in again.")
     return {
         "access_token": _access_token(user),
         "token_type": "bearer",
@@ -155,6 +161,7 @@ def update_me(user_id, data: dict) -> dict:
         user.email = email.lower()
     if "password" in data:
         user.password_hash = hash_password(data["password"])
+        user.tokens_valid_after = utcnow()
     if user._get_changed_fields():
         user.updated_at = utcnow()
         user.save()
@@ -182,6 +189,8 @@ def admin_update_user(user_id, data: dict) -> dict:
         for key, value in changed.items():
             setattr(user, key, value)
         user.updated_at = utcnow()
+        if changed.get("is_active") is False:
+            user.tokens_valid_after = user.updated_at
         user.save()
     return user_view(user)
 
@@ -195,11 +204,13 @@ def create_admin(username: str, email: str, password: str) -> tuple[dict, bool]:
             {"username": username, "email": email, "password": password, "role": "admin"},
             by_admin=True,
         ), True
+    now = utcnow()
     user.update(
         set__role="admin",
         set__is_active=True,
         set__password_hash=hash_password(password),
-        set__updated_at=utcnow(),
+        set__updated_at=now,
+        set__tokens_valid_after=now,
     )
     return get_user(user.id), False
 
