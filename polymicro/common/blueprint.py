@@ -19,9 +19,12 @@ from flask_smorest.utils import get_appcontext
 
 from polymicro.common import caching
 from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from polymicro.common.parser import StrictJsonParser
 
 
 class Blueprint(flask_smorest.Blueprint):
+    # Bodies are strict JSON: too deep, duplicate keys, not UTF-8, huge integers: a 400.
+    ARGUMENTS_PARSER = StrictJsonParser()
     DEFAULT_PAGINATION_PARAMETERS = {
         "page": 1,
         "page_size": DEFAULT_PAGE_SIZE,
