@@ -12,6 +12,8 @@ from flask import Flask
 from flask_caching import Cache
 from flask_smorest import Api
 from flask_smorest import etag as fs_etag
+from flask_smorest.pagination import PaginationMetadataSchema
+from werkzeug.exceptions import MethodNotAllowed
 
 from polymicro.errors import add_default_message
 
@@ -21,11 +23,26 @@ DB_ALIAS = mongoengine.DEFAULT_CONNECTION_NAME
 
 
 class PolymicroApi(Api):
-    """flask-smorest's Api with a ``message`` in every error and an optional ``If-Match``."""
+    """flask-smorest's Api with a ``message`` in every error, an optional ``If-Match``,
+    an ``Allow`` header on 405, ``X-Pagination`` documented as the JSON it is, and
+    request bodies whose schema documents its own JSON shape (``openapi_body``)."""
 
     def handle_http_exception(self, error):
         payload, code, headers = super().handle_http_exception(error)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            # RFC 9110: a 405 lists the methods the resource supports.
+            headers = {**headers, "Allow": ", ".join(sorted(error.valid_methods))}
         return add_default_message(payload, error), code, headers
+
+    def _register_pagination_header(self):
+        # The header carries a JSON object; documented as a `schema` of type object it
+        # would mean the `simple` style (`total,3,page,1`), which it is not.
+        self.spec.components.header("PAGINATION", PAGINATION_HEADER_DOC, lazy=True)
+
+    def register_blueprint(self, blp, *, parameters=None, **options):
+        if _document_body_shape not in blp._prepare_doc_cbks:
+            blp._prepare_doc_cbks.append(_document_body_shape)
+        super().register_blueprint(blp, parameters=parameters, **options)
 
     def _register_etag_headers(self):
         super()._register_etag_headers()
@@ -33,6 +50,23 @@ class PolymicroApi(Api):
         optional["description"] = "Optional; a stale tag gets 412."
         self.spec.components.parameters.pop("IF_MATCH", None)
         self.spec.components.parameter("IF_MATCH", "header", optional, lazy=True)
+
+
+PAGINATION_HEADER_DOC = {
+    "description": "Pagination metadata, a JSON object.",
+    "content": {"application/json": {"schema": PaginationMetadataSchema}},
+}
+
+
+def _document_body_shape(doc, doc_info, **kwargs):
+    """A request body schema with an ``openapi_body()`` method documents the JSON it
+    loads (e.g. an array of 1 to 1000 entries, or one object or an array of them)."""
+    body = doc.get("requestBody", {}).get("content", {})
+    for media_type in body.values():
+        shape = getattr(media_type.get("schema"), "openapi_body", None)
+        if callable(shape):
+            media_type["schema"] = shape()
+    return doc
 
 
 api = PolymicroApi()

@@ -12,7 +12,29 @@ from marshmallow import ValidationError, fields, validate
 from polymicro.common.timeutil import format_time, parse_time
 
 OBJECT_ID_RE = re.compile(r"^[0-9a-fA-F]{24}$")
-TAG_RE = r"^[a-z0-9._-]{1,50}$"
+
+# Patterns shown in the OpenAPI document are written so that Python's ``re`` and
+# ECMA-262 (JSON Schema's dialect; Schemathesis validates with it) read them alike: no
+# ``\s``/``\S`` (Python counts U+001C-U+001F and U+0085 as space, ECMA counts U+FEFF),
+# but the explicit set of characters ``str.strip()`` removes.
+WS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NON_BLANK_PATTERN = rf"[^{WS}]"
+# Refused in names: control characters (C0, DEL, C1: NUL, newlines, escapes), and the
+# invisible characters that make a name look like another one or reorder the text
+# around it (zero-width space, word joiner, bidirectional embeddings, overrides and
+# isolates, byte-order mark).  Zero-width (non-)joiners stay: emoji and scripts use them.
+NAME_BANNED = r"\x00-\x1f\x7f-\x9f\u200b\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u2028\u2029"
+NAME_BANNED_RE = re.compile(f"[{NAME_BANNED}]")
+# A name as sent: white space around it, then at least one character, none banned.
+NAME_PATTERN = rf"^[{WS}]*[^{WS}{NAME_BANNED}](?:[^{NAME_BANNED}]*[^{WS}{NAME_BANNED}])?[{WS}]*$"
+
+TAG_CHARS_RE = re.compile(r"[A-Za-z0-9._-]{1,50}")  # a tag as sent, once trimmed
+# What the OpenAPI document shows: the same, white space around it allowed (trimmed).
+TAG_PATTERN = rf"^[{WS}]*[A-Za-z0-9._-]{{1,50}}[{WS}]*$"
+TAG_ERROR = "A tag is 1-50 characters of a-z, 0-9, '-', '_' or '.'."
+_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://[^{WS}/?#]+(?:[/?#][^{WS}]*)?"
+URL_RE = re.compile(_URL)  # the URL once trimmed
+URL_PATTERN = rf"^[{WS}]*{_URL}[{WS}]*$"  # as the OpenAPI document shows it
 
 
 def ensure_encodable(text: str) -> str:
@@ -25,10 +47,52 @@ def ensure_encodable(text: str) -> str:
 
 
 class Trimmed(fields.String):
-    """A storable string with surrounding white space removed before validation."""
+    """A storable string with surrounding white space removed before validation.
+
+    A length limit holds for the text as sent, surrounding white space included, so the
+    ``maxLength`` the OpenAPI document shows is exact (it used to be checked after
+    trimming: 104 characters with 4 leading spaces passed a limit of 100).  A text that
+    must not be empty (``Length(min=1)``) must contain a character other than white
+    space, documented as the pattern ``\\S``.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._lengths = [v for v in self.validators if isinstance(v, validate.Length)]
+        if any((v.min or 0) >= 1 for v in self._lengths):
+            self.metadata = {"pattern": NON_BLANK_PATTERN, **self.metadata}
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return ensure_encodable(super()._deserialize(value, attr, data, **kwargs).strip())
+        text = super()._deserialize(value, attr, data, **kwargs)
+        for length in self._lengths:
+            if length.max is not None and len(text) > length.max:
+                length(text)  # raises the validator's own message
+        return ensure_encodable(text.strip())
+
+
+class Name(Trimmed):
+    """A name (of a project, a service): trimmed, 1-``max_length`` characters, without
+    control or invisible formatting characters (see ``NAME_BANNED``).
+
+    Names are shown in lists and trees and used to tell things apart; a NUL, a newline
+    or a right-to-left override in one would forge or hide what others see.
+    """
+
+    default_error_messages = {
+        "banned": "Must not contain control characters or invisible formatting characters "
+        "(zero-width space, bidirectional overrides)."
+    }
+
+    def __init__(self, max_length: int = 100, **kwargs):
+        kwargs.setdefault("validate", validate.Length(min=1, max=max_length))
+        super().__init__(**kwargs)
+        self.metadata = {**self.metadata, "pattern": NAME_PATTERN}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if NAME_BANNED_RE.search(text):
+            raise self.make_error("banned")
+        return text
 
 
 class SearchText(Trimmed):
@@ -44,6 +108,29 @@ class SearchText(Trimmed):
             ],
         )
         super().__init__(**kwargs)
+
+
+class HttpUrl(Trimmed):
+    """An http(s) URL: the scheme, a host (with an optional port) and an optional path,
+    query or fragment, without white space inside.
+
+    Checked with one regular expression, the one the OpenAPI document shows (with room
+    for the surrounding white space that is trimmed), so what the document calls valid is
+    exactly what is accepted; marshmallow's ``Url`` accepted a stricter, undocumented
+    subset (``format: url`` says nothing), so a schema-valid request could get a 422.
+    """
+
+    default_error_messages = {"invalid_url": "Not a valid http(s) URL."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("metadata", {}).setdefault("pattern", URL_PATTERN)
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not URL_RE.fullmatch(text):
+            raise self.make_error("invalid_url")
+        return text
 
 
 class ObjectIdString(fields.String):
@@ -127,8 +214,31 @@ class StrictFloat(fields.Float):
 
 
 class Tag(Trimmed):
+    """A tag filter: trimmed and lower-cased (any text; it only has to match)."""
+
     def _deserialize(self, value, attr, data, **kwargs):
         return super()._deserialize(value, attr, data, **kwargs).lower()
+
+
+class TagValue(Trimmed):
+    """A tag to store: 1-50 characters of ``[A-Za-z0-9._-]`` once trimmed, stored lower-case.
+
+    The characters are checked *before* lower-casing: ``str.lower`` maps some non-ASCII
+    letters to ASCII (KELVIN SIGN ``\u212a`` becomes ``k``), which the documented
+    pattern does not allow.
+    """
+
+    default_error_messages = {"invalid_tag": TAG_ERROR}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("metadata", {}).setdefault("pattern", TAG_PATTERN)
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not TAG_CHARS_RE.fullmatch(text):
+            raise self.make_error("invalid_tag")
+        return text.lower()
 
 
 class Tags(fields.List):
@@ -136,14 +246,7 @@ class Tags(fields.List):
 
     def __init__(self, **kwargs):
         kwargs.setdefault("validate", validate.Length(max=20))
-        super().__init__(
-            Tag(
-                validate=validate.Regexp(
-                    TAG_RE, error="A tag is 1-50 characters of a-z, 0-9, '-', '_' or '.'."
-                )
-            ),
-            **kwargs,
-        )
+        super().__init__(TagValue(), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         tags = super()._deserialize(value, attr, data, **kwargs)

@@ -39,5 +39,11 @@ def parse_time(text: str) -> datetime:
 
 
 def format_time(value: datetime) -> str:
+    """RFC 3339: the year always has four digits (``strftime("%Y")`` gives ``"140"`` for
+    the year 140, which no RFC 3339 parser reads)."""
     value = to_utc_naive(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}."
+        f"{value.microsecond // 1000:03d}Z"
+    )

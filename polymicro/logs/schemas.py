@@ -26,6 +26,11 @@ ATTRIBUTE_TEXT_MAX = 1024
 BATCH_MAX = 1000
 # MongoDB stores integers as 64-bit; anything wider cannot be stored.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ATTRIBUTE_VALUE_DOC = [
+    {"type": "string", "maxLength": ATTRIBUTE_TEXT_MAX},
+    {"type": "number", "minimum": INT64_MIN, "maximum": INT64_MAX},
+    {"type": "boolean"},
+]
 
 
 class AttributeKey(fields.String):
@@ -42,10 +47,15 @@ class AttributeKey(fields.String):
 
 
 class AttributeValue(fields.Field):
-    """A scalar: string (≤ 1024 chars), finite number within 64 bits, bool or null."""
+    """A scalar: string (≤ 1024 chars), a finite number within 64 bits, bool or null.
+
+    Every number, integer or not, must lie in [-2**63, 2**63 - 1]: JSON Schema cannot
+    tell ``1e20`` from ``100000000000000000000`` (both are the integer 10**20), so
+    neither is accepted; integers are stored as integers, the rest as doubles.
+    """
 
     def __init__(self, **kwargs):
-        super().__init__(allow_none=True, **kwargs)
+        super().__init__(allow_none=True, metadata={"anyOf": ATTRIBUTE_VALUE_DOC}, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
@@ -55,32 +65,42 @@ class AttributeValue(fields.Field):
             return value
         if isinstance(value, bool):
             return value
-        if isinstance(value, numbers.Integral):
-            if not INT64_MIN <= value <= INT64_MAX:
-                raise ValidationError("An integer value must fit in 64 bits.")
-            return int(value)
         if isinstance(value, numbers.Real):
             if not math.isfinite(value):
                 raise ValidationError("A number value must be finite.")
-            return float(value)
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise ValidationError("A number value must lie within 64-bit integer range.")
+            return int(value) if isinstance(value, numbers.Integral) else float(value)
         raise ValidationError("A value is a string, a number, a boolean or null.")
 
 
 class Attributes(fields.Dict):
+    """Up to 32 scalar attributes.  A key is 1-64 characters, not starting with ``$``,
+    without ``.`` or NUL (rules an OpenAPI 3.0 document cannot express: there is no
+    ``propertyNames``); the description says so."""
+
     def __init__(self, **kwargs):
         super().__init__(
             keys=AttributeKey(),
             values=AttributeValue(),
-            validate=validate.Length(
-                max=ATTRIBUTES_MAX, error=f"At most {ATTRIBUTES_MAX} attributes."
-            ),
             metadata={
                 "description": (
-                    f"Up to {ATTRIBUTES_MAX} keys; values are strings, numbers, booleans or null."
-                )
+                    f"Up to {ATTRIBUTES_MAX} keys of 1-{ATTRIBUTE_KEY_MAX} characters, not "
+                    "starting with `$`, without `.` or NUL; values are strings (at most "
+                    f"{ATTRIBUTE_TEXT_MAX} characters), numbers within 64-bit integer range, "
+                    "booleans or null."
+                ),
+                "maxProperties": ATTRIBUTES_MAX,
             },
             **kwargs,
         )
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        # Counted first (a Length validator would run after every key and value was
+        # checked, and would be documented as `maxLength`, a keyword for strings).
+        if isinstance(value, dict) and len(value) > ATTRIBUTES_MAX:
+            raise ValidationError(f"At most {ATTRIBUTES_MAX} attributes.")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 def _severity(**kwargs) -> CaseInsensitiveChoice:
@@ -120,6 +140,16 @@ class LogEntryUpdateSchema(LogEntrySchema):
 
 class LogBatchSchema(LogEntrySchema):
     """``POST /api/logs/batch``: a JSON array of 1–1000 entries (use with ``many=True``)."""
+
+    @classmethod
+    def openapi_body(cls) -> dict:
+        """The request body as documented: an array of 1 to 1000 entries."""
+        return {
+            "type": "array",
+            "items": LogBatchSchema,
+            "minItems": 1,
+            "maxItems": BATCH_MAX,
+        }
 
     @pre_load(pass_collection=True)
     def _bounded_array(self, data, many, **kwargs):

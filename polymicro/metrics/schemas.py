@@ -7,7 +7,13 @@ from datetime import timedelta
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from polymicro.common.fields import ObjectIdString, StrictFloat, StrictInteger, Trimmed, UTCDateTime
+from polymicro.common.fields import (
+    Name,
+    ObjectIdString,
+    StrictFloat,
+    StrictInteger,
+    UTCDateTime,
+)
 from polymicro.common.schemas import BaseSchema, TimeWindowSchema
 from polymicro.common.timeutil import utcnow
 from polymicro.metrics.service import (
@@ -20,8 +26,18 @@ from polymicro.metrics.service import (
     MIN_STEP,
 )
 
-STEP_RE = re.compile(r"^(\d+)(s|m|h|d)$")
+STEP_RE = re.compile(r"([0-9]+)(s|m|h|d)")  # ASCII digits: \d would take "١٠s" for 10s
 STEP_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Exactly the steps from 10s to 1d (leading zeros allowed), as the OpenAPI document shows
+# them: a pattern of only the syntax let "0d" or "2d" through as schema-valid, then 422.
+STEP_PATTERN = (
+    r"^\s*0*(?:"
+    r"(?:[1-9][0-9]|[1-9][0-9]{2,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s"
+    r"|(?:[1-9]|[1-9][0-9]{1,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m"
+    r"|(?:[1-9]|1[0-9]|2[0-4])h"
+    r"|1d"
+    r")\s*$"
+)
 
 
 class PointSchema(BaseSchema):
@@ -60,9 +76,8 @@ class MetricSchema(BaseSchema):
     id = ObjectIdString(dump_only=True)
     project_id = ObjectIdString(required=True)
     service_id = ObjectIdString(dump_only=True)
-    service_name = Trimmed(
+    service_name = Name(
         required=True,
-        validate=validate.Length(min=1, max=100),
         metadata={"description": "Name of a service of the project (case-insensitive)."},
     )
     data = _points_list()
@@ -83,6 +98,21 @@ class PointsBodySchema(PointSchema):
     Loads to a list of points either way.  A bad point in an array is reported under
     its index (``errors.json.<index>``); the length of the array under ``_schema``.
     """
+
+    @classmethod
+    def openapi_body(cls) -> dict:
+        """The request body as documented: one point, or an array of 1 to 10000."""
+        return {
+            "oneOf": [
+                PointSchema,
+                {
+                    "type": "array",
+                    "items": PointSchema,
+                    "minItems": 1,
+                    "maxItems": MAX_POINTS_PER_WRITE,
+                },
+            ]
+        }
 
     def load(self, data, *, many=None, partial=None, unknown=None):
         if isinstance(data, list):
@@ -125,7 +155,7 @@ class Step(fields.String):
     }
 
     def _deserialize(self, value, attr, data, **kwargs):
-        match = STEP_RE.match(super()._deserialize(value, attr, data, **kwargs))
+        match = STEP_RE.fullmatch(super()._deserialize(value, attr, data, **kwargs).strip())
         if match is None:
             raise self.make_error("invalid_step")
         seconds = int(match.group(1)) * STEP_UNITS[match.group(2)]
@@ -139,7 +169,7 @@ class SeriesQueryArgsSchema(TimeWindowSchema):
         load_default=DEFAULT_STEP,
         metadata={
             "description": "Bucket width, 10s to 1d (default 5m).",
-            "pattern": STEP_RE.pattern,
+            "pattern": STEP_PATTERN,
         },
     )
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from polymicro.common.fields import ObjectIdString, SearchText, Tag, Tags, Trimmed, UTCDateTime
+from polymicro.common.fields import (
+    Name,
+    ObjectIdString,
+    SearchText,
+    Tag,
+    Tags,
+    Trimmed,
+    UTCDateTime,
+)
 from polymicro.common.schemas import BaseQuerySchema, BaseSchema
 
 
@@ -27,7 +35,7 @@ class MicroserviceSchema(Schema):
 
 class ProjectSchema(BaseSchema):
     id = ObjectIdString(dump_only=True)
-    name = Trimmed(required=True, validate=validate.Length(min=1, max=100))
+    name = Name(required=True)
     description = Trimmed(validate=validate.Length(max=2000))
     owner = Trimmed(allow_none=True, validate=validate.Length(max=100))
     tags = Tags()
@@ -45,7 +53,7 @@ class ProjectSchema(BaseSchema):
 class ProjectUpdateSchema(ProjectSchema):
     """PUT and PATCH: any subset of the writable fields; the others keep their value."""
 
-    name = Trimmed(validate=validate.Length(min=1, max=100))
+    name = Name()
 
 
 class ProjectQueryArgsSchema(BaseQuerySchema):

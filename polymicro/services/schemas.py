@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from marshmallow import fields, validate
+from marshmallow import validate
 
 from polymicro.common.fields import (
     CaseInsensitiveChoice,
+    HttpUrl,
+    Name,
     ObjectIdString,
     SearchText,
     StrictInteger,
@@ -17,25 +19,13 @@ from polymicro.common.schemas import BaseQuerySchema, BaseSchema
 from polymicro.services.models import HEALTHS, STATUSES
 
 
-class TrimmedUrl(fields.Url):
-    def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str):
-            value = value.strip()
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
 class ServiceSchema(BaseSchema):
     id = ObjectIdString(dump_only=True)
     project_id = ObjectIdString(required=True)
-    name = Trimmed(required=True, validate=validate.Length(min=1, max=100))
+    name = Name(required=True)
     description = Trimmed(allow_none=True, validate=validate.Length(max=2000))
     port = StrictInteger(allow_none=True, validate=validate.Range(min=1, max=65535))
-    url = TrimmedUrl(
-        allow_none=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=validate.Length(max=2048),
-    )
+    url = HttpUrl(allow_none=True, validate=validate.Length(max=2048))
     status = CaseInsensitiveChoice(STATUSES)
     health = CaseInsensitiveChoice(HEALTHS)
     version = Trimmed(allow_none=True, validate=validate.Length(max=64))
@@ -51,7 +41,7 @@ class ServiceUpdateSchema(ServiceSchema):
     """PUT and PATCH: any subset; ``project_id`` may be repeated but not changed (422)."""
 
     project_id = ObjectIdString()
-    name = Trimmed(validate=validate.Length(min=1, max=100))
+    name = Name()
 
 
 class ServiceQueryArgsSchema(BaseQuerySchema):
