@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import marshmallow as ma
 import mongoengine
 from flask import Flask
 from flask_caching import Cache
@@ -25,7 +26,7 @@ DB_ALIAS = mongoengine.DEFAULT_CONNECTION_NAME
 class PolymicroApi(Api):
     """flask-smorest's Api with a ``message`` in every error, an optional ``If-Match``,
     an ``Allow`` header on 405, ``X-Pagination`` documented as the JSON it is, and
-    request bodies whose schema documents its own JSON shape (``openapi_body``)."""
+    request bodies documented as they are read (``_document_request_body``)."""
 
     def handle_http_exception(self, error):
         payload, code, headers = super().handle_http_exception(error)
@@ -40,8 +41,8 @@ class PolymicroApi(Api):
         self.spec.components.header("PAGINATION", PAGINATION_HEADER_DOC, lazy=True)
 
     def register_blueprint(self, blp, *, parameters=None, **options):
-        if _document_body_shape not in blp._prepare_doc_cbks:
-            blp._prepare_doc_cbks.append(_document_body_shape)
+        if _document_request_body not in blp._prepare_doc_cbks:
+            blp._prepare_doc_cbks.append(_document_request_body)
         super().register_blueprint(blp, parameters=parameters, **options)
 
     def _register_etag_headers(self):
@@ -58,14 +59,27 @@ PAGINATION_HEADER_DOC = {
 }
 
 
-def _document_body_shape(doc, doc_info, **kwargs):
-    """A request body schema with an ``openapi_body()`` method documents the JSON it
-    loads (e.g. an array of 1 to 1000 entries, or one object or an array of them)."""
-    body = doc.get("requestBody", {}).get("content", {})
-    for media_type in body.values():
-        shape = getattr(media_type.get("schema"), "openapi_body", None)
+def _document_request_body(doc, doc_info, **kwargs):
+    """Document a request body as it is read.
+
+    - A schema with an ``openapi_body()`` method documents the JSON it loads (e.g. an
+      array of 1 to 1000 entries, or one object or an array of them).
+    - A body is required only when its schema has a required field: without a body,
+      webargs loads ``{}``, which such a schema accepts (a PATCH without a body is a
+      no-op 200, as ``{}`` is).
+    """
+    request_body = doc.get("requestBody", {})
+    for media_type in request_body.get("content", {}).values():
+        schema = media_type.get("schema")
+        shape = getattr(schema, "openapi_body", None)
         if callable(shape):
             media_type["schema"] = shape()
+            continue
+        if isinstance(schema, type) and issubclass(schema, ma.Schema):
+            schema = schema()
+        optional = isinstance(schema, ma.Schema) and not schema.many
+        if optional and not any(f.required for f in schema.load_fields.values()):
+            request_body["required"] = False
     return doc
 
 

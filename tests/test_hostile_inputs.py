@@ -1030,3 +1030,21 @@ def test_table_finding_strict_json_parser_names_the_problem(client, body, reason
     assert_error_shape(response, 400)
     assert response.json["message"] == "Malformed JSON body."
     assert reason in response.json["errors"]["json"][0]
+
+
+def test_fuzz_a_body_is_documented_as_required_only_when_it_is(client, world):
+    # Found: PUT/PATCH documented `requestBody.required: true`, yet without a body they
+    # change nothing and answer 200 (as `{}` does); POST without a body is a 422.
+    paths = spec(client)["paths"]
+    for path, method in (("/api/projects/{project_id}", "patch"),
+                         ("/api/services/{service_id}", "put"),
+                         ("/api/logs/{log_id}", "patch"),
+                         ("/api/metrics/cpu/{metric_id}", "put")):  # fmt: skip
+        assert paths[path][method]["requestBody"]["required"] is False, (method, path)
+    for path in ("/api/projects/", "/api/logs/batch", "/api/metrics/cpu/{metric_id}/data"):
+        assert paths[path]["post"]["requestBody"]["required"] is True, path
+    before = client.get(f"/api/projects/{world['pid']}").json
+    response = client.patch(f"/api/projects/{world['pid']}")
+    assert response.status_code == 200
+    assert response.json == before
+    assert_error_shape(client.post("/api/projects"), 422)
