@@ -1048,3 +1048,12 @@ def test_fuzz_a_body_is_documented_as_required_only_when_it_is(client, world):
     assert response.status_code == 200
     assert response.json == before
     assert_error_shape(client.post("/api/projects"), 422)
+
+
+def test_fuzz_tag_limit_counts_the_tags_as_sent(client):
+    # Found: 25 tags with repeats passed `maxItems: 20` (counted after dropping repeats).
+    response = client.post("/api/projects", json={"name": "p", "tags": ["a", "A"] * 11})
+    assert_error_shape(response, 422)
+    fits = client.post("/api/projects", json={"name": "p", "tags": ["a", "A"] * 10})
+    assert fits.status_code == 201
+    assert fits.json["tags"] == ["a"]

@@ -242,13 +242,21 @@ class TagValue(Trimmed):
 
 
 class Tags(fields.List):
-    """Up to 20 tags of ``[a-z0-9._-]``, 1–50 chars, stored lower-case, duplicates dropped."""
+    """Up to 20 tags of ``[a-z0-9._-]``, 1–50 chars, stored lower-case, duplicates dropped.
+
+    The limit holds for the list as sent (``maxItems``), before duplicates are dropped:
+    it used to be checked after, so 25 tags with repeats passed a documented limit of 20.
+    """
+
+    MAX_TAGS = 20
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("validate", validate.Length(max=20))
+        kwargs.setdefault("validate", validate.Length(max=self.MAX_TAGS))
         super().__init__(TagValue(), **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list | tuple) and len(value) > self.MAX_TAGS:
+            raise ValidationError(f"At most {self.MAX_TAGS} tags.")
         tags = super()._deserialize(value, attr, data, **kwargs)
         return list(dict.fromkeys(tags))
 
