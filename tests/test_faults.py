@@ -4,12 +4,19 @@ the fixes in place without them."""
 
 from __future__ import annotations
 
+import contextlib
+import types
+
 import mongoengine
 import pytest
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from polymicro import create_app
+from polymicro.common import atomic
+from polymicro.common.atomic import insert_all_or_nothing
 from polymicro.config import TestingConfig
 from polymicro.extensions import DB_ALIAS, close_db
+from tests.conftest import USES_REAL_DB
 
 
 def _client_for(uri: str):
@@ -37,3 +44,65 @@ def test_faults_writes_wait_for_the_journal():
 )
 def test_faults_a_write_concern_in_the_uri_is_kept(uri, expected):
     assert _client_for(uri) == expected
+
+
+# --- a batch is stored completely or not at all ----------------------------------------
+
+
+def test_faults_a_failed_bulk_insert_leaves_nothing_where_transactions_exist(ctx):
+    # Found: a worker or a database killed during POST /api/logs/batch left 276 of its
+    # 1000 entries stored.  Here a row fails in the middle of the insert instead (a
+    # duplicate _id): inside a transaction nothing of the batch stays; mongomock has no
+    # transactions and keeps what came before the failing row, as insert_many does.
+    collection = mongoengine.get_db()["atomic_probe"]
+    collection.insert_one({"_id": "taken"})
+    rows = [{"_id": "first"}, {"_id": "taken"}, {"_id": "last"}]
+    with pytest.raises(BulkWriteError):
+        insert_all_or_nothing(collection, rows)
+    stored = sorted(doc["_id"] for doc in collection.find({}))
+    assert stored == (["taken"] if USES_REAL_DB else ["first", "taken"])
+    assert insert_all_or_nothing(collection, [{"_id": "a"}, {"_id": "b"}]) == ["a", "b"]
+
+
+class _Session:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def start_transaction(self):
+        return contextlib.nullcontext()
+
+
+class _StandaloneClient:
+    """A client of a server without transactions (a standalone mongod)."""
+
+    def start_session(self):
+        return _Session()
+
+
+class _Collection:
+    def __init__(self):
+        self.database = types.SimpleNamespace(client=_StandaloneClient())
+        self.stored: list[dict] = []
+        self.transactions_tried = 0
+
+    def insert_many(self, rows, ordered=True, session=None):
+        if session is not None:
+            self.transactions_tried += 1
+            raise OperationFailure(
+                "Transaction numbers are only allowed on a replica set member or mongos", 20
+            )
+        self.stored += rows
+        return types.SimpleNamespace(inserted_ids=[row["_id"] for row in rows])
+
+
+def test_faults_without_transactions_the_insert_falls_back_once(monkeypatch, caplog):
+    monkeypatch.setattr(atomic, "MongoClient", _StandaloneClient)
+    collection = _Collection()
+    assert insert_all_or_nothing(collection, [{"_id": 1}, {"_id": 2}]) == [1, 2]
+    assert insert_all_or_nothing(collection, [{"_id": 3}]) == [3]
+    assert collection.transactions_tried == 1  # remembered for the client
+    assert [row["_id"] for row in collection.stored] == [1, 2, 3]
+    assert "no transactions" in caplog.text

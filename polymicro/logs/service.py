@@ -14,6 +14,7 @@ from datetime import datetime
 from bson import ObjectId
 
 from polymicro.common import caching
+from polymicro.common.atomic import insert_all_or_nothing
 from polymicro.common.models import contains_literally, row_view, to_row
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
@@ -207,7 +208,7 @@ def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[Obje
         )
     received = utcnow()
     rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
-    ids = LogEntry._get_collection().insert_many(rows, ordered=True).inserted_ids
+    ids = insert_all_or_nothing(LogEntry._get_collection(), rows)
     record_ingest("logs", len(ids))
     _bump(*(row["project_id"] for row in rows))
     return ids

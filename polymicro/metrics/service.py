@@ -20,6 +20,7 @@ from functools import partial
 from bson import ObjectId
 
 from polymicro.common import caching
+from polymicro.common.atomic import insert_all_or_nothing
 from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import to_utc_naive, utcnow
@@ -165,7 +166,7 @@ def _insert_points(metric_id: ObjectId, points: list[dict]) -> list[ObjectId]:
         doc = {"metric_id": metric_id, "time": utcnow() if time is None else to_utc_naive(time)}
         doc.update((k, point[k]) for k in ("load", "memory", "threads") if point.get(k) is not None)
         docs.append(doc)
-    ids = CpuPoint._get_collection().insert_many(docs, ordered=True).inserted_ids
+    ids = insert_all_or_nothing(CpuPoint._get_collection(), docs)
     record_ingest("cpu_points", len(ids))
     return ids
 
