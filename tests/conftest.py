@@ -39,7 +39,9 @@ TEST_REDIS_URL = os.environ.get("POLYMICRO_TEST_REDIS_URL", "")
 USES_REAL_DB = bool(TEST_MONGODB_URI) or TEST_DB == "secantus"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start, or
+    for an address where nothing answers)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -77,7 +79,7 @@ def mongodb_uri():
     if TEST_DB != "secantus":
         raise RuntimeError(f"POLYMICRO_TEST_DB must be mongomock or secantus, not {TEST_DB!r}")
     storage = tempfile.mkdtemp(prefix="polymicro-secantus-")
-    port = _free_port()
+    port = free_port()
     log_path = Path(storage) / "secantus.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own dev dependency

@@ -20,7 +20,7 @@ from polymicro import create_app
 from polymicro.common import caching
 from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
-from tests.conftest import _empty_database, client_as
+from tests.conftest import _empty_database, client_as, free_port
 
 in_app = pytest.mark.usefixtures("ctx")
 
@@ -103,12 +103,6 @@ def test_a_failing_cache_falls_back_to_the_producer_and_warns_once(monkeypatch, 
 # --- a real Redis that goes away and comes back ------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start_redis(port: int) -> subprocess.Popen:
     binary = shutil.which("redis-server")
     if binary is None:
@@ -139,7 +133,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture
 def own_redis_app(mongodb_uri, monkeypatch):
     """An app on a Redis of its own (the ``ctx`` app's connection is replaced)."""
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port)
     config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
     config["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
@@ -195,7 +189,7 @@ def test_redis_outage_keeps_the_api_answering_and_caching_resumes(own_redis_app,
 
 def test_unreachable_redis_from_the_start_is_not_an_error(mongodb_uri, caplog, monkeypatch):
     config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config["REDIS_URL"] = f"redis://127.0.0.1:{_free_port()}/0"
+    config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     if mongodb_uri:
         config.update(MONGODB_URI=mongodb_uri, MONGODB_MOCK=False)
     app = create_app(config)

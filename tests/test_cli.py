@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import socket
 from collections import Counter
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
@@ -28,7 +27,7 @@ from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.projects.models import Project
 from polymicro.services.models import HEALTHS, STATUSES, Service
-from tests.conftest import _test_config, client_as
+from tests.conftest import _test_config, client_as, free_port
 from tests.factories import make_project
 
 SEED_ONE_DAY = ["seed-demo", "--days", "1"]
@@ -242,9 +241,7 @@ def test_seed_demo_rejects_a_bad_days_value(app, days):
 
 @pytest.fixture
 def unreachable_app():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
     app = create_app(
         {
             "TESTING": True,

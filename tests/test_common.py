@@ -9,7 +9,7 @@ import pytest
 from polymicro import check_database, create_app
 from polymicro.common.timeutil import format_time, parse_time
 from polymicro.config import TestingConfig, load_config
-from tests.conftest import client_as
+from tests.conftest import client_as, free_port
 
 
 @pytest.mark.parametrize(
@@ -105,11 +105,7 @@ def test_unexpected_error_is_500_without_internals(app):
 @pytest.fixture
 def unreachable_app():
     """An app whose database does not answer (a closed local port)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
     config.update(
         MONGODB_URI=f"mongodb://127.0.0.1:{port}/x", MONGODB_MOCK=False, MONGODB_TIMEOUT_MS=300
@@ -152,11 +148,7 @@ def test_health_is_ok_when_everything_answers(client):
 
 
 def test_startup_logs_a_readable_message_when_the_database_is_down(caplog):
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
     config.update(
         MONGODB_URI=f"mongodb://127.0.0.1:{port}/x",

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from polymicro import create_app, observability
 from polymicro.config import TestingConfig
 from polymicro.extensions import close_db
+from tests.conftest import free_port
 from tests.factories import make_service
 
 REPO = Path(__file__).resolve().parent.parent
@@ -350,12 +350,6 @@ def test_metrics_can_be_switched_off():
 # --- several processes under gunicorn ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - local http
@@ -368,7 +362,7 @@ def _get(url: str) -> tuple[int, str]:
 def gunicorn(tmp_path: Path, **env_extra: str) -> Iterator[tuple[str, Path]]:
     """gunicorn with the repo's gunicorn.conf.py, 2 single-threaded workers, mongomock;
     yields (base url, log file) and stops it (SIGTERM to the master, which we started)."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POLYMICRO_", "PROMETHEUS"))}
     env.update(
         POLYMICRO_MONGODB_MOCK="true",

@@ -11,16 +11,11 @@ from polymicro import __version__, create_app
 from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
 from polymicro.operations import service
+from tests.conftest import free_port
 
 HEALTH, LIVE, READY = "/api/health", "/api/health/live", "/api/health/ready"
 PROBE_LIMIT_SECONDS = 1.5  # the brief's bound; the service's own budget is 1 s
 ALL_OK = {"database": "ok", "cache": "ok"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _app_on(uri: str):
@@ -33,7 +28,7 @@ def _app_on(uri: str):
 @pytest.fixture
 def down_app():
     """Nothing listens on the database's port."""
-    yield _app_on(f"mongodb://127.0.0.1:{_free_port()}/x")
+    yield _app_on(f"mongodb://127.0.0.1:{free_port()}/x")
     close_db()
 
 
