@@ -1,0 +1,113 @@
+"""Schemathesis hooks for scripts/fuzz.py (loaded through SCHEMATHESIS_HOOKS).
+
+Every check stays on.  ``filter_failure`` drops exactly three kinds of report, each a
+rule of the contract that an OpenAPI 3.0 document cannot express; anything else that
+the built-in checks find is kept:
+
+1. A schema-valid request answered **412** that carried an ``If-Match``: the generated
+   tag is stale, and the contract says a stale ``If-Match`` gets 412.
+2. A schema-valid request answered **422** whose errors are *all* rules that depend on
+   stored data, on two fields together, or on the names of an object's keys (every
+   message is listed in ``CONTRACT_RULES``): a ``project_id``/``service_id`` that names
+   no stored document ("must name an existing project (else 422)"), a service or log
+   moved to another project, ``since`` after ``until``, a series window of more than
+   10,000 buckets, a log attribute key that is empty, too long, starts with ``$`` or
+   holds ``.`` or NUL (OpenAPI 3.0 has no ``propertyNames``; the field's description
+   states the rule).  A 422 that names any other problem is still a finding.
+3. A **414** answered by gunicorn itself (HTML, before the app sees the request) to a
+   request line longer than its limit: a transport limit like the proxy's, not the
+   application's answer.  Filters of up to 1,000 characters of 4-byte UTF-8 need up
+   to 12 bytes per character on the request line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import threading
+from collections import Counter
+
+import schemathesis
+
+# How many failures each rule dropped; written to $FUZZ_FILTER_REPORT (JSON) at exit.
+DROPPED: Counter = Counter()
+_lock = threading.Lock()
+
+
+def _drop(reason: str) -> bool:
+    with _lock:
+        DROPPED[reason] += 1
+    return False
+
+
+@atexit.register
+def _write_report() -> None:
+    path = os.environ.get("FUZZ_FILTER_REPORT")
+    if path:
+        with open(path, "w") as out:
+            json.dump(dict(DROPPED.most_common()), out, indent=2)
+
+
+CONTRACT_RULES = [
+    re.compile(pattern)
+    for pattern in (
+        r"^No project with this id\.$",
+        r"^No service with this id\.$",
+        r"^This service belongs to another project\.$",
+        r"^The project has no service with this name\.$",
+        r"^A service cannot move to another project\.$",
+        r"^A log entry cannot move to another project/service\.$",
+        r"^`since` must not be after `until`\.$",
+        r"^The window spans \d+ buckets of this step; at most 10000: ",
+        r"^A key is 1-64 characters\.$",
+        r"^A key must not start with '\$' or contain '\.' or NUL\.$",
+    )
+]
+
+
+def _messages(errors) -> list[str]:
+    """Every message in a webargs-style ``errors`` tree."""
+    if isinstance(errors, str):
+        return [errors]
+    if isinstance(errors, list):
+        return [m for item in errors for m in _messages(item)]
+    if isinstance(errors, dict):
+        return [m for item in errors.values() for m in _messages(item)]
+    return [repr(errors)]
+
+
+def _only_contract_rules(response) -> bool:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return False
+    messages = _messages(body.get("errors")) if isinstance(body, dict) else []
+    return bool(messages) and all(
+        any(rule.search(message) for rule in CONTRACT_RULES) for message in messages
+    )
+
+
+def _header(case, name: str):
+    for key, value in (case.headers or {}).items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+@schemathesis.hook
+def filter_failure(ctx, failure, case, response) -> bool:
+    """False drops the failure (see the module docstring); True keeps it."""
+    if response is None:
+        return True
+    status = response.status_code
+    content_type = (response.headers.get("content-type") or [""])[0]
+    if status == 414 and content_type.startswith("text/html"):
+        return _drop("414 from gunicorn (request line too long)")
+    if getattr(failure, "code", "") == "ST202":  # schema-valid request rejected
+        if status == 412 and _header(case, "If-Match"):
+            return _drop("412 to a generated (stale) If-Match")
+        if status == 422 and _only_contract_rules(response):
+            return _drop("422 naming only contract rules (stored data, two fields, key names)")
+    return True
