@@ -17,7 +17,12 @@ PYTEST_ARGS ?=
 # Redis database used by the wire-protocol run (db 15, flushed by the tests).
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help venv run test test-wire lint format bench clean clean-data
+# Extra arguments for the reliability runs, e.g. make soak SOAK_ARGS='--minutes 10'
+FUZZ_ARGS ?=
+SOAK_ARGS ?=
+FAULTS_ARGS ?=
+
+.PHONY: help venv run test test-wire lint format bench fuzz soak faults clean clean-data
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +56,15 @@ format: $(STAMP) ## apply ruff's fixes and formatting (fails if unfixable proble
 
 bench: $(STAMP) ## run the benchmark (bench/run.py; BENCH_ARGS passed through)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+fuzz: $(STAMP) ## Schemathesis against gunicorn + a fresh SecantusDB, ~6.5 min (scripts/fuzz.py; FUZZ_ARGS)
+	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)
+
+soak: $(STAMP) ## reads + log/point ingest for 3 min: no 5xx, no lost write (bench/soak.py; SOAK_ARGS)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+faults: $(STAMP) ## stop/kill the database, Redis, a worker; no lost or half-written batch (scripts/faults.py)
+	$(BIN)/python scripts/faults.py $(FAULTS_ARGS)
 
 clean: ## remove .venv, caches and var/ files, keeping the database in var/db
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
