@@ -68,7 +68,23 @@ def _document_request_body(doc, doc_info, **kwargs):
     - A body is required only when its schema has a required field: without a body,
       webargs loads ``{}``, which such a schema accepts (a PATCH without a body is a
       no-op 200, as ``{}`` is).
+    - A ``json_or_form`` body (the login: the dashboard posts form fields) is a request
+      body in both media types; flask-smorest would list its fields as parameters
+      ``in: json_or_form``, which is no OpenAPI location.
     """
+    for parameter in list(doc.get("parameters", [])):
+        if isinstance(parameter, dict) and parameter.get("in") == "json_or_form":
+            doc["parameters"].remove(parameter)
+            schema = parameter["schema"]
+            doc["requestBody"] = {
+                "required": parameter.get("required", True),
+                "content": {
+                    "application/json": {"schema": schema},
+                    "application/x-www-form-urlencoded": {"schema": schema},
+                },
+            }
+    if "parameters" in doc and not doc["parameters"]:
+        del doc["parameters"]
     request_body = doc.get("requestBody", {})
     for media_type in request_body.get("content", {}).values():
         schema = media_type.get("schema")
