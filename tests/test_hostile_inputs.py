@@ -1076,3 +1076,12 @@ def test_fuzz_every_parameter_is_in_an_openapi_location(client):
     login = document["paths"]["/api/auth/login"]["post"]["requestBody"]
     assert login["required"] is True
     assert set(login["content"]) == {"application/json", "application/x-www-form-urlencoded"}
+
+
+def test_fuzz_an_api_key_not_revoked_conforms_to_its_schema(client, world):
+    # Found: `revoked_at` is null until a key is revoked; the schema did not allow null.
+    revoked_at = schema_of(client, "ApiKey")["properties"]["revoked_at"]
+    assert revoked_at["nullable"] is True
+    created = client.post(f"/api/projects/{world['pid']}/keys", json={"name": "ci"})
+    assert created.status_code == 201, created.json
+    assert created.json["revoked_at"] is None

@@ -71,7 +71,7 @@ class ApiKeySchema(BaseSchema):
     prefix = fields.String(dump_only=True, metadata={"description": "Public part of the key."})
     created_by = fields.String(dump_only=True)
     created_at = UTCDateTime(dump_only=True)
-    revoked_at = UTCDateTime(dump_only=True)
+    revoked_at = UTCDateTime(dump_only=True, allow_none=True)  # null until revoked
 
 
 class ApiKeyCreatedSchema(ApiKeySchema):
