@@ -164,9 +164,6 @@ def cached(namespace: str, key: str, producer: Callable[[], Any]) -> Any:
     return Reader(namespace).get(key, producer)
 
 
-
-
-
 class Reader:
     """Reads of one request in one namespace: the generation is looked up once, before
     anything is computed, and a value is stored under that generation only.  A write
@@ -176,6 +173,7 @@ class Reader:
     def __init__(self, namespace: str):
         self.namespace = namespace
         self._prefix: str | None = None
+        self._generation: int | None = None
 
     def _key(self, key: str) -> str:
         if self._prefix is None:
@@ -196,16 +194,33 @@ class Reader:
         return value
 
     def peek(self, key: str) -> Any:
-        """The value under ``key``, or None (missing, or the cache is down)."""
+        """The value under ``key``, or None (missing, stale, or the cache is down).
+
+        One round trip: the entry is stored *with* the generation it was computed under
+        (not under a key that embeds it), and ``MGET`` reads the namespace's current
+        generation and the entry together, atomically; an entry of any other generation
+        is a miss.  The hottest reads (cached responses) use this path.
+        """
+        entry_key = f"{self.namespace}:entry:{key}"
         try:
-            return _guard(cache.get, self._key(key))
+            generation, entry = _guard(cache.get_many, _generation_key(self.namespace), entry_key)
+            if generation is None:
+                generation = _guard(_generation, self.namespace)
         except CacheDown:
             return None
+        self._generation = generation
+        if entry is not None and entry[0] == generation:
+            return entry[1]
+        return None
 
     def put(self, key: str, value: Any) -> None:
-        """Keep ``value`` under ``key`` (best effort)."""
+        """Keep ``value`` under ``key`` with the generation ``peek`` read (best effort;
+        nothing is stored when ``peek`` could not read one)."""
+        if self._generation is None:
+            return
+        entry_key = f"{self.namespace}:entry:{key}"
         with contextlib.suppress(CacheDown):
-            _guard(cache.set, self._key(key), value)
+            _guard(cache.set, entry_key, (self._generation, value))
 
 
 class CachedQuery:
