@@ -26,8 +26,10 @@ def _int_env(name: str, default: int) -> int:
 # the default stays on loopback.
 bind = [os.environ.get("POLYMICRO_GUNICORN_BIND", "127.0.0.1:8000")]
 
-# Provisional numbers: workers and threads will be set from the benchmark
-# (make bench) on the 2-core reference machine.
+# From make bench --sweep 1x8,2x4,2x8,4x2 on the 2-core reference machine (README,
+# Performance): the combinations differed by less than the machine's noise; 2 workers x
+# 4 threads uses both cores for the Python work and lets each worker overlap its
+# database and Redis waits, and more workers only add memory and contention.
 worker_class = "gthread"
 # Without Redis the cache is an in-process SimpleCache: each worker would keep its own
 # copy and a write through one worker would not invalidate the others'.  So without
