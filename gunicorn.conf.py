@@ -38,6 +38,10 @@ _shared_cache = bool(os.environ.get("POLYMICRO_REDIS_URL", "").strip())
 workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2 if _shared_cache else 1)
 threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
 
+# Log filters (a `q` of up to 1,000 characters, several of them) can make a request line
+# longer than gunicorn's default 4,094 bytes, which gunicorn would answer itself (414).
+limit_request_line = 8190
+
 timeout = 30
 graceful_timeout = 10
 

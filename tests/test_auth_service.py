@@ -469,3 +469,8 @@ def test_ensure_project_lets_a_key_touch_its_own_project():
 def test_ensure_project_forbids_a_key_another_project():
     with pytest.raises(Forbidden):
         security.ensure_project(ObjectId(), ObjectId())
+
+
+def test_with_auth_disabled_there_is_no_signed_in_user(ctx):
+    with pytest.raises(NotFound, match="Authentication is disabled"):
+        auth.get_user(None)

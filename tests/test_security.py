@@ -294,6 +294,12 @@ def test_auth_disabled_logs_a_loud_warning_and_lets_requests_pass(make_app, capl
     assert anon.delete(f"{PROJECTS}/{created.json['id']}").status_code == 204
 
 
+def test_auth_disabled_me_says_there_is_no_signed_in_user(make_app):
+    response = make_app(AUTH_ENABLED=False).test_client().get("/api/auth/me")
+    assert response.status_code == 404
+    assert response.json["message"] == "Authentication is disabled: there is no signed-in user."
+
+
 def test_auth_enabled_logs_no_such_warning(make_app, caplog):
     with caplog.at_level(logging.WARNING, logger="polymicro.security"):
         app = make_app(AUTH_ENABLED=True)
