@@ -55,10 +55,6 @@ def load_project(project_id: ObjectId) -> Project:
     return project
 
 
-def project_exists(project_id: ObjectId) -> bool:
-    return Project.objects(id=project_id).count() > 0
-
-
 def get_project(project_id: ObjectId) -> dict:
     """A project with its ``microservices`` (cached)."""
     key = caching.make_key("project", project_id)
