@@ -165,7 +165,10 @@ def test_seeded_cpu_points_come_every_15_minutes_for_the_day(seeded):
         assert abs(len(points) - 96) <= 1
         times = [point["time"] for point in points]
         assert all(b - a == QUARTER_HOUR for a, b in itertools.pairwise(times))
-        assert times[-1] <= seeded["after"] < times[-1] + QUARTER_HOUR
+        # The last point is the latest quarter hour of the seeding, which began at
+        # `before` and ended at `after` (it may straddle a quarter-hour boundary).
+        assert seeded["before"] < times[-1] + QUARTER_HOUR
+        assert times[-1] <= seeded["after"]
         for point in points:
             assert point["load"] >= 0
             assert 0 <= point["memory"] <= 100
