@@ -72,8 +72,6 @@ class Config:
     OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
     OPENAPI_REDOC_PATH = "/redoc"
     OPENAPI_REDOC_URL = "https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js"
-    # Keys sorted in JSON output would reorder the dashboard's objects; keep insertion order.
-    JSON_SORT_KEYS = False
 
 
 class TestingConfig(Config):
