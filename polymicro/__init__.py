@@ -34,6 +34,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     init_db(app)
     init_cache(app)
     init_security(app)
+    connect_domains()
     register_api(app)
     errors.register_error_handlers(app)
     register_request_guards(app)
@@ -48,6 +49,13 @@ def configure(app: Flask, settings: dict) -> None:
     # Collection paths answer with and without the trailing slash, without a redirect.
     app.url_map.strict_slashes = False
     app.url_map.converters["objectid"] = ObjectIdConverter
+
+
+def connect_domains() -> None:
+    """The ways up between domains (cascades, embedded views): ``polymicro/domains.py``."""
+    from polymicro import domains
+
+    domains.connect()
 
 
 def register_api(app: Flask) -> None:

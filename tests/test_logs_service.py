@@ -14,6 +14,8 @@ from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs import service
 from polymicro.logs.models import LogEntry
 from polymicro.projects.models import Project
+from polymicro.projects.service import require_project as projects_require
+from polymicro.services.service import require_service as services_require
 from tests.factories import make_project, make_service
 
 pytestmark = pytest.mark.usefixtures("ctx")
@@ -114,19 +116,6 @@ class TestCreate:
         assert LogEntry.objects.count() == 0
 
 
-class _CountingModel:
-    """Stands in for a Document class and counts the queries started on it."""
-
-    def __init__(self, model):
-        self.model = model
-        self.queries = 0
-
-    @property
-    def objects(self):
-        self.queries += 1
-        return self.model.objects
-
-
 class TestCreateMany:
     def test_stores_all_and_returns_ids_in_input_order(self, svc, other_svc):
         entries = [
@@ -163,15 +152,23 @@ class TestCreateMany:
         with pytest.raises(InvalidInput):
             service.create_logs([])
 
-    def test_references_are_checked_in_two_queries(self, monkeypatch):
+    def test_references_are_checked_once_per_distinct_project_and_service(self, monkeypatch):
         services = [make_service(project=make_project()) for _ in range(5)]
         entries = [data_for(services[i % 5], message=str(i)) for i in range(200)]
-        projects = _CountingModel(service.Project)
-        services_model = _CountingModel(service.Service)
-        monkeypatch.setattr(service, "Project", projects)
-        monkeypatch.setattr(service, "Service", services_model)
+        asked = []
+
+        def counting(require):
+            def wrapper(object_id, **kwargs):
+                asked.append(object_id)
+                return require(object_id, **kwargs)
+
+            return wrapper
+
+        monkeypatch.setattr(service.projects, "require_project", counting(projects_require))
+        monkeypatch.setattr(service.services, "require_service", counting(services_require))
         assert len(service.create_logs(entries)) == 200
-        assert (projects.queries, services_model.queries) == (1, 1)
+        expected = {s.project_id for s in services} | {s.id for s in services}
+        assert sorted(asked) == sorted(expected)  # 10 lookups for 200 entries
 
     def test_one_bulk_insert_and_no_single_saves(self, svc, monkeypatch):
         inserts = []

@@ -23,9 +23,9 @@ from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from polymicro.projects.models import Project
+from polymicro.projects import service as projects
 
-KEYS = "api-keys"  # cache namespace of key lookups, bumped on every key change
+KEYS = caching.Namespace("api-keys")  # key lookups, bumped on every key change
 KEY_PREFIX = "pmk_"
 BAD_LOGIN = "Unknown user or wrong password."
 
@@ -224,10 +224,10 @@ def _digest(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
+@KEYS.writes
 def create_api_key(project_id: ObjectId, name: str, created_by: str | None) -> dict:
     """A new key for an existing project; the secret is in the result, and only there."""
-    if not Project.objects(id=project_id).count():
-        raise NotFound(f"Project {project_id} not found.")
+    projects.require_project(project_id)
     prefix = secrets.token_hex(6)
     raw_key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
@@ -238,39 +238,41 @@ def create_api_key(project_id: ObjectId, name: str, created_by: str | None) -> d
         created_by=created_by,
     )
     key.save(force_insert=True)
-    caching.bump(KEYS)
+    KEYS.bump()
     return as_view(key, key=raw_key)
 
 
 def list_api_keys(project_id: ObjectId) -> PagedQuery:
-    if not Project.objects(id=project_id).count():
-        raise NotFound(f"Project {project_id} not found.")
+    projects.require_project(project_id)
     query = ApiKey.objects(project_id=project_id).order_by("created_at", "id")
     return PagedQuery(query, per_page=lambda keys: [as_view(k) for k in keys])
 
 
+@KEYS.writes
 def revoke_api_key(project_id: ObjectId, key_id: ObjectId) -> None:
     key = ApiKey.objects(id=key_id, project_id=project_id).first()
     if key is None:
         raise NotFound(f"API key {key_id} not found in project {project_id}.")
     if key.revoked_at is None:
         key.update(set__revoked_at=utcnow(), set__updated_at=utcnow())
-        caching.bump(KEYS)
+        KEYS.bump()
 
 
+@KEYS.writes
 def delete_api_keys(project_id: ObjectId) -> None:
     """Cascade of a project deletion: its keys stop working at once."""
     ApiKey.objects(project_id=project_id).delete()
-    caching.bump(KEYS)
+    KEYS.bump()
 
 
+@KEYS.reads
 def verify_api_key(raw_key: str) -> dict | None:
     """The live key matching ``raw_key`` ({id, project_id}), or None."""
     parts = raw_key.split("_", 2)  # the secret itself may contain "_"
     if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX or len(raw_key) > 200:
         return None
     prefix = parts[1]
-    row = caching.cached(KEYS, caching.make_key("key", prefix), lambda: _key_row(prefix))
+    row = caching.cached(KEYS.key(), caching.make_key("key", prefix), lambda: _key_row(prefix))
     if not row or row["revoked"]:
         return None
     if not hmac.compare_digest(row["key_hash"], _digest(raw_key)):

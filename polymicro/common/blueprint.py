@@ -18,6 +18,7 @@ from flask_smorest.etag import _get_etag_ctx
 from flask_smorest.utils import get_appcontext
 
 from polymicro.common import caching
+from polymicro.common.converters import query_object_id
 from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from polymicro.common.parser import StrictJsonParser
 
@@ -46,23 +47,27 @@ class Blueprint(flask_smorest.Blueprint):
         doc.get("responses", {}).pop(428, None)
         return doc
 
-    def cached_response(self, namespace_of: Callable[[dict], str], etag: bool = False):
+    def cached_response(self, read: Callable, etag: bool = False):
         """Serve this GET from the cache: body, ``X-Pagination`` and ETag, as sent.
 
         The service layer caches data; on the hot reads the marshmallow dump and JSON
         encoding of that data cost most of a request (66 % of the CPU on a project's
         metrics, measured with py-spy under ``make bench``), so the final response is
-        cached too, in the same namespace: every write that invalidates the data
-        invalidates the response.  The key is the path and the whole query string.
-        Place it under ``access()`` (authorization first) and above ``arguments``.
-        ``namespace_of`` gets the view's path parameters.  With ``etag`` (item
-        endpoints under ``@blp.etag``), a cached ETag still answers 304.
+        cached too, in the namespace the service declared for ``read`` (the service
+        function this view calls, ``@NS.reads``): every write that invalidates the data
+        invalidates the response, and the resource never chooses a namespace.  A scoped
+        namespace takes its scope from the path parameter of that name, else from the
+        query parameter (a malformed one counts as no scope).  The key is the path and
+        the whole query string.  Place it under ``access()`` (authorization first) and
+        above ``arguments``.  With ``etag`` (item endpoints under ``@blp.etag``), a
+        cached ETag still answers 304.
         """
+        declared = caching.namespace_of(read)
 
         def decorator(func):
             @wraps(func)
             def wrapper(*args, **kwargs):
-                namespace = namespace_of(kwargs)
+                namespace = declared.key(_scope_value(declared.scope, kwargs))
                 key = caching.make_key(
                     "response", request.path.rstrip("/"), sorted(request.args.items(multi=True))
                 )
@@ -89,3 +94,11 @@ class Blueprint(flask_smorest.Blueprint):
             return wrapper
 
         return decorator
+
+
+def _scope_value(scope: str | None, view_kwargs: dict):
+    if scope is None:
+        return None
+    if scope in view_kwargs:
+        return view_kwargs[scope]
+    return query_object_id(scope)

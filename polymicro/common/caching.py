@@ -44,11 +44,6 @@ from polymicro.extensions import cache
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
-CATALOG = "catalog"
-
-
-def metrics_namespace(project_id) -> str:
-    return f"metrics:{project_id}"
 
 
 class CacheDown(Exception):
@@ -242,3 +237,99 @@ class CachedQuery:
 
     def __iter__(self):
         return iter(self[0 : self.count()])
+
+
+# --- declarations: which reads live in a namespace, which writes bump it ---------------
+
+
+class Namespace:
+    """A family of cached reads and the writes that invalidate them, declared once by
+    the service module that owns them::
+
+        LOGS = caching.Namespace("logs", scope="project_id", unscoped=True)
+
+        @LOGS.reads
+        def list_logs(project_id=None, ...): ...        # cached in LOGS.key(project_id)
+
+        @LOGS.writes
+        def create_log(data): ...; LOGS.bump(data["project_id"])
+
+    ``scope`` names the parameter that splits the namespace per value (``logs:<project
+    id>``); ``unscoped`` says that reads without a scope are cached too (``logs``), so
+    every write bumps that key besides its scoped one.  The response cache of the
+    resources (``Blueprint.cached_response``) takes the namespace from the declaration of
+    the service function it serves, so resources never choose one.  :func:`table` lists
+    every namespace with its reads and writes (the README shows it, and a test keeps the
+    two equal); the tests check that each declared write bumps its namespace.
+    """
+
+    def __init__(self, name: str, *, scope: str | None = None, unscoped: bool = True):
+        self.name = name
+        self.scope = scope
+        self.unscoped = unscoped
+        self.read_functions: list[Callable] = []
+        self.write_functions: list[Callable] = []
+        _NAMESPACES[name] = self
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
+
+    def key(self, scope_value: Any = None) -> str:
+        """The namespace key of reads for ``scope_value`` (None: unscoped reads)."""
+        if scope_value is None or self.scope is None:
+            return self.name
+        return f"{self.name}:{scope_value}"
+
+    def reads(self, func: Callable) -> Callable:
+        """Declare a read cached in this namespace (returns ``func`` unchanged)."""
+        self.read_functions.append(func)
+        func.cache_namespace = self
+        return func
+
+    def writes(self, func: Callable) -> Callable:
+        """Declare a write that bumps this namespace (returns ``func`` unchanged)."""
+        self.write_functions.append(func)
+        bumps = getattr(func, "bumps_namespaces", ())
+        func.bumps_namespaces = (*bumps, self)
+        return func
+
+    def bump(self, *scope_values: Any) -> None:
+        """Invalidate the reads of these scopes (and the unscoped ones)."""
+        keys = [self.key(value) for value in dict.fromkeys(scope_values) if value is not None]
+        if self.scope is None or self.unscoped or not keys:
+            keys.append(self.name)
+        bump(*dict.fromkeys(keys))
+
+
+_NAMESPACES: dict[str, Namespace] = {}
+
+
+def namespaces() -> list[Namespace]:
+    """Every declared namespace, in declaration order."""
+    return list(_NAMESPACES.values())
+
+
+def namespace_of(func: Callable) -> Namespace:
+    """The namespace a read was declared in (``@NS.reads``)."""
+    try:
+        return func.cache_namespace
+    except AttributeError:
+        raise TypeError(f"{func.__qualname__} is not a declared cached read") from None
+
+
+def _name(func: Callable) -> str:
+    module = func.__module__.removeprefix("polymicro.").removesuffix(".service")
+    return f"`{module}.{func.__name__}`"
+
+
+def table() -> str:
+    """A Markdown table: per namespace, its key, its reads and the writes that bump it."""
+    lines = ["| namespace | key | reads | bumped by |", "|---|---|---|---|"]
+    for ns in namespaces():
+        key = ns.name if ns.scope is None else f"{ns.name}:<{ns.scope}>"
+        if ns.scope is not None and ns.unscoped:
+            key += f", {ns.name}"
+        reads = ", ".join(_name(f) for f in ns.read_functions)
+        writes = ", ".join(_name(f) for f in ns.write_functions)
+        lines.append(f"| {ns.name} | `{key}` | {reads} | {writes} |")
+    return "\n".join(lines)

@@ -3,7 +3,6 @@
 from flask.views import MethodView
 
 from polymicro.common.blueprint import Blueprint
-from polymicro.common.converters import query_object_id
 from polymicro.common.pagination import QueryPage
 from polymicro.logs import service
 from polymicro.logs.schemas import (
@@ -28,7 +27,7 @@ blp = Blueprint(
 @blp.route("/")
 class Logs(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: service.namespace_for(query_object_id("project_id")))
+    @blp.cached_response(service.list_logs)
     @blp.arguments(LogQueryArgsSchema, location="query")
     @blp.response(200, LogEntrySchema(many=True))
     @blp.paginate(QueryPage)
@@ -58,7 +57,7 @@ class LogBatch(MethodView):
 @blp.route("/project/<objectid:project_id>")
 class ProjectLogs(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda kw: service.namespace_for(kw["project_id"]))
+    @blp.cached_response(service.list_project_logs)
     @blp.arguments(ProjectLogQueryArgsSchema, location="query")
     @blp.response(200, LogEntrySchema(many=True))
     @blp.alt_response(404, description="No such project.")
@@ -71,7 +70,7 @@ class ProjectLogs(MethodView):
 @blp.route("/service/<objectid:service_id>")
 class ServiceLogs(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: service.namespace_for(None))
+    @blp.cached_response(service.list_service_logs)
     @blp.arguments(LogFilterSchema, location="query")
     @blp.response(200, LogEntrySchema(many=True))
     @blp.alt_response(404, description="No such service.")

@@ -3,7 +3,9 @@ newest-first lists, all-or-nothing batches.
 
 Lists are read as raw rows (no mongoengine document per row) and cached per project
 (namespace ``logs:<project id>``; lists not scoped to a project use ``logs``).  Every
-log write bumps both, so a list never outlives a write that changes it.
+log write bumps both, so a list never outlives a write that changes it.  References
+are checked through the services and projects domains' ``require_*`` functions
+(cached), never by reading their documents.
 """
 
 from __future__ import annotations
@@ -21,28 +23,21 @@ from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
 from polymicro.observability import record_ingest
-from polymicro.projects.models import Project
+from polymicro.projects import service as projects
 from polymicro.security import ensure_project
-from polymicro.services.models import Service
+from polymicro.services import service as services
+
+LOGS = caching.Namespace("logs", scope="project_id", unscoped=True)
 
 ORDER = ("-timestamp", "-id")
 IMMUTABLE = ("project_id", "service_id")
-ALL_LOGS = "logs"
-
-
-def namespace_for(project_id: ObjectId | None) -> str:
-    """The cache namespace of log lists of one project, or of lists not scoped to one."""
-    return f"logs:{project_id}" if project_id is not None else ALL_LOGS
-
-
-def _bump(*project_ids: ObjectId) -> None:
-    caching.bump(ALL_LOGS, *(namespace_for(pid) for pid in set(project_ids)))
 
 
 def _rows(rows: list[dict]) -> list[dict]:
     return [row_view(LogEntry, row) for row in rows]
 
 
+@LOGS.reads
 def list_logs(
     project_id: ObjectId | None = None,
     service_id: ObjectId | None = None,
@@ -69,7 +64,7 @@ def list_logs(
         "q": q,
     }
     key = caching.make_key("logs", **filters)
-    return caching.CachedQuery(namespace_for(project_id), key, _query(**filters))
+    return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters))
 
 
 def _query(
@@ -99,23 +94,16 @@ def _query(
     return PagedQuery(query.order_by(*ORDER).as_pymongo(), per_page=_rows)
 
 
-def _exists(model, object_id: ObjectId, namespace: str) -> bool:
-    """Existence, cached while true (deletes bump the namespace through the cascade)."""
-    key = caching.make_key("exists", model.__name__, object_id)
-    producer = lambda: model.objects(id=object_id).count() > 0 or None  # noqa: E731
-    return bool(caching.cached(namespace, key, producer))
-
-
+@LOGS.reads
 def list_project_logs(project_id: ObjectId, **filters) -> caching.CachedQuery:
-    if not _exists(Project, project_id, namespace_for(project_id)):
-        raise NotFound(f"Project {project_id} not found.")
+    projects.require_project(project_id)
     filters["project_id"] = project_id  # the path wins over a query parameter
     return list_logs(**filters)
 
 
+@LOGS.reads
 def list_service_logs(service_id: ObjectId, **filters) -> caching.CachedQuery:
-    if not _exists(Service, service_id, ALL_LOGS):
-        raise NotFound(f"Service {service_id} not found.")
+    services.require_service(service_id)
     return list_logs(service_id=service_id, **filters)
 
 
@@ -135,28 +123,35 @@ def canonical_severity(severity: str) -> str:
     return name
 
 
-def _reference_errors(
-    entry: dict, projects: set[ObjectId], service_projects: dict[ObjectId, ObjectId]
-) -> dict[str, list[str]]:
+def _reference_errors(entry: dict, refs: dict[ObjectId, dict | None]) -> dict[str, list[str]]:
     """What is wrong with an entry's ``project_id``/``service_id`` (empty when nothing)."""
     errors = {}
-    if entry["project_id"] not in projects:
+    if refs[entry["project_id"]] is None:
         errors["project_id"] = ["No project with this id."]
-    owner = service_projects.get(entry["service_id"])
-    if owner is None:
+    service = refs[entry["service_id"]]
+    if service is None:
         errors["service_id"] = ["No service with this id."]
-    elif owner != entry["project_id"] and "project_id" not in errors:
+    elif service["project_id"] != entry["project_id"] and "project_id" not in errors:
         errors["service_id"] = ["This service belongs to another project."]
     return errors
 
 
 def _check_references(entries: list[dict]) -> list[dict[str, list[str]]]:
-    """The reference errors of every entry, in two queries whatever the number of entries."""
-    project_ids = list({e["project_id"] for e in entries})
-    service_ids = list({e["service_id"] for e in entries})
-    projects = set(Project.objects(id__in=project_ids).scalar("id"))
-    service_projects = dict(Service.objects(id__in=service_ids).scalar("id", "project_id"))
-    return [_reference_errors(e, projects, service_projects) for e in entries]
+    """The reference errors of every entry: one cached lookup per distinct project and
+    service, whatever the number of entries."""
+    refs: dict[ObjectId, dict | None] = {}
+    for pid in {e["project_id"] for e in entries}:
+        refs[pid] = _or_none(projects.require_project, pid)
+    for sid in {e["service_id"] for e in entries}:
+        refs[sid] = _or_none(services.require_service, sid)
+    return [_reference_errors(e, refs) for e in entries]
+
+
+def _or_none(require, object_id: ObjectId) -> dict | None:
+    try:
+        return require(object_id)
+    except NotFound:
+        return None
 
 
 def _new_entry(data: dict, received: datetime) -> dict:
@@ -170,6 +165,7 @@ def _new_entry(data: dict, received: datetime) -> dict:
     return data
 
 
+@LOGS.writes
 def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     """Store one entry; a caller limited to project ``scope`` (an API key) may write only
     to that project."""
@@ -180,10 +176,11 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     entry = LogEntry(**_new_entry(data, utcnow()))
     entry.save(force_insert=True)
     record_ingest("logs", 1)
-    _bump(entry.project_id)
+    LOGS.bump(entry.project_id)
     return entry
 
 
+@LOGS.writes
 def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[ObjectId]:
     """Store every entry or none: a bad reference anywhere is a 422 naming each bad
     entry by its index; otherwise one bulk insert.  Returns the ids in input order.
@@ -210,10 +207,11 @@ def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[Obje
     rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
     ids = insert_all_or_nothing(LogEntry._get_collection(), rows)
     record_ingest("logs", len(ids))
-    _bump(*(row["project_id"] for row in rows))
+    LOGS.bump(*(row["project_id"] for row in rows))
     return ids
 
 
+@LOGS.writes
 def update_log(entry: LogEntry, data: dict) -> LogEntry:
     """Apply a partial update; the project and service of an entry cannot change."""
     for field in IMMUTABLE:
@@ -228,15 +226,17 @@ def update_log(entry: LogEntry, data: dict) -> LogEntry:
         for key, value in changed.items():
             setattr(entry, key, value)
         entry.save()
-        _bump(entry.project_id)
+        LOGS.bump(entry.project_id)
     return entry
 
 
+@LOGS.writes
 def delete_log(entry: LogEntry) -> None:
     entry.delete()
-    _bump(entry.project_id)
+    LOGS.bump(entry.project_id)
 
 
+@LOGS.writes
 def delete_logs(project_id: ObjectId | None = None, service_id: ObjectId | None = None) -> int:
     """Delete the logs of a project or of a service (used by the cascades)."""
     if project_id is None and service_id is None:
@@ -248,5 +248,10 @@ def delete_logs(project_id: ObjectId | None = None, service_id: ObjectId | None 
         query = query.filter(service_id=service_id)
     project_ids = query.distinct("project_id") if project_id is None else [project_id]
     deleted = query.delete()
-    _bump(*project_ids)
+    LOGS.bump(*project_ids)
     return deleted
+
+
+def on_services_deleting(_sender, *, project_id: ObjectId, service_id: ObjectId | None) -> None:
+    """Receiver of ``services.services_deleting``: their logs go first."""
+    delete_logs(project_id=project_id, service_id=service_id)

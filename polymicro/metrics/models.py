@@ -11,10 +11,23 @@ mongomock and SecantusDB do not offer them, so the portable layout is used every
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import mongoengine as me
 
 from polymicro.common.models import TimestampedDocument
 from polymicro.common.timeutil import utcnow
+
+# Limits of what is stored and read (the schemas and the service both use them).
+DEFAULT_POINTS = 500  # points per entry returned by a read unless ``points`` says otherwise
+MAX_POINTS_PER_WRITE = 10_000  # points per request (append, create, replace)
+MAX_LOAD = 100_000.0  # percent: 1000 fully busy cores
+MAX_THREADS = 10_000_000
+MIN_STEP = timedelta(seconds=10)
+MAX_STEP = timedelta(days=1)
+DEFAULT_STEP = timedelta(minutes=5)
+DEFAULT_SERIES_WINDOW = timedelta(hours=24)
+MAX_BUCKETS = 10_000
 
 
 class CpuMetric(TimestampedDocument):

@@ -2,7 +2,6 @@
 
 from flask.views import MethodView
 
-from polymicro.common import caching
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.metrics import service
@@ -48,7 +47,7 @@ class Metrics(MethodView):
 @blp.route("/project/<objectid:project_id>")
 class ProjectMetrics(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda kw: caching.metrics_namespace(kw["project_id"]))
+    @blp.cached_response(service.list_project_metrics)
     @blp.arguments(PointsWindowSchema, location="query")
     @blp.response(200, MetricSchema(many=True))
     @blp.alt_response(404, description="No such project.")

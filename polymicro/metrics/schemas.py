@@ -16,7 +16,7 @@ from polymicro.common.fields import (
 )
 from polymicro.common.schemas import BaseSchema, TimeWindowSchema
 from polymicro.common.timeutil import utcnow
-from polymicro.metrics.service import (
+from polymicro.metrics.models import (
     DEFAULT_POINTS,
     DEFAULT_STEP,
     MAX_LOAD,

@@ -9,7 +9,9 @@ entry's ``updated_at`` therefore moves only when the entry itself changes (its s
 is renamed, or ``PUT`` replaces its points).
 
 The entries of a project (the dashboard's hot read) are cached in the namespace
-``metrics:<project id>``; every write to an entry or its points bumps it.
+``metrics:<project id>``; every write to an entry or its points bumps it.  Projects
+and services are looked up through their domains' ``require_*``/``find_service``
+functions (cached), never by reading their documents.
 """
 
 from __future__ import annotations
@@ -25,21 +27,24 @@ from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import to_utc_naive, utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
-from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.metrics.models import (
+    DEFAULT_POINTS,
+    DEFAULT_SERIES_WINDOW,
+    DEFAULT_STEP,
+    MAX_BUCKETS,
+    MAX_POINTS_PER_WRITE,
+    MAX_STEP,
+    MIN_STEP,
+    CpuMetric,
+    CpuPoint,
+)
 from polymicro.observability import record_ingest
-from polymicro.projects.models import Project
+from polymicro.projects import service as projects
 from polymicro.security import ensure_project
-from polymicro.services.models import Service
+from polymicro.services import service as services
 
-DEFAULT_POINTS = 500  # points per entry returned by a read unless ``points`` says otherwise
-MAX_POINTS_PER_WRITE = 10_000  # points per request (append, create, replace)
-MAX_LOAD = 100_000.0  # percent: 1000 fully busy cores
-MAX_THREADS = 10_000_000
-MIN_STEP = timedelta(seconds=10)
-MAX_STEP = timedelta(days=1)
-DEFAULT_STEP = timedelta(minutes=5)
-DEFAULT_SERIES_WINDOW = timedelta(hours=24)
-MAX_BUCKETS = 10_000
+METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False)
+
 
 ORDER = ("id",)  # creation order, served by the _id index
 EPOCH = datetime(1970, 1, 1)
@@ -97,6 +102,7 @@ def list_metrics(
     return _paged(query, since, until, points)
 
 
+@METRICS.reads
 def list_project_metrics(
     project_id: ObjectId,
     since: datetime | None = None,
@@ -104,17 +110,10 @@ def list_project_metrics(
     points: int = DEFAULT_POINTS,
 ) -> caching.CachedQuery:
     """The entries of a project with their points (cached per project)."""
-    namespace = caching.metrics_namespace(project_id)
-    exists = caching.cached(  # only a True is cached (None is not): deletes bump it
-        namespace,
-        "project-exists",
-        lambda: Project.objects(id=project_id).count() > 0 or None,
-    )
-    if not exists:
-        raise NotFound(f"Project {project_id} not found.")
+    projects.require_project(project_id)
     paged = list_metrics(project_id=project_id, since=since, until=until, points=points)
     key = caching.make_key("project-metrics", since=since, until=until, points=points)
-    return caching.CachedQuery(namespace, key, paged)
+    return caching.CachedQuery(METRICS.key(project_id), key, paged)
 
 
 def list_service_metrics(
@@ -175,6 +174,7 @@ def _delete_points_except(metric_id: ObjectId, keep: list[ObjectId]) -> None:
     CpuPoint._get_collection().delete_many({"metric_id": metric_id, "_id": {"$nin": keep}})
 
 
+@METRICS.writes
 def create_metric(data: dict, scope: ObjectId | None = None) -> dict:
     """Create the entry of a service of a project, with optional initial points.
 
@@ -184,25 +184,25 @@ def create_metric(data: dict, scope: ObjectId | None = None) -> dict:
     """
     project_id = data["project_id"]
     ensure_project(scope, project_id)
-    if not Project.objects(id=project_id).count():
-        raise InvalidInput.field("project_id", "No project with this id.")
-    svc = Service.objects(project_id=project_id, name_key=name_key(data["service_name"])).first()
+    projects.require_project(project_id, field="project_id")
+    svc = services.find_service(project_id, data["service_name"])
     if svc is None:
         raise InvalidInput.field("service_name", "The project has no service with this name.")
-    if CpuMetric.objects(project_id=project_id, service_id=svc.id).count():
-        raise Conflict(f"Service {svc.name!r} of project {project_id} already has a CPU entry.")
+    if CpuMetric.objects(project_id=project_id, service_id=svc["id"]).count():
+        raise Conflict(f"Service {svc['name']!r} of project {project_id} already has a CPU entry.")
     metric = CpuMetric(
         project_id=project_id,
-        service_id=svc.id,
-        service_name=svc.name,
-        service_key=svc.name_key,
+        service_id=svc["id"],
+        service_name=svc["name"],
+        service_key=name_key(svc["name"]),
     )
     metric.save(force_insert=True)
     _insert_points(metric.id, data.get("data") or [])
-    caching.bump(caching.metrics_namespace(project_id))
+    METRICS.bump(project_id)
     return metric_views([metric])[0]
 
 
+@METRICS.writes
 def replace_points(metric_id: ObjectId, data: dict, scope: ObjectId | None = None) -> dict:
     """``PUT``: replace every point of the entry with ``data["data"]``.
 
@@ -219,10 +219,11 @@ def replace_points(metric_id: ObjectId, data: dict, scope: ObjectId | None = Non
         _delete_points_except(metric.id, new_ids)
         metric.updated_at = utcnow()
         metric.save()
-        caching.bump(caching.metrics_namespace(metric.project_id))
+        METRICS.bump(metric.project_id)
     return metric_views([metric])[0]
 
 
+@METRICS.writes
 def append_cpu_points(
     metric_id: ObjectId, points: list[dict], scope: ObjectId | None = None
 ) -> int:
@@ -238,18 +239,20 @@ def append_cpu_points(
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
     ensure_project(scope, project_id)
     inserted = len(_insert_points(metric_id, points))
-    caching.bump(caching.metrics_namespace(project_id))
+    METRICS.bump(project_id)
     return inserted
 
 
+@METRICS.writes
 def delete_metric(metric_id: ObjectId) -> None:
     """Delete an entry and its points (points first: never orphans no API can reach)."""
     metric = load_metric(metric_id)
     CpuPoint.objects(metric_id=metric.id).delete()
     metric.delete()
-    caching.bump(caching.metrics_namespace(metric.project_id))
+    METRICS.bump(metric.project_id)
 
 
+@METRICS.writes
 def delete_metrics(project_id: ObjectId, service_id: ObjectId | None = None) -> int:
     """Delete the metrics entries (and their points) of a project, or of one of its
     services (used by the cascades)."""
@@ -260,16 +263,23 @@ def delete_metrics(project_id: ObjectId, service_id: ObjectId | None = None) -> 
     if metric_ids:
         CpuPoint.objects(metric_id__in=metric_ids).delete()
     deleted = query.delete()
-    caching.bump(caching.metrics_namespace(project_id))
+    METRICS.bump(project_id)
     return deleted
 
 
-def rename_service(project_id: ObjectId, service_id: ObjectId, new_name: str) -> None:
-    """Keep the entry's ``service_name`` equal to its service's current name."""
+@METRICS.writes
+def rename_service(_sender, *, project_id: ObjectId, service_id: ObjectId, name: str) -> None:
+    """Receiver of ``services.service_renamed``: keep the entry's ``service_name`` equal
+    to its service's current name."""
     CpuMetric.objects(service_id=service_id).update(
-        set__service_name=new_name, set__service_key=name_key(new_name), set__updated_at=utcnow()
+        set__service_name=name, set__service_key=name_key(name), set__updated_at=utcnow()
     )
-    caching.bump(caching.metrics_namespace(project_id))
+    METRICS.bump(project_id)
+
+
+def on_services_deleting(_sender, *, project_id: ObjectId, service_id: ObjectId | None) -> None:
+    """Receiver of ``services.services_deleting``: their metrics go first."""
+    delete_metrics(project_id, service_id=service_id)
 
 
 # --- downsampling -------------------------------------------------------------------

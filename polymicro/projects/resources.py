@@ -2,7 +2,6 @@
 
 from flask.views import MethodView
 
-from polymicro.common import caching
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.projects import service
@@ -20,7 +19,7 @@ blp = Blueprint(
 @blp.route("/")
 class Projects(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: caching.CATALOG)
+    @blp.cached_response(service.list_projects)
     @blp.arguments(ProjectQueryArgsSchema, location="query")
     @blp.response(200, ProjectSchema(many=True))
     @blp.paginate(QueryPage)
@@ -41,7 +40,7 @@ class Projects(MethodView):
 @blp.etag
 class ProjectItem(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: caching.CATALOG, etag=True)
+    @blp.cached_response(service.get_project, etag=True)
     @blp.response(200, ProjectSchema)
     @blp.alt_response(404, description="No such project.")
     def get(self, project_id):

@@ -2,20 +2,39 @@
 
 Reads return plain views (dicts) and are cached in the ``catalog`` namespace together
 with the services (a project embeds its services); every write bumps it.
+
+Other domains ask whether a project exists with :func:`require_project` (cached while
+it exists) and never read ``Project`` documents themselves.  Deleting a project
+deletes what hangs off it first: the domains above this one (services, API keys)
+subscribe to :data:`project_deleting` (see ``polymicro/domains.py``), so this module
+imports none of them.
 """
 
 from __future__ import annotations
 
+from blinker import Namespace as Signals
 from bson import ObjectId
 
-from polymicro.auth import service as auth
 from polymicro.common import caching
 from polymicro.common.models import as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
-from polymicro.errors import Conflict, NotFound
+from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.projects.models import Project
-from polymicro.services import service as services
+
+# Projects and services share one namespace: a project's view embeds its services.
+CATALOG = caching.Namespace("catalog")
+
+_signals = Signals()
+project_deleting = _signals.signal(
+    "project-deleting",
+    doc="Sent with the project id before a project is deleted: delete its children.",
+)
+project_views_extras = _signals.signal(
+    "project-views",
+    doc="Sent with a list of project ids; a receiver returns {project_id: {field: value}} "
+    "to embed in the views (the services embed themselves as `microservices`).",
+)
 
 SORTS = {
     "name": ("name_key", "id"),
@@ -25,6 +44,7 @@ SORTS = {
 }
 
 
+@CATALOG.reads
 def list_projects(
     q: str | None = None, owner: str | None = None, tag: str | None = None, sort: str = "name"
 ) -> caching.CachedQuery:
@@ -38,29 +58,55 @@ def list_projects(
         query = query.filter(tags=tag)
     paged = PagedQuery(query.order_by(*SORTS[sort]), per_page=project_views)
     key = caching.make_key("projects", q=q, owner=owner, tag=tag, sort=sort)
-    return caching.CachedQuery(caching.CATALOG, key, paged)
+    return caching.CachedQuery(CATALOG.key(), key, paged)
 
 
 def project_views(projects: list[Project]) -> list[dict]:
-    """Views of projects with their ``microservices``, fetched in one query for all."""
-    by_project = services.services_by_project([p.id for p in projects])
-    return [as_view(p, microservices=by_project.get(p.id, [])) for p in projects]
+    """Views of projects with what other domains embed in them (their
+    ``microservices``), fetched in one query per domain for the whole page."""
+    ids = [p.id for p in projects]
+    extras: dict = {p.id: {} for p in projects}
+    for _receiver, returned in project_views_extras.send(ids):
+        for project_id, fields in (returned or {}).items():
+            extras[project_id] |= fields
+    return [as_view(p, **extras[p.id]) for p in projects]
 
 
 def load_project(project_id: ObjectId) -> Project:
-    """The stored document (for writes); NotFound when there is none."""
+    """The stored document (for this domain's writes); NotFound when there is none."""
     project = Project.objects(id=project_id).first()
     if project is None:
         raise NotFound(f"Project {project_id} not found.")
     return project
 
 
+@CATALOG.reads
+def require_project(project_id: ObjectId, *, field: str | None = None) -> dict:
+    """``{"id", "name"}`` of an existing project, cached while it exists.
+
+    The one way to ask "does this project exist?".  NotFound (404) when it does not,
+    or, with ``field``, an InvalidInput (422) on that body field (the id came in a
+    request body rather than in the path).
+    """
+    key = caching.make_key("project-ref", project_id)
+    ref = caching.cached(CATALOG.key(), key, lambda: _project_ref(project_id))
+    if ref is None:
+        if field is not None:
+            raise InvalidInput.field(field, "No project with this id.")
+        raise NotFound(f"Project {project_id} not found.")
+    return ref
+
+
+def _project_ref(project_id: ObjectId) -> dict | None:
+    row = Project.objects(id=project_id).only("name").as_pymongo().first()
+    return None if row is None else {"id": row["_id"], "name": row["name"]}
+
+
+@CATALOG.reads
 def get_project(project_id: ObjectId) -> dict:
     """A project with its ``microservices`` (cached)."""
     key = caching.make_key("project", project_id)
-    return caching.cached(
-        caching.CATALOG, key, lambda: project_views([load_project(project_id)])[0]
-    )
+    return caching.cached(CATALOG.key(), key, lambda: project_views([load_project(project_id)])[0])
 
 
 def _ensure_name_free(name: str, exclude: ObjectId | None = None) -> None:
@@ -71,14 +117,16 @@ def _ensure_name_free(name: str, exclude: ObjectId | None = None) -> None:
         raise Conflict(f"A project named {name!r} already exists (names are case-insensitive).")
 
 
+@CATALOG.writes
 def create_project(data: dict) -> dict:
     _ensure_name_free(data["name"])
     project = Project(**data, name_key=name_key(data["name"]))
     project.save(force_insert=True)  # a racing duplicate hits the unique index → 409
-    caching.bump(caching.CATALOG)
-    return as_view(project, microservices=[])
+    CATALOG.bump()
+    return project_views([project])[0]
 
 
+@CATALOG.writes
 def update_project(project_id: ObjectId, data: dict) -> dict:
     """Apply a partial update; ``updated_at`` moves only when something changed."""
     project = load_project(project_id)
@@ -91,18 +139,19 @@ def update_project(project_id: ObjectId, data: dict) -> dict:
         project.name_key = name_key(project.name)
         project.updated_at = utcnow()
         project.save()
-        caching.bump(caching.CATALOG)
+        CATALOG.bump()
     return project_views([project])[0]
 
 
+@CATALOG.writes
 def delete_project(project_id: ObjectId) -> None:
-    """Delete the project with its services, their logs and their metrics.
+    """Delete the project with everything that hangs off it.
 
-    Children go first: an interruption leaves the project visible (and deletable
-    again), never orphans that no API can reach.
+    Children go first (the receivers of :data:`project_deleting`: services with their
+    logs and metrics, API keys): an interruption leaves the project visible (and
+    deletable again), never orphans that no API can reach.
     """
     project = load_project(project_id)
-    services.delete_services_of_project(project.id)
-    auth.delete_api_keys(project.id)
+    project_deleting.send(project.id)
     project.delete()
-    caching.bump(caching.CATALOG)
+    CATALOG.bump()

@@ -2,7 +2,6 @@
 
 from flask.views import MethodView
 
-from polymicro.common import caching
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.security import access
@@ -20,7 +19,7 @@ blp = Blueprint(
 @blp.route("/")
 class Services(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: caching.CATALOG)
+    @blp.cached_response(service.list_services)
     @blp.arguments(ServiceQueryArgsSchema, location="query")
     @blp.response(200, ServiceSchema(many=True))
     @blp.paginate(QueryPage)
@@ -40,7 +39,7 @@ class Services(MethodView):
 @blp.route("/project/<objectid:project_id>")
 class ProjectServices(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: caching.CATALOG)
+    @blp.cached_response(service.list_project_services)
     @blp.response(200, ServiceSchema(many=True))
     @blp.alt_response(404, description="No such project.")
     @blp.paginate(QueryPage)
@@ -53,7 +52,7 @@ class ProjectServices(MethodView):
 @blp.etag
 class ServiceItem(MethodView):
     @access("viewer")
-    @blp.cached_response(lambda _: caching.CATALOG, etag=True)
+    @blp.cached_response(service.get_service, etag=True)
     @blp.response(200, ServiceSchema)
     @blp.alt_response(404, description="No such service.")
     def get(self, service_id):

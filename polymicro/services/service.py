@@ -2,12 +2,19 @@
 
 Reads return plain views (dicts), cached in the ``catalog`` namespace (projects embed
 their services, so both share it); every write bumps it.
+
+Other domains ask for a service with :func:`require_service` or :func:`find_service`
+(cached) and never read ``Service`` documents themselves.  What hangs off a service
+(its logs and CPU metrics) lives in domains above this one: they subscribe to
+:data:`services_deleting` and :data:`service_renamed` (see ``polymicro/domains.py``),
+so this module imports neither of them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from blinker import Namespace as Signals
 from bson import ObjectId
 
 from polymicro.common import caching
@@ -15,10 +22,21 @@ from polymicro.common.models import as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
-from polymicro.logs import service as logs
-from polymicro.metrics import service as metrics
-from polymicro.projects.models import Project
+from polymicro.projects import service as projects
 from polymicro.services.models import Service
+
+CATALOG = projects.CATALOG  # a project's view embeds its services: one namespace
+
+_signals = Signals()
+services_deleting = _signals.signal(
+    "services-deleting",
+    doc="Sent with project_id= and service_id= (None: every service of the project) "
+    "before services are deleted: delete what hangs off them.",
+)
+service_renamed = _signals.signal(
+    "service-renamed",
+    doc="Sent with project_id=, service_id= and name= after a service was renamed.",
+)
 
 ORDER = ("name_key", "id")
 
@@ -36,6 +54,13 @@ def services_by_project(project_ids: list[ObjectId]) -> dict[ObjectId, list[dict
     return grouped
 
 
+def embed_in_project_views(project_ids: list[ObjectId]) -> dict[ObjectId, dict]:
+    """Receiver of ``projects.project_views_extras``: each project's ``microservices``."""
+    grouped = services_by_project(project_ids)
+    return {pid: {"microservices": grouped.get(pid, [])} for pid in project_ids}
+
+
+@CATALOG.reads
 def list_services(
     project_id: ObjectId | None = None,
     status: str | None = None,
@@ -53,32 +78,69 @@ def list_services(
         query = query.filter(__raw__=contains_literally("name_key", name_key(q)))
     paged = PagedQuery(query.order_by(*ORDER), per_page=_views)
     key = caching.make_key("services", project_id=project_id, status=status, health=health, q=q)
-    return caching.CachedQuery(caching.CATALOG, key, paged)
+    return caching.CachedQuery(CATALOG.key(), key, paged)
 
 
+@CATALOG.reads
 def list_project_services(project_id: ObjectId) -> caching.CachedQuery:
-    exists = caching.cached(  # only a True is cached (None is not): deletes bump CATALOG
-        caching.CATALOG,
-        caching.make_key("project-exists", project_id),
-        lambda: Project.objects(id=project_id).count() > 0 or None,
-    )
-    if not exists:
-        raise NotFound(f"Project {project_id} not found.")
+    projects.require_project(project_id)
     return list_services(project_id=project_id)
 
 
 def load_service(service_id: ObjectId) -> Service:
-    """The stored document (for writes); NotFound when there is none."""
+    """The stored document (for this domain's writes); NotFound when there is none."""
     svc = Service.objects(id=service_id).first()
     if svc is None:
         raise NotFound(f"Service {service_id} not found.")
     return svc
 
 
+def _ref(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    return {"id": row["_id"], "project_id": row["project_id"], "name": row["name"]}
+
+
+@CATALOG.reads
+def require_service(service_id: ObjectId, *, field: str | None = None) -> dict:
+    """``{"id", "project_id", "name"}`` of an existing service, cached while it exists.
+
+    The one way to ask "does this service exist?".  NotFound (404) when it does not,
+    or, with ``field``, an InvalidInput (422) on that body field.
+    """
+    key = caching.make_key("service-ref", service_id)
+    query = Service.objects(id=service_id).only("project_id", "name").as_pymongo()
+    ref = caching.cached(CATALOG.key(), key, lambda: _ref(query.first()))
+    if ref is None:
+        if field is not None:
+            raise InvalidInput.field(field, "No service with this id.")
+        raise NotFound(f"Service {service_id} not found.")
+    return ref
+
+
+@CATALOG.reads
+def find_service(project_id: ObjectId, name: str) -> dict | None:
+    """``{"id", "project_id", "name"}`` of the project's service named ``name``
+    (case-insensitively), or None; cached while it exists."""
+    key = caching.make_key("service-named", project_id, name_key(name))
+    fields = ("project_id", "name")
+    return caching.cached(
+        CATALOG.key(),
+        key,
+        lambda: _ref(
+            Service.objects(project_id=project_id, name_key=name_key(name))
+            .only(*fields)
+            .as_pymongo()
+            .first()
+        ),
+    )
+
+
+@CATALOG.reads
 def get_service(service_id: ObjectId) -> dict:
     """A service (cached)."""
     key = caching.make_key("service", service_id)
-    return caching.cached(caching.CATALOG, key, lambda: as_view(load_service(service_id)))
+    return caching.cached(CATALOG.key(), key, lambda: as_view(load_service(service_id)))
 
 
 def _ensure_name_free(project_id: ObjectId, name: str, exclude: ObjectId | None = None) -> None:
@@ -92,19 +154,21 @@ def _ensure_name_free(project_id: ObjectId, name: str, exclude: ObjectId | None 
         )
 
 
+@CATALOG.writes
 def create_service(data: dict) -> dict:
-    if not Project.objects(id=data["project_id"]).count():
-        raise InvalidInput.field("project_id", "No project with this id.")
+    projects.require_project(data["project_id"], field="project_id")
     _ensure_name_free(data["project_id"], data["name"])
     svc = Service(**data, name_key=name_key(data["name"]))
     svc.save(force_insert=True)
-    caching.bump(caching.CATALOG)
+    CATALOG.bump()
     return as_view(svc)
 
 
+@CATALOG.writes
 def update_service(service_id: ObjectId, data: dict) -> dict:
-    """Apply a partial update.  ``project_id`` cannot change; a rename carries over to the
-    service's CPU metrics entry (the dashboard matches entries by name)."""
+    """Apply a partial update.  ``project_id`` cannot change; a rename is announced
+    (:data:`service_renamed`: the CPU metrics entry follows, since the dashboard matches
+    entries by name)."""
     svc = load_service(service_id)
     if "project_id" in data and data["project_id"] != svc.project_id:
         raise InvalidInput.field("project_id", "A service cannot move to another project.")
@@ -118,23 +182,27 @@ def update_service(service_id: ObjectId, data: dict) -> dict:
         svc.name_key = name_key(svc.name)
         svc.updated_at = utcnow()
         svc.save()
-        caching.bump(caching.CATALOG)
+        CATALOG.bump()
         if "name" in changed:
-            metrics.rename_service(svc.project_id, svc.id, svc.name)
+            service_renamed.send(
+                svc.id, project_id=svc.project_id, service_id=svc.id, name=svc.name
+            )
     return as_view(svc)
 
 
+@CATALOG.writes
 def delete_service(service_id: ObjectId) -> None:
-    """Delete the service with its logs and metrics (children first)."""
+    """Delete the service with what hangs off it (children first)."""
     svc = load_service(service_id)
-    logs.delete_logs(service_id=svc.id)
-    metrics.delete_metrics(svc.project_id, service_id=svc.id)
+    services_deleting.send(svc.id, project_id=svc.project_id, service_id=svc.id)
     svc.delete()
-    caching.bump(caching.CATALOG)
+    CATALOG.bump()
 
 
+@CATALOG.writes
 def delete_services_of_project(project_id: ObjectId) -> None:
-    logs.delete_logs(project_id=project_id)
-    metrics.delete_metrics(project_id)
+    """Receiver of ``projects.project_deleting``: every service of the project, with
+    what hangs off them (children first)."""
+    services_deleting.send(project_id, project_id=project_id, service_id=None)
     Service.objects(project_id=project_id).delete()
-    caching.bump(caching.CATALOG)
+    CATALOG.bump()

@@ -1,0 +1,46 @@
+"""How the domain packages depend on each other, and the few ways up.
+
+Imports between domains run one way (a domain may import those below it, never one
+above it, and no two domains import each other)::
+
+    ingest ─┐
+    alerts ─┼─> logs, metrics ─> services ─> projects
+    liveness┘                    auth ─────> projects
+    (every domain may publish into events, which imports none)
+
+``security`` (who is calling) and ``observability`` are infrastructure below the
+domains' service modules; ``security`` looks API keys up through ``auth``.
+
+A lower domain sometimes has to reach up: deleting a project must delete its
+services, logs, metrics and keys, and a project's view embeds its services.  Those
+are the *ways up*, and they are all here: the lower domain sends a blinker signal
+(declared in its ``service.py``, with what receivers must do) and the domains above
+subscribe below.  :func:`connect` runs once per ``create_app`` (connecting a receiver
+twice is a no-op in blinker).
+
+- ``projects.project_deleting`` → ``services.delete_services_of_project`` and
+  ``auth.delete_api_keys``: a project's children go first.
+- ``projects.project_views_extras`` → ``services.embed_in_project_views``: a
+  project's view embeds its ``microservices``.
+- ``services.services_deleting`` → ``logs.on_services_deleting`` and
+  ``metrics.on_services_deleting``: a service's logs and metrics go first.
+- ``services.service_renamed`` → ``metrics.rename_service``: the dashboard matches
+  CPU entries by service name.
+"""
+
+from __future__ import annotations
+
+
+def connect() -> None:
+    from polymicro.auth import service as auth
+    from polymicro.logs import service as logs
+    from polymicro.metrics import service as metrics
+    from polymicro.projects import service as projects
+    from polymicro.services import service as services
+
+    projects.project_deleting.connect(services.delete_services_of_project)
+    projects.project_deleting.connect(auth.delete_api_keys)
+    projects.project_views_extras.connect(services.embed_in_project_views)
+    services.services_deleting.connect(logs.on_services_deleting)
+    services.services_deleting.connect(metrics.on_services_deleting)
+    services.service_renamed.connect(metrics.rename_service)
