@@ -38,6 +38,24 @@ class TimestampedDocument(me.Document):
             self.updated_at = self.created_at
 
 
+def apply_changes(doc: me.Document, data: dict) -> dict[str, tuple]:
+    """Set the fields of ``data`` whose values differ and save: a partial update.
+
+    Returns ``{field: (before, after)}`` of what changed; empty means nothing was
+    written (a no-op update leaves ``updated_at`` where it was).  A document with a
+    ``name_key`` keeps it equal to ``name_key(name)``.
+    """
+    changed = {k: (getattr(doc, k), v) for k, v in data.items() if getattr(doc, k) != v}
+    if changed:
+        for key, (_before, after) in changed.items():
+            setattr(doc, key, after)
+        if "name_key" in doc._fields:
+            doc.name_key = name_key(doc.name)
+        doc.updated_at = utcnow()
+        doc.save()
+    return changed
+
+
 class View(dict):
     """Plain data of a document, read as ``view["name"]`` or ``view.name``."""
 

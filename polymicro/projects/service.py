@@ -16,9 +16,8 @@ from blinker import Namespace as Signals
 from bson import ObjectId
 
 from polymicro.common import caching
-from polymicro.common.models import as_view, contains_literally, name_key
+from polymicro.common.models import apply_changes, as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
-from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.projects.models import Project
 
@@ -132,13 +131,7 @@ def update_project(project_id: ObjectId, data: dict) -> dict:
     project = load_project(project_id)
     if "name" in data and name_key(data["name"]) != project.name_key:
         _ensure_name_free(data["name"], exclude=project.id)
-    changed = {k: v for k, v in data.items() if getattr(project, k) != v}
-    if changed:
-        for key, value in changed.items():
-            setattr(project, key, value)
-        project.name_key = name_key(project.name)
-        project.updated_at = utcnow()
-        project.save()
+    if apply_changes(project, data):
         CATALOG.bump()
     return project_views([project])[0]
 

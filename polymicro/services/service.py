@@ -18,9 +18,8 @@ from blinker import Namespace as Signals
 from bson import ObjectId
 
 from polymicro.common import caching
-from polymicro.common.models import as_view, contains_literally, name_key
+from polymicro.common.models import apply_changes, as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
-from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.projects import service as projects
 from polymicro.services.models import Service
@@ -175,13 +174,8 @@ def update_service(service_id: ObjectId, data: dict) -> dict:
     data = {k: v for k, v in data.items() if k != "project_id"}
     if "name" in data and name_key(data["name"]) != svc.name_key:
         _ensure_name_free(svc.project_id, data["name"], exclude=svc.id)
-    changed = {k: v for k, v in data.items() if getattr(svc, k) != v}
+    changed = apply_changes(svc, data)
     if changed:
-        for key, value in changed.items():
-            setattr(svc, key, value)
-        svc.name_key = name_key(svc.name)
-        svc.updated_at = utcnow()
-        svc.save()
         CATALOG.bump()
         if "name" in changed:
             service_renamed.send(
