@@ -25,8 +25,11 @@ CREDENTIALS_FILE = "demo-admin.txt"  # in the instance folder, readable by its o
 
 def register(app: Flask) -> None:
     """Attach the commands to the app (called by create_app)."""
+    from polymicro.worker import worker_command
+
     app.cli.add_command(seed_demo_command)
     app.cli.add_command(create_admin_command)
+    app.cli.add_command(worker_command)
 
 
 def _progressbar(items: list[demo.ServiceWork]):
