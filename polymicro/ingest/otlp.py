@@ -280,7 +280,7 @@ STACKTRACE_KEY = "exception.stacktrace"
 def severity(number: int, text: str) -> str:
     """OTLP severity → polymicro severity (see the module docstring)."""
     if 1 <= number <= 24:
-        return ("debug", "info", "warn", "error", "critical")[min((number - 1) // 4, 4)]
+        return ("debug", "debug", "info", "warn", "error", "critical")[(number - 1) // 4]
     word = text.strip().lower()
     return SEVERITY_TEXT.get(word) or SEVERITY_TEXT.get(word.rstrip("0123456789"), "info")
 
