@@ -383,6 +383,20 @@ class TestHostile:
         assert "UTF-8" in status_of(response).message
         _assert_nothing_stored(app)
 
+    def test_a_raw_body_over_max_content_length_is_413(self, app, tenant):
+        app.config["MAX_CONTENT_LENGTH"] = 1000
+        data = logs_request(("a", [{"body": "x" * 2000}])).SerializeToString()
+        response = app.test_client().post(
+            LOGS, data=data, headers={"Content-Type": PROTOBUF, **tenant.headers}
+        )
+        assert response.status_code == 413
+        assert status_of(response).code == 413
+        _assert_nothing_stored(app)
+
+    def test_ingest_paths_are_not_in_the_openapi_document(self, app):
+        paths = app.test_client().get("/openapi.json").json["paths"]
+        assert not [p for p in paths if p.startswith(("/otlp", "/loki"))]
+
     def test_bad_hex_trace_id_in_json_is_400(self, app, tenant):
         body = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"traceId": "zz"}]}]}]}
         response = app.test_client().post(LOGS, json=body, headers=tenant.headers)

@@ -179,3 +179,14 @@ def test_the_outcome_message_lists_rejections_then_warnings():
     assert outcome.message() == (
         "2 rejected: empty body; 1 rejected: timestamp older than X; messages cut (4)"
     )
+
+
+def test_the_outcome_message_names_at_most_ten_reasons():
+    outcome = Outcome()
+    for i in range(15):
+        outcome.rejected[f"reason {i:02d}"] += 15 - i
+    message = outcome.message()
+    assert message.startswith("15 rejected: reason 00; 14 rejected: reason 01")
+    assert "reason 09" in message
+    assert "reason 10" not in message
+    assert message.endswith("5 more reasons")

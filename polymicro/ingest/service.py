@@ -48,6 +48,7 @@ NS_PER_MS = 1_000_000
 # New services one request may register; the records of further new names are rejected
 # (a key holder cannot fill a project with thousands of made-up services in one go).
 MAX_NEW_SERVICES = 20
+MAX_REASONS = 10  # distinct rejection reasons spelled out in one answer
 NO_PROJECT = (
     "Ingest needs a project API key (X-API-Key): the key decides the project. "
     "A user token names no project."
@@ -93,9 +94,12 @@ class Outcome:
         return sum(self.rejected.values())
 
     def message(self) -> str:
-        """One line for the client: rejections first, then warnings."""
-        parts = [f"{n} rejected: {reason}" for reason, n in self.rejected.most_common()]
-        parts += [f"{note} ({n})" for note, n in self.warnings.most_common()]
+        """One line for the client: rejections first, then warnings; at most
+        ``MAX_REASONS`` of each (a request naming many bad services stays readable)."""
+        parts = [f"{n} rejected: {reason}" for reason, n in self.rejected.most_common(MAX_REASONS)]
+        if len(self.rejected) > MAX_REASONS:
+            parts.append(f"{len(self.rejected) - MAX_REASONS} more reasons")
+        parts += [f"{note} ({n})" for note, n in self.warnings.most_common(MAX_REASONS)]
         return "; ".join(parts)
 
 
