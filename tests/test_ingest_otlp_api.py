@@ -509,6 +509,28 @@ class TestHostile:
         assert response.headers["Retry-After"] == "5"
         assert "database is unavailable" in status_of(response).message
 
+    @pytest.mark.parametrize(("wait", "header"), [(None, "5"), (2.2, "3")])
+    def test_over_budget_is_429_with_retry_after(self, app, tenant, monkeypatch, wait, header):
+        from polymicro.errors import DomainError
+
+        class OverBudget(DomainError):
+            code = 429
+
+        def refuse(project_id, entries):
+            error = OverBudget("Ingest budget of this project exceeded.")
+            if wait is not None:
+                error.retry_after = wait
+            raise error
+
+        monkeypatch.setattr("polymicro.ingest.service._charge", refuse)
+        response = post_protobuf(
+            app.test_client(), LOGS, logs_request(("a", [{"body": "x"}])), tenant
+        )
+        assert response.status_code == 429
+        assert response.headers["Retry-After"] == header
+        assert status_of(response).message == "Ingest budget of this project exceeded."
+        _assert_nothing_stored(app)
+
     def test_an_unexpected_error_is_503_never_500(self, app, tenant, monkeypatch):
         def broken(*args, **kwargs):
             raise RuntimeError("bug")

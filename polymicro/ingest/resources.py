@@ -11,6 +11,7 @@ unexpected error is logged and answered 503, which shippers retry).
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.views import MethodView
@@ -101,6 +102,9 @@ def _error(code: int, message: str) -> Response:
 def _any_error(exc: Exception):
     if isinstance(exc, DomainError):
         response = _error(exc.code, exc.message)
+        retry_after = getattr(exc, "retry_after", None)  # a budget's own wait, if it says
+        if retry_after is not None and exc.code in (429, 503):
+            response.headers["Retry-After"] = str(max(math.ceil(retry_after), 1))
     elif isinstance(exc, HTTPException):
         response = _error(exc.code or 500, exc.description or exc.name)
         for name, value in exc.get_headers() if exc.response is None else []:
