@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 JSON_BODY_METHODS = {"POST", "PUT", "PATCH"}
 FORM_PATHS = {"/api/auth/login"}  # the dashboard logs in with form fields
+OWN_MEDIA_PREFIXES = ("/otlp/", "/loki/")  # ingest reads protobuf, snappy, gzip itself
 
 
 def create_app(config: type[Config] | dict | None = None) -> Flask:
@@ -61,6 +62,7 @@ def connect_domains() -> None:
 def register_api(app: Flask) -> None:
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
+    from polymicro.ingest.resources import blp as ingest_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
     from polymicro.operations.resources import blp as operations_blp
@@ -81,13 +83,14 @@ def register_api(app: Flask) -> None:
     blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
     for blueprint in (*blueprints, operations_blp):
         api.register_blueprint(blueprint)
+    app.register_blueprint(ingest_blp)  # OTLP and Loki bodies: outside the OpenAPI document
 
 
 def register_request_guards(app: Flask) -> None:
     @app.before_request
     def require_json_body():
         """A write whose body is not JSON gets 415 instead of being read as empty."""
-        if request.path.rstrip("/") in FORM_PATHS:
+        if request.path.rstrip("/") in FORM_PATHS or request.path.startswith(OWN_MEDIA_PREFIXES):
             return
         if request.method in JSON_BODY_METHODS and request.content_length != 0:
             has_body = request.content_length or request.headers.get("Transfer-Encoding")

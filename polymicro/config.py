@@ -43,6 +43,20 @@ class Config:
     # --- observability (issue 5) -----------------------------------------------------
     LOG_FORMAT = "text"  # or "json": one JSON object per line, with the request id
     METRICS_ENABLED = True
+    # --- ingest: OTLP/HTTP and Loki push (issue 10) ------------------------------------
+    # A service name not yet in the key's project is registered (marked discovered);
+    # false: its records are rejected one by one.
+    INGEST_AUTO_REGISTER = True
+    # Loki stream labels that name the service, the first present wins.
+    INGEST_LOKI_SERVICE_LABELS = "service_name,service,app,job"
+    # Largest body after decompression (bytes); larger: 413, found without inflating it all.
+    INGEST_MAX_BODY_BYTES = 20 * 1024 * 1024
+    # Most log records or data points in one request; more: 413 (send smaller batches).
+    INGEST_MAX_RECORDS = 20_000
+    # Accepted timestamps: at most this old and this far ahead (Loki's defaults); records
+    # outside are rejected one by one.
+    INGEST_MAX_AGE_HOURS = 168
+    INGEST_MAX_FUTURE_MINUTES = 10
     # --- database -------------------------------------------------------------------
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).

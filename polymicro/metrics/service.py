@@ -353,3 +353,57 @@ def cpu_series(
         }
         for row in CpuPoint._get_collection().aggregate(pipeline)
     ]
+
+
+# --- ingest (OTLP) ------------------------------------------------------------------
+
+
+def append_ingested_points(
+    project_id: ObjectId, points_by_service: dict[ObjectId, list[dict]]
+) -> int:
+    """Append validated points to the entries of several services of one project, in
+    one all-or-nothing insert; an entry is created for a service that has none (the
+    unique index on ``(project_id, service_id)`` settles a race).  Points of a service
+    that no longer exists are not stored.  Returns how many points were stored.
+
+    Used by ingest (``polymicro.ingest``), where one request carries the points of any
+    number of services; the key's project has already been checked.
+    """
+    from mongoengine import NotUniqueError
+
+    found = Service.objects(project_id=project_id, id__in=list(points_by_service))
+    svcs = {svc.id: svc for svc in found.only("id", "name", "name_key")}
+    metric_ids = dict(
+        CpuMetric.objects(project_id=project_id, service_id__in=list(svcs)).scalar(
+            "service_id", "id"
+        )
+    )
+    for service_id, svc in svcs.items():
+        if service_id in metric_ids:
+            continue
+        metric = CpuMetric(
+            project_id=project_id,
+            service_id=service_id,
+            service_name=svc.name,
+            service_key=svc.name_key,
+        )
+        try:
+            metric.save(force_insert=True)
+        except NotUniqueError:
+            metric = CpuMetric.objects(project_id=project_id, service_id=service_id).first()
+            if metric is None:  # created and deleted meanwhile
+                continue
+        metric_ids[service_id] = metric.id
+    docs = [
+        {"metric_id": metric_ids[service_id], "time": to_utc_naive(point["time"])}
+        | {k: point[k] for k in ("load", "memory", "threads") if point.get(k) is not None}
+        for service_id, points in points_by_service.items()
+        if service_id in metric_ids
+        for point in points
+    ]
+    if not docs:
+        return 0
+    ids = insert_all_or_nothing(CpuPoint._get_collection(), docs)
+    record_ingest("cpu_points", len(ids))
+    caching.bump(caching.metrics_namespace(project_id))
+    return len(ids)

@@ -25,6 +25,8 @@ class Service(TimestampedDocument):
     last_deployment = me.DateTimeField()
     container_name = me.StringField(max_length=255)
     tags = me.ListField(me.StringField(max_length=50), default=list)
+    # Registered by ingest (OTLP/Loki) the first time a shipper named it, not by a person.
+    discovered = me.BooleanField(default=False)
 
     meta = {
         "collection": "services",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import validate
+from marshmallow import fields, validate
 
 from polymicro.common.fields import (
     CaseInsensitiveChoice,
@@ -33,6 +33,10 @@ class ServiceSchema(BaseSchema):
     last_deployment = UTCDateTime(allow_none=True)
     container_name = Trimmed(allow_none=True, validate=validate.Length(max=255))
     tags = Tags()
+    discovered = fields.Boolean(
+        dump_only=True,
+        metadata={"description": "Registered by ingest (OTLP/Loki) when a shipper first named it."},
+    )
     created_at = UTCDateTime(dump_only=True)
     updated_at = UTCDateTime(dump_only=True)
 
