@@ -238,6 +238,13 @@ SCENARIOS = {
         lambda m: metrics.append_cpu_points(m["id"], [{"load": 1.0}]),
         lambda m: len(metrics.list_project_metrics(m["project_id"])[0:1][0]["data"]),
     ),
+    "metrics.append_ingested_points": (
+        lambda: _metric(make_service()),
+        lambda m: metrics.append_ingested_points(
+            m["project_id"], {m["service_id"]: [{"time": _now(), "load": 2.0}]}
+        ),
+        lambda m: len(metrics.list_project_metrics(m["project_id"])[0:1][0]["data"]),
+    ),
     "metrics.delete_metric": (
         lambda: _metric(make_service()),
         lambda m: metrics.delete_metric(m["id"]),
@@ -269,6 +276,12 @@ SCENARIOS = {
         lambda st: auth.verify_api_key(st[1]["key"]) is not None,
     ),
 }
+
+
+def _now():
+    from polymicro.common.timeutil import utcnow
+
+    return utcnow()
 
 
 def _project_with_key():

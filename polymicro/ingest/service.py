@@ -44,7 +44,6 @@ from polymicro.logs.schemas import BATCH_MAX, LogEntrySchema
 from polymicro.metrics import service as metrics
 from polymicro.metrics.schemas import PointSchema
 from polymicro.services import service as services
-from polymicro.services.models import Service
 from polymicro.services.schemas import ServiceSchema
 
 EPOCH = datetime(1970, 1, 1)
@@ -146,8 +145,8 @@ def _register(project_id: ObjectId, name: str) -> ObjectId | None:
             {"project_id": project_id, "name": name.strip(), "discovered": True}
         )["id"]
     except (Conflict, mongoengine.NotUniqueError):
-        svc = Service.objects(project_id=project_id, name_key=name_key(name.strip())).first()
-        return svc.id if svc is not None else None
+        svc = services.find_service(project_id, name.strip())
+        return svc["id"] if svc is not None else None
     except InvalidInput:  # the project was deleted meanwhile
         return None
 
@@ -160,11 +159,11 @@ def resolve_services(
     Returns ``(ids by name, rejection reason by name)``; every name is in one of them.
     """
     keys = {name: name_key(name.strip()) for name in names}
-    found = dict(
-        Service.objects(project_id=project_id, name_key__in=list(set(keys.values()))).scalar(
-            "name_key", "id"
-        )
-    )
+    found = {}
+    for name in names:  # one cached lookup per distinct name
+        svc = services.find_service(project_id, name.strip())
+        if svc is not None:
+            found[keys[name]] = svc["id"]
     ids: dict[str, ObjectId] = {}
     problems: dict[str, str] = {}
     auto = current_app.config["INGEST_AUTO_REGISTER"]

@@ -358,6 +358,7 @@ def cpu_series(
 # --- ingest (OTLP) ------------------------------------------------------------------
 
 
+@METRICS.writes
 def append_ingested_points(
     project_id: ObjectId, points_by_service: dict[ObjectId, list[dict]]
 ) -> int:
@@ -371,8 +372,14 @@ def append_ingested_points(
     """
     from mongoengine import NotUniqueError
 
-    found = Service.objects(project_id=project_id, id__in=list(points_by_service))
-    svcs = {svc.id: svc for svc in found.only("id", "name", "name_key")}
+    svcs = {}
+    for service_id in points_by_service:
+        try:
+            svc = services.require_service(service_id)
+        except NotFound:  # deleted meanwhile: its points are not stored
+            continue
+        if svc["project_id"] == project_id:
+            svcs[service_id] = svc
     metric_ids = dict(
         CpuMetric.objects(project_id=project_id, service_id__in=list(svcs)).scalar(
             "service_id", "id"
@@ -384,8 +391,8 @@ def append_ingested_points(
         metric = CpuMetric(
             project_id=project_id,
             service_id=service_id,
-            service_name=svc.name,
-            service_key=svc.name_key,
+            service_name=svc["name"],
+            service_key=name_key(svc["name"]),
         )
         try:
             metric.save(force_insert=True)
@@ -405,5 +412,5 @@ def append_ingested_points(
         return 0
     ids = insert_all_or_nothing(CpuPoint._get_collection(), docs)
     record_ingest("cpu_points", len(ids))
-    caching.bump(caching.metrics_namespace(project_id))
+    METRICS.bump(project_id)
     return len(ids)
