@@ -155,6 +155,11 @@ class Processes:
     def __exit__(self, *exc) -> None:
         self.stop_all()
 
+    @property
+    def servers(self) -> list[Server]:
+        """The servers started and not stopped yet, oldest first."""
+        return list(self._servers)
+
     def start(
         self,
         name: str,

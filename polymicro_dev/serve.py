@@ -179,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status(exc) if isinstance(exc, Stopped) else 0
     finally:
         ignore_signals()
+        started = procs.servers
         procs.stop_all()
-        say("stopped")
+        if started:
+            say("stopped")
 
 
 if __name__ == "__main__":
