@@ -745,7 +745,7 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="polymicro-faults-"))
     say(f"working directory {workdir}")
     stack = Stack(procs, workdir)
-    say(f"polymicro on {stack.app.url}; SecantusDB :{stack.db.port}; Redis :{stack.redis.port}")
+    say(f"polymicro on {stack.app.uri}; SecantusDB :{stack.db.port}; Redis :{stack.redis.port}")
     report = Report()
     chosen = args.only or list(SCENARIOS)
     runs: list[tuple[str, Callable[[], None]]] = []
