@@ -430,10 +430,7 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
     # Single POSTs: one entry per request, --ingest-clients keep-alive connections.
     singles = entries(plan.single_posts)
     jobs = [("POST", "/api/logs", encode(entry)) for entry in singles]
-    say(f"ingest: {len(jobs)} single POST /api/logs, {args.ingest_clients} clients")
-    single_s = run_parallel(port, args.ingest_clients, jobs, expect=201)
-    single = rate(len(singles), len(jobs), single_s, args.ingest_clients)
-    say(f"  {single['per_s']:.0f} logs/s")
+    single = post_rate(port, "single POST /api/logs", jobs, args.ingest_clients, len(singles))
 
     # Batches of batch_size; the same entries (as stored) go to insert_many below.
     batches = [entries(plan.batch_size) for _ in range(plan.log_batches)]
@@ -443,13 +440,14 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         if answer.get("inserted") != plan.batch_size:
             raise DevError(f"POST /api/logs/batch answered inserted={answer.get('inserted')}")
 
-    say(
-        f"ingest: {len(jobs)} POST /api/logs/batch x {plan.batch_size}, "
-        f"{args.batch_clients} clients"
+    batch = post_rate(
+        port,
+        f"POST /api/logs/batch x {plan.batch_size}",
+        jobs,
+        args.batch_clients,
+        plan.log_batches * plan.batch_size,
+        check=check_batch,
     )
-    batch_s = run_parallel(port, args.batch_clients, jobs, expect=201, check=check_batch)
-    batch = rate(plan.log_batches * plan.batch_size, len(jobs), batch_s, args.batch_clients)
-    say(f"  {batch['per_s']:.0f} logs/s")
 
     # CPU points: point_posts requests of points_per_post, one entry each (round-robin).
     start = maker.now - timedelta(days=30)
@@ -465,13 +463,15 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         if answer != {"inserted": plan.points_per_post}:
             raise DevError(f"POST /api/metrics/cpu/{{id}}/data answered {answer}")
 
-    say(
-        f"ingest: {len(jobs)} POST /api/metrics/cpu/{{id}}/data x {plan.points_per_post}, "
-        f"{args.batch_clients} clients"
+    points = post_rate(
+        port,
+        f"POST /api/metrics/cpu/{{id}}/data x {plan.points_per_post}",
+        jobs,
+        args.batch_clients,
+        plan.point_posts * plan.points_per_post,
+        check=check_points,
+        unit="points",
     )
-    points_s = run_parallel(port, args.batch_clients, jobs, expect=201, check=check_points)
-    points = rate(plan.point_posts * plan.points_per_post, len(jobs), points_s, args.batch_clients)
-    say(f"  {points['per_s']:.0f} points/s")
 
     say(f"ingest: raw insert_many, {plan.log_batches} x {plan.batch_size} into a logs-like copy")
     raw_s = raw_insert_many(mongo_uri, [[stored_log(e) for e in b] for b in batches], args)
@@ -485,6 +485,23 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         "batch_vs_single": batch["per_s"] / single["per_s"],
         "batch_vs_raw": batch["per_s"] / raw["per_s"],
     }
+
+
+def post_rate(
+    port: int,
+    what: str,
+    jobs: list[tuple[str, str, bytes]],
+    clients: int,
+    items: int,
+    check=None,
+    unit: str = "logs",
+) -> dict:
+    """Send ``jobs`` (each answered 201) from ``clients`` threads; the rate of ``items``."""
+    say(f"ingest: {len(jobs)} {what}, {clients} clients")
+    seconds = run_parallel(port, clients, jobs, expect=201, check=check)
+    result = rate(items, len(jobs), seconds, clients)
+    say(f"  {result['per_s']:.0f} {unit}/s")
+    return result
 
 
 def rate(items: int, requests: int, seconds: float, clients: int) -> dict:
