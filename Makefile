@@ -22,7 +22,7 @@ FUZZ_ARGS ?=
 SOAK_ARGS ?=
 FAULTS_ARGS ?=
 
-.PHONY: help venv run test test-wire lint format bench fuzz soak faults clean clean-data
+.PHONY: help venv run dev test test-wire lint format bench fuzz soak faults clean clean-data
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,9 @@ venv: $(STAMP) ## create .venv and install the package with its dev extras
 
 run: $(STAMP) ## serve the API on 127.0.0.1 (starts SecantusDB unless POLYMICRO_MONGODB_URI is set)
 	scripts/run.sh
+
+dev: $(STAMP) ## like run, but flask run --debug: restarts on every code change (reloader)
+	scripts/run.sh --dev
 
 test: $(STAMP) ## run the tests on mongomock (PYTEST_ARGS passed through)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,15 +1,14 @@
-"""Load generators for the benchmark: wrk for reads, stdlib HTTP clients for writes.
+"""Load generators for the benchmark: wrk for reads, threads of HTTP clients for writes.
 
-- :class:`HttpClient`: one keep-alive ``http.client`` connection, JSON in and out.
-- :func:`run_parallel`: the same kind of request from N threads, one connection each,
-  timed from a common start; every response must have the expected status.
+- :func:`run_together`: callables in threads of their own, released at once and timed.
+- :func:`run_parallel`: the same kind of request from N threads, one keep-alive
+  connection (polymicro_dev's HttpClient) each; every response must have the expected
+  status.
 - :func:`ensure_wrk` / :func:`run_wrk`: the Debian ``wrk`` binary and its parsed output.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import shutil
@@ -20,50 +19,38 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from servers import HOST, BenchError
+from polymicro_dev import DevError, HttpClient
 
-# --- HTTP ---------------------------------------------------------------------------------
-
-RETRYABLE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# --- threads --------------------------------------------------------------------------------
 
 
-class HttpClient:
-    """A keep-alive connection to 127.0.0.1:port.
+def run_together(tasks: Sequence[Callable[[], object]], what: str = "request") -> float:
+    """Run every task in a thread of its own, all released at the same moment; returns
+    the wall time in seconds from that moment to the end of the last one.  The first
+    failure is raised afterwards (a DevError as it is, anything else as "``what``
+    failed")."""
+    start_line = threading.Barrier(len(tasks) + 1)
+    failures: list[BaseException] = []
 
-    gunicorn closes a keep-alive connection after a few idle seconds; a request that
-    finds its connection closed that way is sent again once on a new connection.
-    """
+    def run(task: Callable[[], object]) -> None:
+        start_line.wait()
+        try:
+            task()
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
 
-    def __init__(self, port: int, timeout: float = 300.0) -> None:
-        self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        for attempt in (1, 2):
-            try:
-                self.conn.request(method, path, body=body, headers=headers)
-                response = self.conn.getresponse()
-                return response.status, response.read()
-            except RETRYABLE:
-                self.conn.close()  # the next request opens a new connection
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def call(self, method: str, path: str, payload: Any = None, expect: int = 200) -> Any:
-        """Send ``payload`` (JSON-encoded unless already bytes); BenchError unless the
-        status is ``expect``.  Returns the decoded JSON body (None when empty)."""
-        if payload is None or isinstance(payload, bytes):
-            body = payload
-        else:
-            body = json.dumps(payload).encode()
-        status, data = self.request(method, path, body)
-        if status != expect:
-            raise BenchError(f"{method} {path} answered {status} (wanted {expect}): {data[:500]!r}")
-        return json.loads(data) if data else None
+    threads = [threading.Thread(target=run, args=(task,), daemon=True) for task in tasks]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        exc = failures[0]
+        raise exc if isinstance(exc, DevError) else DevError(f"{what} failed: {exc!r}")
+    return elapsed
 
 
 def run_parallel(
@@ -78,43 +65,30 @@ def run_parallel(
 
     Connections are opened before the clock starts; returns the wall time in seconds
     from the common start to the last response.  ``check`` may inspect each decoded
-    response (raise BenchError to fail the run).
+    response (raise DevError to fail the run).
     """
     clients = max(1, min(clients, len(jobs)))
     shares = [jobs[i::clients] for i in range(clients)]
-    connections = [HttpClient(port) for _ in range(clients)]
-    for conn in connections:
-        conn.conn.connect()
-    start_line = threading.Barrier(clients + 1)
-    failures: list[BaseException] = []
+    connections = [HttpClient(port, timeout=300) for _ in range(clients)]
+    for client in connections:
+        client.conn.connect()
 
-    def worker(conn: HttpClient, share: Sequence[tuple[str, str, bytes]]) -> None:
-        start_line.wait()
-        try:
-            for method, path, body in share:
-                result = conn.call(method, path, body, expect=expect)
-                if check is not None:
-                    check(result)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
+    def send(client: HttpClient, share: Sequence[tuple[str, str, bytes]]) -> None:
+        for method, path, body in share:
+            result = client.call(method, path, body, expect=expect)
+            if check is not None:
+                check(result)
 
-    threads = [
-        threading.Thread(target=worker, args=(conn, share), daemon=True)
-        for conn, share in zip(connections, shares, strict=True)
-    ]
-    for thread in threads:
-        thread.start()
-    start_line.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    for conn in connections:
-        conn.close()
-    if failures:
-        exc = failures[0]
-        raise exc if isinstance(exc, BenchError) else BenchError(f"request failed: {exc!r}")
-    return elapsed
+    try:
+        return run_together(
+            [
+                lambda c=client, s=share: send(c, s)
+                for client, share in zip(connections, shares, strict=True)
+            ]
+        )
+    finally:
+        for client in connections:
+            client.close()
 
 
 # --- wrk ----------------------------------------------------------------------------------
@@ -158,7 +132,7 @@ def ensure_wrk() -> str:
         path = shutil.which("wrk")
         if path:
             return path
-    raise BenchError(
+    raise DevError(
         "wrk is not installed and could not be installed here; install it with "
         "'apt-get install -y wrk' (Debian/Ubuntu) and run make bench again"
     )
@@ -171,7 +145,7 @@ def parse_wrk(url: str, output: str) -> WrkResult:
         pct: float(value) * TIME_UNITS[unit] for pct, value, unit in RE_PCT.findall(output)
     }
     if rps is None or total is None or set(percentiles) != {"50", "75", "90", "99"}:
-        raise BenchError(f"could not read wrk's output for {url}:\n{output}")
+        raise DevError(f"could not read wrk's output for {url}:\n{output}")
     non_2xx = RE_NON2XX.search(output)
     sockets = RE_SOCKET.search(output)
     names = ("connect", "read", "write", "timeout")
@@ -206,10 +180,10 @@ def run_wrk(
             argv, capture_output=True, text=True, timeout=duration + timeout_s + 30, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"wrk did not finish on {url}") from exc
+        raise DevError(f"wrk did not finish on {url}") from exc
     if done.returncode != 0:
-        raise BenchError(f"wrk failed on {url} (exit {done.returncode}):\n{done.stderr}")
+        raise DevError(f"wrk failed on {url} (exit {done.returncode}):\n{done.stderr}")
     result = parse_wrk(url, done.stdout)
     if result.requests == 0:
-        raise BenchError(f"wrk completed no request on {url}:\n{done.stdout}")
+        raise DevError(f"wrk completed no request on {url}:\n{done.stdout}")
     return result

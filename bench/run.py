@@ -10,16 +10,16 @@ Usage (from the repository root; ``make bench`` builds .venv first)::
 
 One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, SIGTERM):
 
-1. Redis at ``--redis-url`` (db 14, flushed; redis-server is started when nothing
-   answers on 6379) and a fresh SecantusDB (``secantusd-py``) in a temporary directory
-   (kept with ``--keep``).
+1. A private redis-server (or the Redis database at ``--redis-url``, flushed before and
+   after) and a fresh SecantusDB (``secantusd-py``) in a temporary directory (kept with
+   ``--keep``); polymicro_dev starts and stops every server.
 2. The ceiling: bench/hello.py, a bare Flask app answering ``{"hello": "world"}``, under
    gunicorn with the same workers/threads/worker class (and no access log) as the app;
    measured with wrk like every read below, then stopped.
 3. polymicro under gunicorn (``-c bench/gunicorn_conf.py``: the repo's gunicorn.conf.py
    without the access log; workers/threads/class from the options, whose defaults come
    from gunicorn.conf.py and so from POLYMICRO_GUNICORN_WORKERS/THREADS), with app log
-   level WARNING and the rate limit and authentication off (see BENCH_APP_ENV;
+   level WARNING and the rate limit and authentication off (polymicro_dev.TOOL_APP_ENV;
    ``--app-env KEY=VALUE`` changes any app setting).
 4. Seeding through the API: 5 projects x 10 services, 2,000 logs per project (batches,
    spread over the services, severities and the last two days), a CPU entry per service
@@ -61,11 +61,9 @@ import random
 import re
 import runpy
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -73,21 +71,27 @@ from importlib import metadata
 from pathlib import Path
 
 import pymongo
+import redis
 from bson import ObjectId
-from load import HttpClient, WrkResult, ensure_wrk, run_parallel, run_wrk
-from servers import (
-    BENCH_DIR,
-    HOST,
+from load import WrkResult, ensure_wrk, run_parallel, run_together, run_wrk
+
+from polymicro_dev import (
     ROOT,
-    BenchError,
+    TOOL_APP_ENV,
+    DevError,
     GunicornSettings,
+    HttpClient,
     Processes,
     Server,
+    app_env,
+    encode,
     ensure_redis,
+    run_main,
     start_gunicorn,
     start_secantus,
-    stop_redis,
 )
+
+BENCH_DIR = ROOT / "bench"
 
 # --- what one run does --------------------------------------------------------------------
 
@@ -149,7 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sweep", metavar="WxT,...", help="reads only, for each workers x threads, e.g. 1x8,2x4"
     )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
+    )
     parser.add_argument(
         "--app-env",
         action="append",
@@ -192,11 +198,12 @@ def parse_sweep(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, i
     return combos
 
 
-def gunicorn_defaults(redis_url: str) -> GunicornSettings:
+def gunicorn_defaults(redis_url: str | None) -> GunicornSettings:
     """workers/threads/worker_class as gunicorn.conf.py sets them in the environment the
-    app gets (this one plus POLYMICRO_REDIS_URL, on which its default workers depend)."""
+    app gets (this one plus POLYMICRO_REDIS_URL, on which its default workers depend;
+    the app always has a Redis here)."""
     saved = os.environ.get("POLYMICRO_REDIS_URL")
-    os.environ["POLYMICRO_REDIS_URL"] = redis_url
+    os.environ["POLYMICRO_REDIS_URL"] = redis_url or "redis://private"
     try:
         conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     finally:
@@ -300,10 +307,6 @@ def stored_log(entry: dict) -> dict:
     }
 
 
-def encode(payload) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
 def seed(port: int, plan: Plan, maker: DataMaker, batch_clients: int) -> Seeded:
     say(
         f"seeding: {plan.projects} projects x {plan.services_per_project} services, "
@@ -311,7 +314,7 @@ def seed(port: int, plan: Plan, maker: DataMaker, batch_clients: int) -> Seeded:
         "per service"
     )
     started = time.perf_counter()
-    client = HttpClient(port)
+    client = HttpClient(port, timeout=300)
     project_ids, service_ids, metric_ids = [], {}, []
     for p in range(plan.projects):
         project_id = client.call("POST", "/api/projects", maker.project(p), expect=201)["id"]
@@ -339,7 +342,7 @@ def seed(port: int, plan: Plan, maker: DataMaker, batch_clients: int) -> Seeded:
             points = maker.points(plan.points_per_service, maker.now - SEED_WINDOW, step)
             inserted = client.call("POST", f"/api/metrics/cpu/{metric_id}/data", points, 201)
             if inserted != {"inserted": len(points)}:
-                raise BenchError(f"seeding project {p}: CPU points answered {inserted}")
+                raise DevError(f"seeding project {p}: CPU points answered {inserted}")
     client.close()
     seconds = time.perf_counter() - started
     say(f"seeded in {seconds:.1f} s")
@@ -364,11 +367,10 @@ def read_endpoints(seeded: Seeded) -> list[tuple[str, str]]:
 
 def measure_read(wrk: str, server: Server, label: str, path: str, args) -> dict:
     """Warm ``path`` (3 checked requests, then ``--warmup`` s of wrk), then measure it."""
-    client = HttpClient(server.port)
-    for _ in range(3):
-        client.call("GET", path, expect=200)
-    client.close()
-    url = server.url + path
+    with HttpClient(server.port) as client:
+        for _ in range(3):
+            client.call("GET", path, expect=200)
+    url = server.uri + path
     if args.warmup > 0:
         warm = run_wrk(wrk, url, args.warmup, args.connections, args.wrk_threads)
         require_2xx(label, warm)
@@ -384,16 +386,21 @@ def measure_read(wrk: str, server: Server, label: str, path: str, args) -> dict:
 
 def require_2xx(label: str, result: WrkResult) -> None:
     if result.non_2xx:
-        raise BenchError(
-            f"{label}: {result.non_2xx} of {result.requests} responses were not 2xx/3xx"
-        )
+        raise DevError(f"{label}: {result.non_2xx} of {result.requests} responses were not 2xx/3xx")
     if any(result.socket_errors.values()):
         say(f"warning: {label}: wrk socket errors {result.socket_errors}")
 
 
 def measure_ceiling(wrk, procs, settings, workdir, env, args) -> dict:
     hello = start_gunicorn(
-        procs, "hello", "hello:app", settings, workdir, env, "/", pythonpath=BENCH_DIR
+        procs,
+        env,
+        workdir,
+        settings,
+        app="hello:app",
+        name="hello",
+        ready_path="/",
+        extra_args=["--pythonpath", str(BENCH_DIR)],
     )
     try:
         return measure_read(wrk, hello, "bare Flask {hello: world} (ceiling)", "/", args)
@@ -423,10 +430,7 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
     # Single POSTs: one entry per request, --ingest-clients keep-alive connections.
     singles = entries(plan.single_posts)
     jobs = [("POST", "/api/logs", encode(entry)) for entry in singles]
-    say(f"ingest: {len(jobs)} single POST /api/logs, {args.ingest_clients} clients")
-    single_s = run_parallel(port, args.ingest_clients, jobs, expect=201)
-    single = rate(len(singles), len(jobs), single_s, args.ingest_clients)
-    say(f"  {single['per_s']:.0f} logs/s")
+    single = post_rate(port, "single POST /api/logs", jobs, args.ingest_clients, len(singles))
 
     # Batches of batch_size; the same entries (as stored) go to insert_many below.
     batches = [entries(plan.batch_size) for _ in range(plan.log_batches)]
@@ -434,15 +438,16 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
 
     def check_batch(answer) -> None:
         if answer.get("inserted") != plan.batch_size:
-            raise BenchError(f"POST /api/logs/batch answered inserted={answer.get('inserted')}")
+            raise DevError(f"POST /api/logs/batch answered inserted={answer.get('inserted')}")
 
-    say(
-        f"ingest: {len(jobs)} POST /api/logs/batch x {plan.batch_size}, "
-        f"{args.batch_clients} clients"
+    batch = post_rate(
+        port,
+        f"POST /api/logs/batch x {plan.batch_size}",
+        jobs,
+        args.batch_clients,
+        plan.log_batches * plan.batch_size,
+        check=check_batch,
     )
-    batch_s = run_parallel(port, args.batch_clients, jobs, expect=201, check=check_batch)
-    batch = rate(plan.log_batches * plan.batch_size, len(jobs), batch_s, args.batch_clients)
-    say(f"  {batch['per_s']:.0f} logs/s")
 
     # CPU points: point_posts requests of points_per_post, one entry each (round-robin).
     start = maker.now - timedelta(days=30)
@@ -456,15 +461,17 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
 
     def check_points(answer) -> None:
         if answer != {"inserted": plan.points_per_post}:
-            raise BenchError(f"POST /api/metrics/cpu/{{id}}/data answered {answer}")
+            raise DevError(f"POST /api/metrics/cpu/{{id}}/data answered {answer}")
 
-    say(
-        f"ingest: {len(jobs)} POST /api/metrics/cpu/{{id}}/data x {plan.points_per_post}, "
-        f"{args.batch_clients} clients"
+    points = post_rate(
+        port,
+        f"POST /api/metrics/cpu/{{id}}/data x {plan.points_per_post}",
+        jobs,
+        args.batch_clients,
+        plan.point_posts * plan.points_per_post,
+        check=check_points,
+        unit="points",
     )
-    points_s = run_parallel(port, args.batch_clients, jobs, expect=201, check=check_points)
-    points = rate(plan.point_posts * plan.points_per_post, len(jobs), points_s, args.batch_clients)
-    say(f"  {points['per_s']:.0f} points/s")
 
     say(f"ingest: raw insert_many, {plan.log_batches} x {plan.batch_size} into a logs-like copy")
     raw_s = raw_insert_many(mongo_uri, [[stored_log(e) for e in b] for b in batches], args)
@@ -478,6 +485,23 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         "batch_vs_single": batch["per_s"] / single["per_s"],
         "batch_vs_raw": batch["per_s"] / raw["per_s"],
     }
+
+
+def post_rate(
+    port: int,
+    what: str,
+    jobs: list[tuple[str, str, bytes]],
+    clients: int,
+    items: int,
+    check=None,
+    unit: str = "logs",
+) -> dict:
+    """Send ``jobs`` (each answered 201) from ``clients`` threads; the rate of ``items``."""
+    say(f"ingest: {len(jobs)} {what}, {clients} clients")
+    seconds = run_parallel(port, clients, jobs, expect=201, check=check)
+    result = rate(items, len(jobs), seconds, clients)
+    say(f"  {result['per_s']:.0f} {unit}/s")
+    return result
 
 
 def rate(items: int, requests: int, seconds: float, clients: int) -> dict:
@@ -500,7 +524,7 @@ def raw_insert_many(mongo_uri: str, batches: list[list[dict]], args) -> float:
         scratch.drop()
         indexes = db["logs"].index_information()
         if len(indexes) < 2:
-            raise BenchError("the logs collection has no secondary index to copy")
+            raise DevError("the logs collection has no secondary index to copy")
         for name, spec in indexes.items():
             if name == "_id_":
                 continue
@@ -508,30 +532,15 @@ def raw_insert_many(mongo_uri: str, batches: list[list[dict]], args) -> float:
             scratch.create_index(spec["key"], name=name, **options)
         clients = max(1, min(args.batch_clients, len(batches)))
         shares = [batches[i::clients] for i in range(clients)]
-        start_line = threading.Barrier(clients + 1)
-        failures: list[BaseException] = []
 
-        def worker(share: list[list[dict]]) -> None:
-            start_line.wait()
-            try:
-                for batch in share:
-                    scratch.insert_many(batch, ordered=True)
-            except BaseException as exc:  # reported below
-                failures.append(exc)
+        def insert(share: list[list[dict]]) -> None:
+            for batch in share:
+                scratch.insert_many(batch, ordered=True)
 
-        threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in shares]
-        for thread in threads:
-            thread.start()
-        start_line.wait()
-        started = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-        if failures:
-            raise BenchError(f"insert_many failed: {failures[0]!r}")
+        elapsed = run_together([lambda s=share: insert(s) for share in shares], "insert_many")
         expected = sum(len(b) for b in batches)
         if scratch.count_documents({}) != expected:
-            raise BenchError("insert_many stored a different number of documents")
+            raise DevError("insert_many stored a different number of documents")
         scratch.drop()
         return elapsed
     finally:
@@ -545,30 +554,8 @@ def say(text: str) -> None:
     print(f"bench: {text}", flush=True)
 
 
-# Settings the benchmark gives the app (``--app-env KEY=VALUE`` overrides any of them).
-# One client address sending thousands of requests a second is exactly what the per-client
-# rate limit stops, and the benchmark has no account to log in with: both are off, so their
-# cost is not measured (a setting the app does not know is ignored).
-BENCH_APP_ENV = {
-    "POLYMICRO_LOG_LEVEL": "WARNING",
-    "POLYMICRO_GUNICORN_LOGLEVEL": "warning",
-    "POLYMICRO_RATELIMIT_ENABLED": "false",
-    "POLYMICRO_AUTH_ENABLED": "false",
-}
-
-
-def app_env(mongo_uri: str, redis_url: str, overrides: list[str]) -> dict:
-    env = dict(os.environ)
-    for name in ("POLYMICRO_GUNICORN_BIND", "POLYMICRO_MONGODB_MOCK"):
-        env.pop(name, None)
-    env.update(BENCH_APP_ENV)
-    env.update(POLYMICRO_MONGODB_URI=mongo_uri, POLYMICRO_REDIS_URL=redis_url)
-    env.update(item.split("=", 1) for item in overrides)
-    return env
-
-
 def start_app(procs, settings: GunicornSettings, workdir: Path, env: dict) -> Server:
-    return start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
+    return start_gunicorn(procs, env, workdir, settings, name="polymicro")
 
 
 def run_full(wrk, procs, workdir, env, mongo_uri, args) -> dict:
@@ -593,14 +580,14 @@ def run_full(wrk, procs, workdir, env, mongo_uri, args) -> dict:
     return result
 
 
-def run_sweep(wrk, procs, workdir, env, redis_client, args) -> dict:
+def run_sweep(wrk, procs, workdir, env, redis_url, args) -> dict:
     runs = []
     seeded = None
     maker = DataMaker(args.seed)
     for workers, threads in args.combos:
         settings = GunicornSettings(workers, threads, args.worker_class)
         say(f"sweep: gunicorn {settings.label}")
-        redis_client.flushdb()  # every combination starts from a cold cache
+        redis.Redis.from_url(redis_url).flushdb()  # every combination starts from a cold cache
         ceiling = measure_ceiling(wrk, procs, settings, workdir, env, args)
         app = start_app(procs, settings, workdir, env)
         try:
@@ -697,7 +684,8 @@ def header(args, settings: GunicornSettings | None) -> dict:
         "machine": machine(),
         "versions": versions(),
         "gunicorn": None if settings is None else {**settings.__dict__, "access_log": False},
-        "app_env": {**BENCH_APP_ENV, **dict(item.split("=", 1) for item in args.app_env)},
+        "app_env": {**TOOL_APP_ENV, **dict(item.split("=", 1) for item in args.app_env)},
+        "redis": args.redis_url or "private redis-server",
         "load": {
             "tool": "wrk",
             "threads": min(args.wrk_threads, args.connections),
@@ -761,7 +749,8 @@ def render_header(result: dict) -> list[str]:
         f"Linux {m['kernel']}, load average at start {m['load_average_at_start'][0]} |",
         f"| code | {result['commit']}; Python {m['python']}, Flask {v['flask']}, "
         f"flask-smorest {v['flask-smorest']}, gunicorn {v['gunicorn']} |",
-        f"| database | SecantusDB {v['secantusdb']} (fresh, 127.0.0.1), Redis cache db 14 |",
+        f"| database | SecantusDB {v['secantusdb']} (fresh, 127.0.0.1); cache: "
+        f"{result.get('redis', 'Redis')} |",
         "| app settings | "
         + ", ".join(f"{k.removeprefix('POLYMICRO_')}={v}" for k, v in result["app_env"].items())
         + " |",
@@ -861,71 +850,36 @@ def write_json(result: dict, out_dir: Path) -> Path:
 # --- main ----------------------------------------------------------------------------------
 
 
-def _exit_on_signal(signum, _frame):
-    # SystemExit unwinds through main's finally, which stops every server.
-    print(f"bench: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
-    raise SystemExit(128 + signum)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Ctrl-C raises KeyboardInterrupt even where the shell started us with SIGINT ignored
-    # (a background job); SIGTERM and SIGHUP exit through the same cleanup.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGHUP, _exit_on_signal)
+def main(procs: Processes, args: argparse.Namespace) -> int:
     began = time.monotonic()
-    procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="polymicro-bench-"))
-    redis_client, started_redis = None, False
-    try:
-        load_1m = os.getloadavg()[0]
-        if load_1m > 0.5 * len(os.sched_getaffinity(0)):
-            say(f"warning: load average {load_1m:.1f} at start; other work will lower the figures")
-        wrk = ensure_wrk()
-        redis_client, started_redis = ensure_redis(args.redis_url)
-        say(f"starting SecantusDB in {workdir}")
-        db = start_secantus(procs, workdir / "db", workdir)
-        mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro"
-        env = app_env(mongo_uri, args.redis_url, args.app_env)
-        if args.combos:
-            result = run_sweep(wrk, procs, workdir, env, redis_client, args)
-            report = render_sweep(result)
-        else:
-            result = run_full(wrk, procs, workdir, env, mongo_uri, args)
-            report = render_full(result)
-        result["elapsed_s"] = round(time.monotonic() - began, 1)
-        path = write_json(result, args.out_dir)
-        print()
-        print(report)
-        print()
-        say(f"took {result['elapsed_s']:.0f} s; JSON in {path.relative_to(ROOT)}")
-        return 0
-    except BenchError as exc:
-        print(f"bench: FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        # Stop everything even if another signal arrives meanwhile (bounded: SIGKILL after
-        # a grace period per process).
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        procs.stop_all()
-        if redis_client is not None:
-            if started_redis:
-                stop_redis(redis_client)
-            else:
-                try:
-                    redis_client.flushdb()  # leave no benchmark keys behind
-                except Exception as exc:
-                    print(f"bench: could not flush the Redis db: {exc!r}")
-        if args.keep:
-            say(f"kept {workdir} (database in db/, server logs beside it)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep:
+        procs.on_stop(lambda: say(f"kept {workdir} (database in db/, server logs beside it)"))
+    else:
+        procs.on_stop(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    load_1m = os.getloadavg()[0]
+    if load_1m > 0.5 * len(os.sched_getaffinity(0)):
+        say(f"warning: load average {load_1m:.1f} at start; other work will lower the figures")
+    wrk = ensure_wrk()
+    redis_url = ensure_redis(procs, workdir, args.redis_url)
+    say(f"starting SecantusDB in {workdir}; cache {redis_url}")
+    db = start_secantus(procs, workdir / "db", workdir)
+    env = app_env(db.uri, redis_url, **dict(item.split("=", 1) for item in args.app_env))
+    if args.combos:
+        result = run_sweep(wrk, procs, workdir, env, redis_url, args)
+        report = render_sweep(result)
+    else:
+        result = run_full(wrk, procs, workdir, env, db.uri, args)
+        report = render_full(result)
+    result["elapsed_s"] = round(time.monotonic() - began, 1)
+    path = write_json(result, args.out_dir)
+    print()
+    print(report)
+    print()
+    say(f"took {result['elapsed_s']:.0f} s; JSON in {path.relative_to(ROOT)}")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    arguments = parse_args(sys.argv[1:])
+    sys.exit(run_main(lambda procs: main(procs, arguments), "bench"))

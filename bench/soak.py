@@ -9,13 +9,15 @@ Usage (from the repository root; ``make soak`` builds .venv first)::
 
 One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, SIGTERM):
 
-1. Redis at ``--redis-url`` (db 13, flushed; redis-server is started when nothing answers
-   on 6379), a fresh SecantusDB in a temporary directory, polymicro under gunicorn
+1. A private redis-server (or the Redis database at ``--redis-url``, flushed before and
+   after), a fresh SecantusDB in a temporary directory, polymicro under gunicorn
    (``-c bench/gunicorn_conf.py``: the repo's settings without the access log; 2 workers
-   x 4 threads unless told otherwise).  Authentication and the rate limit are off (one
-   client address, no account), as in ``make bench``.
+   x 4 threads unless told otherwise), all started and stopped by polymicro_dev.
+   Authentication and the rate limit are off (one client address, no account), as in
+   ``make bench``.
 2. Seeding through the API: ``--projects`` projects of 5 services, a CPU entry per service.
-3. Load: ``--clients`` threads, one keep-alive ``http.client`` connection each, until the
+3. Load: ``--clients`` threads, one keep-alive connection (polymicro_dev's HttpClient)
+   each, until the
    time (``--minutes``) or the request budget (``--max-requests``) is spent.  Each picks
    at random (fixed weights): the dashboard's reads (projects list, services of a project,
    CPU entries of a project with their points, logs of a project), a single log
@@ -37,9 +39,7 @@ caches fill up to their bounds during a soak (SimpleCache 5,000 keys, Redis flus
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
 import random
 import shutil
 import sys
@@ -53,20 +53,22 @@ from pathlib import Path
 
 import pymongo
 from bson import ObjectId
-from servers import (
-    HOST,
+
+from polymicro_dev import (
     ROOT,
-    BenchError,
+    TRANSPORT_ERRORS,
+    DevError,
     GunicornSettings,
+    HttpClient,
     Processes,
+    app_env,
+    child_pids,
     ensure_redis,
+    rss_kib,
+    run_main,
     start_gunicorn,
     start_secantus,
-    stop_redis,
 )
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from harness import APP_ENV, gunicorn_workers, rss_kib, run_main
 
 OUT_DIR = ROOT / "var" / "soak"
 SEVERITIES = ("debug", "info", "warn", "error", "critical")
@@ -97,7 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--projects", type=int, default=4, help="projects of 5 services (4)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (4)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the load mix")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
@@ -110,40 +114,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def say(text: str) -> None:
     print(f"soak: {text}", flush=True)
-
-
-# --- one client -----------------------------------------------------------------------
-
-
-class Client:
-    """One keep-alive connection.  A request that finds the connection closed by the
-    server while idle (before any byte of an answer) is sent again once on a new one;
-    that is counted, since a retried write could in theory be stored twice."""
-
-    RETRYABLE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
-        self.retries = 0
-
-    def send(self, method: str, path: str, payload=None) -> tuple[int, bytes]:
-        body = None if payload is None else json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        for attempt in (1, 2):
-            try:
-                self.conn.request(method, path, body=body, headers=headers)
-                response = self.conn.getresponse()
-                return response.status, response.read()
-            except self.RETRYABLE:
-                self.conn.close()
-                if attempt == 2:
-                    raise
-                self.retries += 1
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 # --- what the run keeps --------------------------------------------------------------
@@ -194,13 +164,10 @@ class World:
 
 
 def seed(port: int, projects: int, run: str) -> World:
-    client = Client(port)
+    client = HttpClient(port)
 
     def created(path: str, payload) -> dict:
-        status, body = client.send("POST", path, payload)
-        if status != 201:
-            raise BenchError(f"seeding: POST {path} answered {status}: {body[:300]!r}")
-        return json.loads(body)
+        return client.call("POST", path, payload, expect=201)
 
     world = World([], {}, {}, {})
     for p in range(projects):
@@ -253,7 +220,7 @@ def client_loop(
 ) -> None:
     rng = random.Random(seed_value * 1000 + index)
     kinds, weights = list(MIX), list(MIX.values())
-    client = Client(port)
+    client = HttpClient(port)
     sent = 0
     try:
         while time.monotonic() < deadline and budget.acquire(blocking=False):
@@ -284,12 +251,12 @@ def client_loop(
                 payload = point(rng) if count == 1 else [point(rng) for _ in range(count)]
             started = time.perf_counter()
             try:
-                status, body = client.send(method, path, payload)
-            except (OSError, http.client.HTTPException) as exc:
+                response = client.request(method, path, payload)
+            except TRANSPORT_ERRORS as exc:
                 tally.error(kind, f"{method} {path}: {exc!r}")
-                client.close()
-                client = Client(port)
+                client.close()  # the next request opens a new connection
                 continue
+            status, body = response.status, response.body
             tally.record(kind, status, time.perf_counter() - started)
             expected = 200 if kind in READS else 201
             if status != expected:
@@ -318,7 +285,7 @@ def client_loop(
 
 
 def worker_rss(master_pid: int) -> dict[int, int]:
-    return {pid: kib for pid in gunicorn_workers(master_pid) if (kib := rss_kib(pid))}
+    return {pid: kib for pid in child_pids(master_pid) if (kib := rss_kib(pid))}
 
 
 def sample_memory(master_pid: int, samples: list, stop: threading.Event, began: float) -> None:
@@ -370,96 +337,80 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     started_at = datetime.now(UTC)
     run = started_at.strftime("%Y%m%dT%H%M%SZ")
     workdir = Path(tempfile.mkdtemp(prefix="polymicro-soak-"))
-    redis_client, started_redis = None, False
-    try:
-        redis_client, started_redis = ensure_redis(args.redis_url)
-        say(f"starting SecantusDB in {workdir}")
-        db = start_secantus(procs, workdir / "db", workdir)
-        mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro"
-        env = dict(os.environ)
-        for name in ("POLYMICRO_GUNICORN_BIND", "POLYMICRO_MONGODB_MOCK"):
-            env.pop(name, None)
-        env.update(APP_ENV, POLYMICRO_MONGODB_URI=mongo_uri, POLYMICRO_REDIS_URL=args.redis_url)
-        settings = GunicornSettings(args.workers, args.threads, "gthread")
-        app = start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
-        say(f"polymicro on {app.url} ({settings.label}), Redis {args.redis_url}")
+    if not args.keep:
+        procs.on_stop(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    redis_url = ensure_redis(procs, workdir, args.redis_url)
+    say(f"starting SecantusDB in {workdir}")
+    db = start_secantus(procs, workdir / "db", workdir)
+    mongo_uri = db.uri
+    settings = GunicornSettings(args.workers, args.threads, "gthread")
+    app = start_gunicorn(procs, app_env(mongo_uri, redis_url), workdir, settings, name="polymicro")
+    say(f"polymicro on {app.uri} ({settings.label}), Redis {redis_url}")
 
-        world = seed(app.port, args.projects, run)
-        entries = sum(map(len, world.metrics.values()))
-        say(f"seeded {len(world.projects)} projects, {entries} CPU entries")
-        # Warm-up: every worker imports lazily and fills its caches on first use.
-        warm = Tally()
-        client_loop(-1, app.port, world, warm, time.monotonic() + 3, threading.Semaphore(300), 0)
-        if warm.server_errors or warm.error_count:
-            raise BenchError(f"warm-up failed: {warm.errors[:3]}")
-        for metric_id, n in warm.points_acked.items():  # warm-up writes are counted too
-            world.initial_points[metric_id] += n
-        warm_log_ids = set(warm.log_ids)
+    world = seed(app.port, args.projects, run)
+    entries = sum(map(len, world.metrics.values()))
+    say(f"seeded {len(world.projects)} projects, {entries} CPU entries")
+    # Warm-up: every worker imports lazily and fills its caches on first use.
+    warm = Tally()
+    client_loop(-1, app.port, world, warm, time.monotonic() + 3, threading.Semaphore(300), 0)
+    if warm.server_errors or warm.error_count:
+        raise DevError(f"warm-up failed: {warm.errors[:3]}")
+    for metric_id, n in warm.points_acked.items():  # warm-up writes are counted too
+        world.initial_points[metric_id] += n
+    warm_log_ids = set(warm.log_ids)
 
-        workers_start = worker_rss(app.proc.pid)
-        say(
-            f"workers at start: {format_rss(workers_start)}; {args.clients} clients for "
-            f"{args.minutes:g} min (budget {args.max_requests:,} requests)"
+    workers_start = worker_rss(app.proc.pid)
+    say(
+        f"workers at start: {format_rss(workers_start)}; {args.clients} clients for "
+        f"{args.minutes:g} min (budget {args.max_requests:,} requests)"
+    )
+    tally = Tally()
+    samples: list = [(0.0, workers_start)]
+    stop = threading.Event()
+    load_began = time.monotonic()
+    sampler = threading.Thread(
+        target=sample_memory, args=(app.proc.pid, samples, stop, load_began), daemon=True
+    )
+    sampler.start()
+    deadline = load_began + args.minutes * 60
+    budget = threading.Semaphore(args.max_requests)
+    threads = [
+        threading.Thread(
+            target=client_loop,
+            args=(i, app.port, world, tally, deadline, budget, args.seed),
+            daemon=True,
         )
-        tally = Tally()
-        samples: list = [(0.0, workers_start)]
-        stop = threading.Event()
-        load_began = time.monotonic()
-        sampler = threading.Thread(
-            target=sample_memory, args=(app.proc.pid, samples, stop, load_began), daemon=True
-        )
-        sampler.start()
-        deadline = load_began + args.minutes * 60
-        budget = threading.Semaphore(args.max_requests)
-        threads = [
-            threading.Thread(
-                target=client_loop,
-                args=(i, app.port, world, tally, deadline, budget, args.seed),
-                daemon=True,
-            )
-            for i in range(args.clients)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=args.minutes * 60 + 120)
-        if any(thread.is_alive() for thread in threads):
-            raise BenchError("a client did not finish within 2 minutes of the deadline")
-        load_seconds = time.monotonic() - load_began
-        stop.set()
-        app.check_alive()
-        workers_end = worker_rss(app.proc.pid)
-        samples.append((round(load_seconds, 1), workers_end))
+        for i in range(args.clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=args.minutes * 60 + 120)
+    if any(thread.is_alive() for thread in threads):
+        raise DevError("a client did not finish within 2 minutes of the deadline")
+    load_seconds = time.monotonic() - load_began
+    stop.set()
+    app.check_alive()
+    workers_end = worker_rss(app.proc.pid)
+    samples.append((round(load_seconds, 1), workers_end))
 
-        tally.log_ids |= warm_log_ids
-        stored = count_stored(mongo_uri, world, tally)
-        result = build_result(args, started_at, load_seconds, app, tally, stored, samples)
-        result["elapsed_s"] = round(time.monotonic() - began, 1)
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        path = OUT_DIR / f"{run}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print()
-        print(render(result))
-        print()
-        say(f"took {result['elapsed_s']:.0f} s; JSON in {path.relative_to(ROOT)}")
-        if result["failures"]:
-            for failure in result["failures"]:
-                say("FAILED: " + failure)
-            return 1
-        say("PASS: no 5xx, no failed request, no lost write")
-        return 0
-    finally:
-        procs.stop_all()
-        if redis_client is not None:
-            if started_redis:
-                stop_redis(redis_client)
-            else:
-                try:
-                    redis_client.flushdb()
-                except Exception as exc:  # a stopped Redis is not the soak's result
-                    say(f"could not flush {args.redis_url}: {exc}")
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    tally.log_ids |= warm_log_ids
+    stored = count_stored(mongo_uri, world, tally)
+    result = build_result(args, started_at, load_seconds, app, tally, stored, samples)
+    result["elapsed_s"] = round(time.monotonic() - began, 1)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"{run}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(render(result))
+    print()
+    say(f"took {result['elapsed_s']:.0f} s; JSON in {path.relative_to(ROOT)}")
+    if result["failures"]:
+        for failure in result["failures"]:
+            say("FAILED: " + failure)
+        return 1
+    say("PASS: no 5xx, no failed request, no lost write")
+    return 0
 
 
 def format_rss(workers: dict[int, int]) -> str:

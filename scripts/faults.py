@@ -33,7 +33,6 @@ Exit status 0 when every check held, 1 otherwise (each failed check is printed),
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -52,16 +51,19 @@ from pathlib import Path
 import pymongo
 import redis
 from bson import ObjectId
-from harness import (
-    HOST,
+
+from polymicro_dev import (
     ROOT,
-    BenchError,
+    TRANSPORT_ERRORS,
+    DevError,
+    GunicornSettings,
+    HttpClient,
     Processes,
     app_env,
-    gunicorn_workers,
-    request,
+    child_pids,
+    request_once,
     run_main,
-    start_app,
+    start_gunicorn,
     start_redis,
     start_secantus,
     wait_until,
@@ -117,22 +119,20 @@ class Stack:
         self.workdir = workdir
         self.db = start_secantus(procs, workdir / "db", workdir)
         self.redis = start_redis(procs, workdir / "redis")
-        self.mongo_uri = f"mongodb://{HOST}:{self.db.port}/polymicro"
+        self.mongo_uri = self.db.uri
         env = app_env(
             self.mongo_uri,
-            f"redis://{HOST}:{self.redis.port}/0",
+            self.redis.uri,
             POLYMICRO_MONGODB_TIMEOUT_MS=str(DB_TIMEOUT_MS),
             POLYMICRO_LOG_LEVEL="ERROR",
         )
-        self.app = start_app(procs, workdir, env, workers=2, threads=4)
+        self.app = start_gunicorn(procs, env, workdir, GunicornSettings(2, 4))
         self.port = self.app.port
         self.mongo = pymongo.MongoClient(self.mongo_uri, serverSelectionTimeoutMS=3000)
 
     # database ------------------------------------------------------------------------
     def stop_db(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if sig == signal.SIGKILL:
-            os.killpg(self.db.proc.pid, signal.SIGKILL)
-        self.procs.stop(self.db)
+        self.procs.stop(self.db, sig)
 
     def start_db(self) -> None:
         self.db = start_secantus(self.procs, self.workdir / "db", self.workdir, port=self.db.port)
@@ -145,19 +145,20 @@ class Stack:
         self.redis = start_redis(self.procs, self.workdir / "redis", port=self.redis.port)
 
     def redis_client(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.redis.port, socket_timeout=2)
+        return redis.Redis.from_url(self.redis.uri, socket_timeout=2)
 
     # gunicorn ------------------------------------------------------------------------
     def workers(self) -> list[int]:
-        return gunicorn_workers(self.app.proc.pid)
+        return child_pids(self.app.proc.pid)
 
     def call(self, method: str, path: str, payload=None, timeout: float = 30.0):
-        return request(self.port, method, path, payload, timeout=timeout)
+        """One request on a connection of its own (a killed worker breaks no other)."""
+        return request_once(self.port, method, path, payload, timeout=timeout)
 
     def ok(self, method: str, path: str, payload=None, expect: int = 200):
         status, body = self.call(method, path, payload)
         if status != expect:
-            raise BenchError(f"{method} {path} answered {status} (wanted {expect}): {body!r:.300}")
+            raise DevError(f"{method} {path} answered {status} (wanted {expect}): {body!r:.300}")
         return body
 
     def healthy(self, timeout: float = 60) -> float:
@@ -307,7 +308,7 @@ def scenario_redis(stack: Stack, report: Report) -> None:
     try:
         waited = wait_until(cache_used, 30, "caching to resume", interval=0.5)
         report.check(name, "Redis back: caching resumes", True, f"after {waited:.1f} s")
-    except BenchError as exc:
+    except DevError as exc:
         report.check(name, "Redis back: caching resumes", False, str(exc))
 
     # A partition that keeps Redis's data: SIGSTOP, a write, SIGCONT.
@@ -426,7 +427,7 @@ def scenario_database(stack: Stack, report: Report, sig: signal.Signals) -> None
         report.check(
             name, "back: /api/health is 200 again", True, f"{recovered:.1f} s after restart"
         )
-    except BenchError as exc:
+    except DevError as exc:
         report.check(name, "back: /api/health is 200 again", False, str(exc))
         return
     report.check(
@@ -488,7 +489,7 @@ class BodySender(threading.Thread):
     def __init__(self, port: int, path: str, body: bytes):
         super().__init__(daemon=True)
         self.port, self.path, self.body = port, path, body
-        self.conn = http.client.HTTPConnection(HOST, port, timeout=120)
+        self.conn = HttpClient(port, timeout=120).conn  # driven by hand, to time the body
         self.conn.connect()
         self.client_port = self.conn.sock.getsockname()[1]
         self.sent = threading.Event()
@@ -508,13 +509,29 @@ class BodySender(threading.Thread):
             response = self.conn.getresponse()
             response.read()
             self.outcome = str(response.status)
-        except (OSError, http.client.HTTPException) as exc:
+        except TRANSPORT_ERRORS as exc:
             self.sent_at = self.sent_at or time.monotonic()
             self.sent.set()
             self.outcome = type(exc).__name__
         finally:
             self.done_at = time.monotonic()
             self.conn.close()
+
+
+def send_and_find_worker(
+    stack: Stack, target: Target, within: float
+) -> tuple[BodySender, int | None]:
+    """Start sending ``target``'s body; once it is sent, the worker that serves it
+    (None when it is not found ``within`` seconds)."""
+    workers = stack.workers()
+    sender = BodySender(stack.port, target.path, target.body)
+    sender.start()
+    sender.sent.wait(60)
+    owner = None
+    deadline = time.monotonic() + within
+    while owner is None and time.monotonic() < deadline:
+        owner = connection_owner(stack.port, sender.client_port, workers)
+    return sender, owner
 
 
 @dataclass
@@ -586,7 +603,7 @@ def calibrate(stack: Stack, seeded: Seeded, make: Callable[[Stack, Seeded], Targ
     sender.start()
     sender.join(120)
     if sender.outcome != "201":
-        raise BenchError(f"{target.label} uninterrupted answered {sender.outcome}")
+        raise DevError(f"{target.label} uninterrupted answered {sender.outcome}")
     return sender.done_at - sender.sent_at
 
 
@@ -605,14 +622,7 @@ def interrupt(
     with SIGTERM or SIGKILL, then start it again).  What it stored must be 0 or all."""
     target = make(stack, seeded)
     name = f"batch ({how})"
-    workers = stack.workers()
-    sender = BodySender(stack.port, target.path, target.body)
-    sender.start()
-    sender.sent.wait(60)
-    owner = None
-    deadline = time.monotonic() + 5
-    while owner is None and time.monotonic() < deadline:
-        owner = connection_owner(stack.port, sender.client_port, workers)
+    sender, owner = send_and_find_worker(stack, target, within=5)
     visible = first_rows_visible(stack, target, sender, sender.sent_at + delay)
     at = time.monotonic() - sender.sent_at
     if how == "worker":
@@ -653,13 +663,7 @@ def scenario_worker(stack: Stack, report: Report) -> None:
     seeded = seed(stack, "worker")
     before = stack.workers()
     target = logs_target(stack, seeded)
-    sender = BodySender(stack.port, target.path, target.body)
-    sender.start()
-    sender.sent.wait(60)
-    owner = None
-    deadline = time.monotonic() + 10
-    while owner is None and time.monotonic() < deadline:
-        owner = connection_owner(stack.port, sender.client_port, before)
+    sender, owner = send_and_find_worker(stack, target, within=10)
     if not report.check(name, "found the worker serving the slow batch", owner is not None):
         sender.join(120)
         return
@@ -696,7 +700,7 @@ def scenario_worker(stack: Stack, report: Report) -> None:
             True,
             f"{before} -> {stack.workers()} in {waited:.1f} s",
         )
-    except BenchError as exc:
+    except DevError as exc:
         report.check(name, "gunicorn replaced the killed worker", False, str(exc))
     statuses = {stack.call("GET", "/api/projects")[0] for _ in range(20)}
     report.check(
@@ -741,7 +745,7 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="polymicro-faults-"))
     say(f"working directory {workdir}")
     stack = Stack(procs, workdir)
-    say(f"polymicro on {stack.app.url}; SecantusDB :{stack.db.port}; Redis :{stack.redis.port}")
+    say(f"polymicro on {stack.app.uri}; SecantusDB :{stack.db.port}; Redis :{stack.redis.port}")
     report = Report()
     chosen = args.only or list(SCENARIOS)
     runs: list[tuple[str, Callable[[], None]]] = []
@@ -758,7 +762,7 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
         say(f"--- {scenario}")
         try:
             run()
-        except BenchError as exc:
+        except DevError as exc:
             report.check(scenario, "the scenario ran to the end", False, str(exc))
             # Bring the stack back for the next scenario.
             if stack.db.proc.poll() is not None:

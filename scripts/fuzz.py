@@ -43,13 +43,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import (
+from polymicro_dev import (
     ROOT,
-    BenchError,
+    GunicornSettings,
     Processes,
     app_env,
     run_main,
-    start_app,
+    start_gunicorn,
     start_redis,
     start_secantus,
 )
@@ -162,11 +162,10 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     say(f"seed {args.seed}; working directory {workdir}")
     db = start_secantus(procs, workdir / "db", workdir)
     redis = start_redis(procs, workdir / "redis")
-    env = app_env(f"mongodb://127.0.0.1:{db.port}/polymicro", f"redis://127.0.0.1:{redis.port}/0")
-    app = start_app(procs, workdir, env, workers=2, threads=4)
-    say(f"polymicro on {app.url} (SecantusDB :{db.port}, Redis :{redis.port})")
+    app = start_gunicorn(procs, app_env(db.uri, redis.uri), workdir, GunicornSettings(2, 4))
+    say(f"polymicro on {app.uri} (SecantusDB :{db.port}, Redis :{redis.port})")
 
-    returncode, output = run_schemathesis(app.url, args, workdir)
+    returncode, output = run_schemathesis(app.uri, args, workdir)
 
     problems = []
     match = RE_GENERATED.search(output)
@@ -199,7 +198,4 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     arguments = parse_args(sys.argv[1:])
-    try:
-        sys.exit(run_main(lambda procs: main(procs, arguments), "fuzz"))
-    except BenchError as exc:  # pragma: no cover - run_main reports these
-        sys.exit(str(exc))
+    sys.exit(run_main(lambda procs: main(procs, arguments), "fuzz"))

@@ -4,26 +4,26 @@ The database behind the suite is chosen by the environment:
 
 - default: an in-process mongomock client, fresh for every test;
 - ``POLYMICRO_TEST_DB=secantus``: a SecantusDB server (MongoDB wire protocol over TCP)
-  started once for the session as a separate process; every collection is emptied after
-  each test (indexes stay, so uniqueness is enforced by the real server);
-- ``POLYMICRO_TEST_MONGODB_URI=mongodb://…``: an existing server (its database
-  ``polymicro_test_<pid>`` is dropped at the end).
+  started once for the session as a separate process (polymicro_dev, the dev tooling's
+  launcher); every collection is emptied after each test (indexes stay, so uniqueness
+  is enforced by the real server);
+- ``POLYMICRO_TEST_MONGODB_URI=mongodb://…/NAME_test``: an existing server, whose
+  database is emptied the same way.  Its name must end in ``_test``: pointed at any
+  other database the run stops before the first test (see ``require_test_database``).
 
 ``POLYMICRO_TEST_REDIS_URL=redis://…/15`` puts the cache on a real Redis (the database
 is flushed before each test); otherwise the cache is an in-process SimpleCache.
 If a requested server cannot be started or reached, the run fails: it never skips.
+
+A test that needs an app of its own builds its settings with ``make_config``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import mongoengine
 import pytest
@@ -32,39 +32,54 @@ from polymicro import create_app
 from polymicro.common import caching
 from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
+from polymicro_dev import Processes, handle_signals, start_secantus
+from polymicro_dev import free_port as free_port  # tests import it from here
 
 TEST_DB = os.environ.get("POLYMICRO_TEST_DB", "mongomock").lower()
 TEST_MONGODB_URI = os.environ.get("POLYMICRO_TEST_MONGODB_URI", "")
 TEST_REDIS_URL = os.environ.get("POLYMICRO_TEST_REDIS_URL", "")
 USES_REAL_DB = bool(TEST_MONGODB_URI) or TEST_DB == "secantus"
+TEST_DATABASE_SUFFIX = "_test"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (for servers the tests start, or
-    for an address where nothing answers)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# --- never empty a database that is not a test database ----------------------------------
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"SecantusDB exited with code {proc.returncode}")
+class NotATestDatabase(RuntimeError):
+    """The suite was pointed at a database whose name does not end in ``_test``."""
+
+
+def database_name(uri: str) -> str:
+    """The database a MongoDB URI names ("" when it names none); read from the text
+    alone, without resolving or connecting to anything."""
+    return unquote(urlsplit(uri).path.lstrip("/"))
+
+
+def require_test_database(name: str) -> str:
+    """``name``, when the suite may empty that database: the name ends in ``_test``.
+    Otherwise NotATestDatabase, before anything is deleted (the suite empties every
+    collection of its database after each test)."""
+    if not name.endswith(TEST_DATABASE_SUFFIX):
+        raise NotATestDatabase(
+            f"refusing to use the database {name or '(none named)'!r} for the tests: they "
+            f"delete every document of their database, so its name must end in "
+            f"{TEST_DATABASE_SUFFIX!r} (e.g. mongodb://127.0.0.1:27017/polymicro_test)"
+        )
+    return name
+
+
+def pytest_configure(config):
+    """Check the requested servers before any test runs (a UsageError stops the run)."""
+    if TEST_DB not in ("mongomock", "secantus"):
+        raise pytest.UsageError(f"POLYMICRO_TEST_DB must be mongomock or secantus, not {TEST_DB!r}")
+    if TEST_MONGODB_URI:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"SecantusDB did not accept connections on port {port} in {timeout}s")
+            require_test_database(database_name(TEST_MONGODB_URI))
+        except NotATestDatabase as exc:
+            raise pytest.UsageError(f"POLYMICRO_TEST_MONGODB_URI: {exc}") from None
 
 
-def _secantus_binary() -> str:
-    found = shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
-    if not Path(found).exists():
-        raise RuntimeError("secantusd-py not found: install the dev extras (pip install -e .[dev])")
-    return found
+# --- servers ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -76,38 +91,15 @@ def mongodb_uri():
     if TEST_DB == "mongomock":
         yield None
         return
-    if TEST_DB != "secantus":
-        raise RuntimeError(f"POLYMICRO_TEST_DB must be mongomock or secantus, not {TEST_DB!r}")
-    storage = tempfile.mkdtemp(prefix="polymicro-secantus-")
-    port = free_port()
-    log_path = Path(storage) / "secantus.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own dev dependency
-            [
-                _secantus_binary(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--storage-path",
-                str(Path(storage) / "db"),
-                "--log-level",
-                "WARNING",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for_port(port, proc)
-        yield f"mongodb://127.0.0.1:{port}/polymicro_test"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(storage, ignore_errors=True)
+    # SIGTERM/SIGHUP unwind like Ctrl-C, through this fixture's teardown.
+    handle_signals()
+    with (
+        tempfile.TemporaryDirectory(prefix="polymicro-secantus-") as storage,
+        Processes() as procs,
+    ):
+        yield start_secantus(
+            procs, Path(storage) / "db", Path(storage), database="polymicro_test"
+        ).uri
 
 
 @pytest.fixture(scope="session")
@@ -120,21 +112,32 @@ def redis_url():
     return TEST_REDIS_URL
 
 
+# --- the app ------------------------------------------------------------------------------
+
 INSTANCE_DIR = tempfile.mkdtemp(prefix="polymicro-instance-")  # never the repo's instance/
 
 
-def _test_config(mongodb_uri, redis_url) -> dict:
+def make_config(mongodb_uri: str | None = None, redis_url: str | None = None, **overrides) -> dict:
+    """The one way to build a test app's settings: TestingConfig's values (never the
+    environment's ``POLYMICRO_*``), a private instance folder, the real database and
+    Redis when given (the ``mongodb_uri`` and ``redis_url`` fixtures, or any URI), then
+    ``overrides``.  ``create_app(make_config(mongodb_uri, redis_url, RATELIMIT_ENABLED=True))``."""
     config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
     config["INSTANCE_PATH"] = INSTANCE_DIR
     if mongodb_uri:
         config.update(MONGODB_URI=mongodb_uri, MONGODB_MOCK=False, MONGODB_TIMEOUT_MS=5000)
     if redis_url:
         config.update(REDIS_URL=redis_url)
+    config.update(overrides)
     return config
+
+
+_test_config = make_config  # the former name, until every test module uses make_config
 
 
 def _empty_database() -> None:
     db = mongoengine.get_db()
+    require_test_database(db.name)  # the database the app really uses
     for name in db.list_collection_names():
         if not name.startswith("system."):
             db[name].delete_many({})
@@ -142,7 +145,7 @@ def _empty_database() -> None:
 
 @pytest.fixture
 def app(mongodb_uri, redis_url):
-    app = create_app(_test_config(mongodb_uri, redis_url))
+    app = create_app(make_config(mongodb_uri, redis_url))
     caching.reset_state()
     with app.app_context():
         cache.clear()

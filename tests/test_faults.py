@@ -14,15 +14,12 @@ from pymongo.errors import BulkWriteError, OperationFailure
 from polymicro import create_app
 from polymicro.common import atomic
 from polymicro.common.atomic import insert_all_or_nothing
-from polymicro.config import TestingConfig
 from polymicro.extensions import DB_ALIAS, close_db
-from tests.conftest import USES_REAL_DB
+from tests.conftest import USES_REAL_DB, make_config
 
 
 def _client_for(uri: str):
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config.update(MONGODB_URI=uri, MONGODB_MOCK=False)
-    create_app(config)  # connects lazily: no server is needed to inspect the client
+    create_app(make_config(uri))  # connects lazily: no server is needed to inspect the client
     try:
         return mongoengine.get_connection(DB_ALIAS).write_concern.document
     finally:
