@@ -1,5 +1,7 @@
 # polymicro API image: gunicorn serving wsgi:app on 0.0.0.0:8000 as a non-root user.
-# Settings come from the environment (POLYMICRO_*); see docker-compose.yml.
+# The same image runs the stream server (a second gunicorn with other POLYMICRO_GUNICORN_*
+# settings) and the worker (command `flask --app polymicro worker`). Settings come from
+# the environment (POLYMICRO_*); see docker-compose.yml and deploy/kubernetes/.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -22,10 +22,22 @@ FUZZ_ARGS ?=
 SOAK_ARGS ?=
 FAULTS_ARGS ?=
 
-.PHONY: help venv run dev test test-wire lint format bench fuzz soak faults clean clean-data
+# make k8s-check: its tools (checkov, kubernetes-validate) live in their own venv under
+# var/, built on first use from deploy/kubernetes/check-requirements.txt.  checkov brings
+# about 100 packages (~400 MB, ~25 s to install) that nothing else needs, so `make venv`
+# stays fast and the app's dependency set stays small.
+K8S_TOOLS    := var/k8s-tools
+K8S_STAMP    := $(K8S_TOOLS)/.installed
+K8S_OVERLAYS := dev prod
+# The oldest and the newest Kubernetes releases the rendered manifests must validate on.
+K8S_VERSIONS ?= 1.30.0 1.37.0
+DEV_SECRETS  := deploy/kubernetes/overlays/dev/secrets.env
+
+.PHONY: help venv run dev test test-wire lint format bench fuzz soak faults k8s-check k8s-dev-secret \
+	clean clean-data
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,10 +61,11 @@ test-wire: $(STAMP) ## run the tests against SecantusDB and Redis; junit xml in 
 	POLYMICRO_TEST_DB=secantus POLYMICRO_TEST_REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/pytest --junitxml=var/test-wire.xml $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check, ruff format --check, hadolint Dockerfile
+lint: $(STAMP) ## ruff check, ruff format --check, hadolint Dockerfile, actionlint (.github/workflows)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck
 
 format: $(STAMP) ## apply ruff's fixes and formatting (fails if unfixable problems remain)
 	status=0; $(BIN)/ruff check --fix . || status=$$?; $(BIN)/ruff format .; exit $$status
@@ -68,6 +81,37 @@ soak: $(STAMP) ## reads + log/point ingest for 3 min: no 5xx, no lost write (ben
 
 faults: $(STAMP) ## stop/kill the database, Redis, a worker; no lost or half-written batch (scripts/faults.py)
 	$(BIN)/python scripts/faults.py $(FAULTS_ARGS)
+
+$(K8S_STAMP): deploy/kubernetes/check-requirements.txt
+	test -x $(K8S_TOOLS)/bin/python || $(PYTHON) -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(K8S_TOOLS)/bin/python -m pip install --quiet -r deploy/kubernetes/check-requirements.txt
+	touch $@
+
+# Never overwritten once it exists (the URLs in it are the user's).
+$(DEV_SECRETS):
+	umask 077; key=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(48))'); \
+	sed "s|^POLYMICRO_SECRET_KEY=.*|POLYMICRO_SECRET_KEY=$$key|" $@.example > $@
+	@echo "wrote $@ with a random POLYMICRO_SECRET_KEY; set the MongoDB and Redis URLs in it"
+
+k8s-dev-secret: $(DEV_SECRETS) ## create the dev overlay's secrets.env (random key; edit the URLs)
+
+k8s-check: $(K8S_STAMP) $(DEV_SECRETS) ## render every Kubernetes overlay, validate it (--strict) and scan it (checkov)
+	mkdir -p var/k8s
+	if command -v kubectl >/dev/null; then render="kubectl kustomize"; \
+	elif command -v kustomize >/dev/null; then render="kustomize build"; \
+	else echo "k8s-check needs kubectl (which embeds kustomize) or kustomize on PATH" >&2; exit 1; fi; \
+	for overlay in $(K8S_OVERLAYS); do \
+		echo "render: $$render deploy/kubernetes/overlays/$$overlay > var/k8s/$$overlay.yaml"; \
+		$$render deploy/kubernetes/overlays/$$overlay > var/k8s/$$overlay.yaml; \
+	done
+	for version in $(K8S_VERSIONS); do \
+		echo "validate: kubernetes-validate --strict -k $$version"; \
+		$(K8S_TOOLS)/bin/kubernetes-validate --strict --quiet -k $$version \
+			$(foreach overlay,$(K8S_OVERLAYS),var/k8s/$(overlay).yaml); \
+	done
+	$(K8S_TOOLS)/bin/checkov --framework kubernetes --quiet --compact --skip-download \
+		$(foreach overlay,$(K8S_OVERLAYS),-f var/k8s/$(overlay).yaml)
 
 clean: ## remove .venv, caches and var/ files, keeping the database in var/db
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

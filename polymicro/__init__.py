@@ -14,6 +14,7 @@ from flask import Flask, request
 from polymicro import errors
 from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
+from polymicro.docs import init_docs
 from polymicro.extensions import api, init_cache, init_db, ping_db
 from polymicro.observability import configure_logging, init_observability
 from polymicro.security import init_security
@@ -36,6 +37,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     init_cache(app)
     init_security(app)
     connect_domains()
+    init_docs(app)
     register_api(app)
     errors.register_error_handlers(app)
     register_request_guards(app)

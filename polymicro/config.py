@@ -83,9 +83,12 @@ class Config:
     OPENAPI_URL_PREFIX = "/"
     OPENAPI_JSON_PATH = "openapi.json"
     OPENAPI_SWAGGER_UI_PATH = "/docs"
-    OPENAPI_SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"
+    # Where the pages load Swagger UI and ReDoc from.  Empty: polymicro serves the copies
+    # bundled in pinned packages (polymicro/docs.py), so the docs work offline.  A URL
+    # (e.g. a CDN) replaces them, and the docs pages' CSP then allows its origin.
+    OPENAPI_SWAGGER_UI_URL = ""
     OPENAPI_REDOC_PATH = "/redoc"
-    OPENAPI_REDOC_URL = "https://cdn.jsdelivr.net/npm/redoc/bundles/redoc.standalone.js"
+    OPENAPI_REDOC_URL = ""
 
 
 class TestingConfig(Config):
