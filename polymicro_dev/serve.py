@@ -7,7 +7,8 @@
    var/db and its log in var/secantus.log (port 27018, or the next free one).  One server
    per storage directory: var/secantus.pid holds "SECANTUS_PID OWNER_PID"; a second run
    is refused while the first is alive, and a server left behind by a dead run is stopped.
-2. ``flask --app polymicro seed-demo --if-empty``.
+2. ``flask --app polymicro seed-demo --if-empty``, then ``flask --app polymicro worker``
+   (the background worker, log in var/worker.log).
 3. The app on 127.0.0.1:POLYMICRO_PORT (default 8000, the next free port if busy):
    gunicorn, or with ``--dev`` Flask's development server with the reloader and the
    debugger, which restarts on every saved change of the code.
@@ -122,6 +123,14 @@ def start_app(procs: Processes, env: dict, port: int, dev: bool) -> Server:
     return server
 
 
+def start_worker(procs: Processes, env: dict) -> Server:
+    """``flask worker``: the one background process (liveness deadlines, alerts,
+    webhooks, retention); its log in var/worker.log."""
+    argv = [venv_exe("flask"), "--app", "polymicro", "worker"]
+    say("starting the background worker (flask worker; log in var/worker.log)")
+    return procs.start("worker", argv, 0, "", VAR / "worker.log", env=env)
+
+
 def banner(port: int, env: dict, dev: bool) -> None:
     base = f"http://{HOST}:{port}"
     lines = [
@@ -159,6 +168,7 @@ def serve(procs: Processes, dev: bool) -> int:
     port = free_port_from(wanted)
     if port != wanted:
         say(f"port {wanted} is busy; using {port}")
+    start_worker(procs, env)
     app = start_app(procs, env, port, dev)
     banner(port, env, dev)
     return app.proc.wait()  # until the app exits, or a signal raises here
