@@ -1,7 +1,6 @@
 """/api/auth and /api/projects/{id}/keys"""
 
 from flask.views import MethodView
-from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
 
 from polymicro.auth import service
 from polymicro.auth.schemas import (
@@ -16,7 +15,14 @@ from polymicro.auth.schemas import (
 )
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
-from polymicro.security import access, caller_is_admin, limiter, login_key, login_limit
+from polymicro.security import (
+    access,
+    caller_is_admin,
+    limiter,
+    login_key,
+    login_limit,
+    refresh_claims,
+)
 from polymicro.security import current_principal as me
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Users, login and tokens.")
@@ -58,8 +64,8 @@ class Refresh(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self):
         """A new access token, for `Authorization: Bearer <refresh token>`."""
-        verify_jwt_in_request(refresh=True)
-        return service.refresh(get_jwt_identity(), get_jwt()["iat"])
+        token = refresh_claims()
+        return service.refresh(token.user_id, token.issued_at)
 
 
 @blp.route("/me")
