@@ -31,7 +31,7 @@ from polymicro.common import caching
 from polymicro.config import Config
 from polymicro.extensions import cache, close_db
 from polymicro.logs.models import LogEntry
-from polymicro.security import access, limiter, project_scope
+from polymicro.security import access, identity, limiter, project_scope
 from tests.conftest import _empty_database, _test_config, client_as, token_for
 from tests.factories import make_project, make_service
 
@@ -454,6 +454,63 @@ def test_an_unreachable_redis_for_the_limiter_gives_no_5xx(make_app):
         == 200
     )
     assert_429(client.get(PROJECTS))  # counted in memory meanwhile
+
+
+# --- one verification per request (the limiter and access() share it) ----------------
+
+
+def count_calls(monkeypatch, module, name) -> list:
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("form", ["X-API-Key", "Bearer"])
+def test_a_key_is_verified_once_per_request_with_the_limiter_on(make_app, monkeypatch, form):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="100 per minute")
+    with app.app_context():
+        svc = make_service()
+        raw = auth.create_api_key(svc.project_id, "ci", None)["key"]
+    calls = count_calls(monkeypatch, auth, "verify_api_key")
+    headers = {"X-API-Key": raw} if form == "X-API-Key" else {"Authorization": f"Bearer {raw}"}
+    client = app.test_client()
+    response = client.get(PROJECTS, headers=headers)
+    assert_error(response, 403)
+    assert response.headers["X-RateLimit-Limit"] == "100"  # the limiter did count the key
+    assert len(calls) == 1
+    entry = {"project_id": str(svc.project_id), "service_id": str(svc.id), "message": "m"}
+    response = client.post("/api/logs", json={**entry, "severity": "info"}, headers=headers)
+    assert response.status_code == 201
+    assert len(calls) == 2
+
+
+def test_a_token_is_verified_once_per_request_with_the_limiter_on(make_app, monkeypatch):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="100 per minute")
+    calls = count_calls(monkeypatch, identity, "decode_token")
+    client = client_as(app, "viewer")
+    response = client.get(PROJECTS)
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "100"  # the limiter did count the user
+    assert len(calls) == 1
+    assert client.get(PROJECTS).status_code == 200
+    assert len(calls) == 2
+
+
+def test_a_failed_credential_is_remembered_and_raised_to_access(make_app, monkeypatch):
+    """The limiter counts a bad token by address; access() answers 401 with the same
+    outcome, without decoding again."""
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="100 per minute")
+    calls = count_calls(monkeypatch, identity, "decode_token")
+    response = app.test_client().get(PROJECTS, headers={"Authorization": "Bearer bad"})
+    assert_401(response)
+    assert response.json["message"] == "The token is not valid."
+    assert len(calls) == 1
 
 
 # --- API8: CORS -----------------------------------------------------------------------
