@@ -30,8 +30,19 @@ from polymicro.auth import service as auth
 from polymicro.common import caching
 from polymicro.config import Config
 from polymicro.extensions import cache, close_db
+from polymicro.logs import service as logs
 from polymicro.logs.models import LogEntry
-from polymicro.security import access, identity, limiter, project_scope
+from polymicro.metrics import service as metrics
+from polymicro.metrics.models import CpuPoint
+from polymicro.security import (
+    IngestRateLimited,
+    access,
+    charge_ingest,
+    identity,
+    limiter,
+    project_scope,
+)
+from polymicro.security.limits import ingest_budget
 from tests.conftest import _empty_database, _test_config, client_as, token_for
 from tests.factories import make_project, make_service
 
@@ -387,7 +398,9 @@ def test_made_up_credentials_do_not_buy_a_fresh_budget(make_app):
     assert client_as(app, "viewer").get(PROJECTS).status_code == 200  # a real user: own budget
 
 
-def test_an_api_key_has_its_own_budget(make_app):
+def test_a_keys_ingest_is_not_counted_against_the_dashboard_budget(make_app):
+    """A key writing logs is charged per entry (the ingest budget, below), not per
+    request; elsewhere (a 403) it counts per request like any client; users count."""
     app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per minute")
     with app.app_context():
         svc = make_service()
@@ -400,12 +413,20 @@ def test_an_api_key_has_its_own_budget(make_app):
     }
     key = app.test_client()
     key.environ_base["HTTP_X_API_KEY"] = raw
-    assert key.post("/api/logs", json=entry).status_code == 201
-    assert key.post("/api/logs", json=entry).status_code == 201
-    assert_429(key.post("/api/logs", json=entry))
-    assert client_as(app, "editor").post("/api/logs", json=entry).status_code == 201
+    for _ in range(5):
+        response = key.post("/api/logs", json=entry)
+        assert response.status_code == 201
+        assert "X-RateLimit-Limit" not in response.headers
+    assert key.post("/api/logs/batch", json=[entry] * 3).status_code == 201
+    assert_error(key.get(PROJECTS), 403)
+    assert_error(key.get(PROJECTS), 403)
+    assert_429(key.get(PROJECTS))
+    editor = client_as(app, "editor")
+    assert editor.post("/api/logs", json=entry).status_code == 201
+    assert editor.post("/api/logs", json=entry).status_code == 201
+    assert_429(editor.post("/api/logs", json=entry))
     with app.app_context():
-        assert LogEntry.objects.count() == 3
+        assert LogEntry.objects.count() == 10
 
 
 def test_rate_limits_can_be_switched_off(make_app):
@@ -511,6 +532,184 @@ def test_a_failed_credential_is_remembered_and_raised_to_access(make_app, monkey
     assert_401(response)
     assert response.json["message"] == "The token is not valid."
     assert len(calls) == 1
+
+
+# --- API4: the ingest budget (entries per second per project, with a burst) ------------
+#
+# With a rate of 1 entry/s the budget comes back at 1 entry per second at most, so a
+# refusal below stays a refusal for several seconds: no test depends on timing.
+
+
+@pytest.fixture
+def ingest_app(make_app):
+    """An app with a small ingest budget (20 entries, back at 1 per second), a service
+    with a CPU entry, its project's key, and a key of another project."""
+    app = make_app(RATELIMIT_ENABLED=True, INGEST_RATE_PER_SECOND=1, INGEST_BURST=20)
+    with app.app_context():
+        svc = make_service(name="api")
+        other = make_service(name="api")
+        metric = metrics.create_metric({"project_id": svc.project_id, "service_name": "api"})
+        extra = {
+            "svc": svc,
+            "other": other,
+            "metric": str(metric["id"]),
+            "key": auth.create_api_key(svc.project_id, "ci", None)["key"],
+            "other_key": auth.create_api_key(other.project_id, "ci", None)["key"],
+        }
+    return app, extra
+
+
+def log_entry(svc) -> dict:
+    return {
+        "project_id": str(svc.project_id),
+        "service_id": str(svc.id),
+        "message": "m",
+        "severity": "info",
+    }
+
+
+def key_client(app, raw):
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = raw
+    return client
+
+
+def stored_entries(app) -> tuple[int, int]:
+    with app.app_context():
+        return LogEntry.objects.count(), CpuPoint.objects.count()
+
+
+def assert_ingest_429(response, most_seconds: int) -> None:
+    assert_error(response, 429)
+    assert 1 <= int(response.headers["Retry-After"]) <= most_seconds
+    assert "ingest budget" in response.json["message"]
+
+
+def test_over_the_ingest_budget_is_429_with_retry_after_and_nothing_stored(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    entry, metric = log_entry(extra["svc"]), extra["metric"]
+    assert key.post("/api/logs/batch", json=[entry] * 20).status_code == 201  # the burst
+    assert stored_entries(app) == (20, 0)
+    for method, path, body in (
+        ("post", "/api/logs", entry),
+        ("post", "/api/logs/batch", [entry] * 5),
+        ("post", f"/api/metrics/cpu/{metric}/data", [{"load": 1.0}] * 5),
+        ("put", f"/api/metrics/cpu/{metric}", {"data": [{"load": 1.0}] * 5}),
+    ):
+        assert_ingest_429(getattr(key, method)(path, json=body), most_seconds=5)
+    assert stored_entries(app) == (20, 0)
+
+
+def test_the_budget_is_per_project_and_users_are_not_charged(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    entry = log_entry(extra["svc"])
+    assert key.post("/api/logs/batch", json=[entry] * 20).status_code == 201
+    assert_ingest_429(key.post("/api/logs", json=entry), most_seconds=1)
+    other = key_client(app, extra["other_key"])
+    assert other.post("/api/logs/batch", json=[log_entry(extra["other"])] * 20).status_code == 201
+    editor = client_as(app, "editor")  # a user's writes: the per-request budget only
+    assert editor.post("/api/logs/batch", json=[entry] * 30).status_code == 201
+    assert stored_entries(app) == (70, 0)
+
+
+def test_a_request_larger_than_the_burst_is_429_and_says_so(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    response = key.post("/api/logs/batch", json=[log_entry(extra["svc"])] * 21)
+    assert_error(response, 429)
+    assert "exceed" in response.json["message"]
+    assert int(response.headers["Retry-After"]) == 20
+    assert stored_entries(app) == (0, 0)
+    assert key.post("/api/logs/batch", json=[log_entry(extra["svc"])] * 20).status_code == 201
+
+
+def test_a_refused_or_invalid_write_is_not_charged(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    entry = log_entry(extra["svc"])
+    assert key.post("/api/logs/batch", json=[entry] * 21).status_code == 429
+    bad = {**entry, "service_id": str(extra["other"].id)}  # another project's service: 422
+    assert key.post("/api/logs/batch", json=[entry, bad]).status_code == 422
+    assert key.post("/api/logs/batch", json=[entry] * 20).status_code == 201  # still whole
+
+
+def test_charge_ingest_at_the_service_layer(ingest_app):
+    app, extra = ingest_app
+    pid = extra["svc"].project_id
+    entries = [{**log_entry(extra["svc"]), "project_id": pid, "service_id": extra["svc"].id}]
+    with app.test_request_context():
+        charge_ingest(pid, 15)
+        charge_ingest(None, 10**9)  # a user's write: not limited to a project, free
+        charge_ingest(pid, 0)
+        with pytest.raises(IngestRateLimited) as refused:
+            logs.create_logs(entries * 10, scope=pid)
+        assert refused.value.code == 429
+        assert 1 <= refused.value.retry_after <= 10
+        assert LogEntry.objects.count() == 0
+        assert len(logs.create_logs(entries * 10, scope=None)) == 10
+        assert len(logs.create_logs(entries * 5, scope=pid)) == 5
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"INGEST_RATE_PER_SECOND": 0}, {"RATELIMIT_ENABLED": False}],
+    ids=["no ingest budget", "no rate limits at all"],
+)
+def test_the_ingest_budget_can_be_switched_off(make_app, settings):
+    app = make_app(**{"RATELIMIT_ENABLED": True, "INGEST_BURST": 1, **settings})
+    with app.test_request_context():
+        for _ in range(3):
+            charge_ingest(make_project().id, 10**9)  # would be refused with a budget
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "amount", "seconds"),
+    [(5000, 20000, 20000, 4), (1, 20, 20, 20), (3, 10, 12, 4), (10, 5, 10, 1), (7, 7, 7, 1)],
+)
+def test_the_budget_is_rate_times_a_whole_window_of_burst_over_rate(rate, burst, amount, seconds):
+    item = ingest_budget(rate, burst)
+    assert (item.amount, item.get_expiry()) == (amount, seconds)
+
+
+def test_the_defaults_are_generous():
+    assert Config.INGEST_RATE_PER_SECOND == 5000
+    assert Config.INGEST_BURST == 20000
+
+
+def test_the_ingest_budget_is_counted_in_the_limiter_storage(ingest_app, redis_url):
+    """With Redis, every worker and instance shares the budget: a second app on the same
+    Redis finds it spent.  Without, it is counted in process memory."""
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    assert key.post("/api/logs/batch", json=[log_entry(extra["svc"])] * 20).status_code == 201
+    if not redis_url:
+        assert type(limiter.storage).__name__ == "MemoryStorage"
+        return
+    import redis
+
+    assert redis.Redis.from_url(redis_url).keys("*polymicro:limits*ingest*")
+    config = {**app.config, "RATELIMIT_ENABLED": True}
+    second = create_app({k: v for k, v in config.items() if k.isupper()})
+    response = key_client(second, extra["key"]).post("/api/logs", json=log_entry(extra["svc"]))
+    assert_ingest_429(response, most_seconds=1)
+
+
+def test_an_unreachable_limiter_storage_leaves_ingest_working_and_limited_in_memory(make_app):
+    app = make_app(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # nothing listens on port 1
+        INGEST_RATE_PER_SECOND=1,
+        INGEST_BURST=20,
+    )
+    with app.app_context():
+        svc = make_service()
+        raw = auth.create_api_key(svc.project_id, "ci", None)["key"]
+    key = key_client(app, raw)
+    assert key.post("/api/logs/batch", json=[log_entry(svc)] * 20).status_code == 201
+    assert_ingest_429(key.post("/api/logs", json=log_entry(svc)), most_seconds=1)
+    assert stored_entries(app) == (20, 0)
 
 
 # --- API8: CORS -----------------------------------------------------------------------

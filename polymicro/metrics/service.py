@@ -28,7 +28,7 @@ from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.observability import record_ingest
 from polymicro.projects.models import Project
-from polymicro.security import ensure_project
+from polymicro.security import charge_ingest, ensure_project
 from polymicro.services.models import Service
 
 DEFAULT_POINTS = 500  # points per entry returned by a read unless ``points`` says otherwise
@@ -191,6 +191,7 @@ def create_metric(data: dict, scope: ObjectId | None = None) -> dict:
         raise InvalidInput.field("service_name", "The project has no service with this name.")
     if CpuMetric.objects(project_id=project_id, service_id=svc.id).count():
         raise Conflict(f"Service {svc.name!r} of project {project_id} already has a CPU entry.")
+    charge_ingest(scope, len(data.get("data") or []))  # a key's points count against its budget
     metric = CpuMetric(
         project_id=project_id,
         service_id=svc.id,
@@ -214,6 +215,7 @@ def replace_points(metric_id: ObjectId, data: dict, scope: ObjectId | None = Non
     """
     metric = load_metric(metric_id)
     ensure_project(scope, metric.project_id)
+    charge_ingest(scope, len(data.get("data") or []))  # a key's points count against its budget
     if "data" in data:
         new_ids = _insert_points(metric.id, data["data"])
         _delete_points_except(metric.id, new_ids)
@@ -237,6 +239,7 @@ def append_cpu_points(
     if project_id is None:
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
     ensure_project(scope, project_id)
+    charge_ingest(scope, len(points))  # an API key's points count against its budget
     inserted = len(_insert_points(metric_id, points))
     caching.bump(caching.metrics_namespace(project_id))
     return inserted

@@ -5,7 +5,7 @@
 - :mod:`~polymicro.security.policy` — *may they*: the ``access(...)`` rule of every
   endpoint, the roles, a key's project scope (``project_scope``, ``ensure_project``).
 - :mod:`~polymicro.security.limits` — *how much*: flask-limiter's per-request and login
-  budgets.
+  budgets, and the per-project ingest budget in entries (``charge_ingest``).
 - :mod:`~polymicro.security.hardening` — security headers and CORS.
 
 Other modules import from here (``from polymicro.security import access, …``); the
@@ -33,6 +33,8 @@ from polymicro.security.identity import (
     verified_caller,
 )
 from polymicro.security.limits import (
+    IngestRateLimited,
+    charge_ingest,
     client_key,
     default_limit,
     init_limits,
@@ -59,10 +61,12 @@ __all__ = [
     "DOC_PATHS",
     "RANK",
     "ROLES",
+    "IngestRateLimited",
     "Principal",
     "access",
     "caller",
     "caller_is_admin",
+    "charge_ingest",
     "client_key",
     "current_principal",
     "default_limit",
