@@ -305,10 +305,92 @@ def test_auth_disabled_logs_a_loud_warning_and_lets_requests_pass(make_app, capl
     assert anon.delete(f"{PROJECTS}/{created.json['id']}").status_code == 204
 
 
-def test_auth_disabled_me_says_there_is_no_signed_in_user(make_app):
-    response = make_app(AUTH_ENABLED=False).test_client().get("/api/auth/me")
-    assert response.status_code == 404
-    assert response.json["message"] == "Authentication is disabled: there is no signed-in user."
+ANONYMOUS_ADMIN = {
+    "id": None,
+    "username": "anonymous",
+    "email": None,
+    "full_name": "Anonymous admin (authentication is disabled)",
+    "role": "admin",
+    "is_active": True,
+    "anonymous": True,
+    "created_at": None,
+    "updated_at": None,
+}
+
+
+def assert_matches_the_openapi_document(client, path: str, method: str, response) -> None:
+    """The response is valid against the response schema the API documents."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json)
+    schema[path][method].validate_response(response)  # raises on a mismatch
+
+
+def test_auth_disabled_me_is_a_clearly_marked_anonymous_admin(make_app):
+    """The dashboard asks /me after login; a 404 there sent it back to the login page."""
+    client = make_app(AUTH_ENABLED=False).test_client()
+    for headers in ({}, {"Authorization": "Bearer anything"}):
+        response = client.get("/api/auth/me", headers=headers)
+        assert response.status_code == 200, response.json
+        assert response.json == ANONYMOUS_ADMIN
+        assert_matches_the_openapi_document(client, "/api/auth/me", "GET", response)
+
+
+def test_auth_disabled_any_login_succeeds_with_a_warning(make_app):
+    app = make_app(AUTH_ENABLED=False)
+    client = app.test_client()
+    for response in (
+        client.post(LOGIN, json={"username": "nobody", "password": "whatever"}),
+        client.post(
+            LOGIN, data={"username": "dashboard", "password": "x", "grant_type": "password"}
+        ),
+    ):
+        assert response.status_code == 200, response.json
+        body = response.json
+        assert "authentication is disabled" in body["warning"].lower()
+        assert body["user"] == ANONYMOUS_ADMIN
+        assert body["token_type"] == "bearer"
+        with app.app_context():
+            claims = decode_token(body["access_token"])
+            assert decode_token(body["refresh_token"])["warning"] == body["warning"]
+        assert claims["warning"] == body["warning"]
+        assert claims["anonymous"] is True
+        assert claims["role"] == "admin"
+        assert_matches_the_openapi_document(client, "/api/auth/login", "POST", response)
+        me = client.get("/api/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+        assert me.json["anonymous"] is True
+    refreshed = client.post(
+        "/api/auth/refresh", headers={"Authorization": f"Bearer {body['refresh_token']}"}
+    )
+    assert refreshed.status_code == 200
+    assert refreshed.json["warning"] == body["warning"]
+    assert refreshed.json["user"] == ANONYMOUS_ADMIN
+
+
+def test_auth_disabled_the_anonymous_admin_has_no_account_to_change(make_app):
+    response = (
+        make_app(AUTH_ENABLED=False)
+        .test_client()
+        .put("/api/auth/me", json={"email": "me@example.com"})
+    )
+    assert_error(response, 403)
+    assert "anonymous admin" in response.json["message"]
+
+
+def test_a_token_of_an_auth_disabled_session_opens_nothing_with_auth_on(make_app):
+    """The same secret later serving with authentication on: the anonymous admin's
+    tokens are refused, though properly signed."""
+    off = make_app(AUTH_ENABLED=False, SECRET_KEY=STRONG_SECRET)
+    session = off.test_client().post(LOGIN, json={"username": "x", "password": "y"}).json
+    on = make_app(AUTH_ENABLED=True, SECRET_KEY=STRONG_SECRET).test_client()
+    access_token = {"Authorization": f"Bearer {session['access_token']}"}
+    for path in (PROJECTS, "/api/auth/me", "/api/auth/users"):
+        response = on.get(path, headers=access_token)
+        assert_401(response)
+        assert "authentication was disabled" in response.json["message"]
+    refresh = {"Authorization": f"Bearer {session['refresh_token']}"}
+    assert_401(on.post("/api/auth/refresh", headers=refresh))
+    assert_401(on.post(LOGIN, json={"username": "x", "password": "y"}))  # a real login now
 
 
 def test_auth_enabled_logs_no_such_warning(make_app, caplog):

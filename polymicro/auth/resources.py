@@ -21,7 +21,7 @@ from polymicro.security import (
     limiter,
     login_key,
     login_limit,
-    refresh_claims,
+    refresh_caller,
 )
 from polymicro.security import current_principal as me
 
@@ -53,7 +53,10 @@ class Login(MethodView):
     @blp.arguments(LoginSchema, location="json_or_form")
     @blp.response(200, TokenSchema)
     def post(self, data):
-        """Log in with `username` and `password` (JSON or form fields)."""
+        """Log in with `username` and `password` (JSON or form fields).
+
+        With authentication disabled, any login succeeds: the session is the anonymous
+        admin's, and says so in `warning`."""
         return service.login(data["username"], data["password"])
 
 
@@ -64,7 +67,7 @@ class Refresh(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self):
         """A new access token, for `Authorization: Bearer <refresh token>`."""
-        token = refresh_claims()
+        token = refresh_caller()
         return service.refresh(token.user_id, token.issued_at)
 
 
@@ -73,14 +76,15 @@ class Me(MethodView):
     @access("viewer")
     @blp.response(200, UserSchema)
     def get(self):
-        """The logged-in user."""
+        """The logged-in user (with authentication disabled: the anonymous admin)."""
         return service.get_user(me().user_id)
 
     @access("viewer")
     @blp.arguments(MeUpdateSchema)
     @blp.response(200, UserSchema)
     def put(self, data):
-        """Change one's e-mail or password (`current_password` needed for a password)."""
+        """Change one's e-mail, display name or password (`current_password` needed for a
+        password)."""
         return service.update_me(me().user_id, data)
 
 

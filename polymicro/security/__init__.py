@@ -29,7 +29,7 @@ from polymicro.security.identity import (
     has_credentials,
     init_identity,
     jwt,
-    refresh_claims,
+    refresh_caller,
     verified_caller,
 )
 from polymicro.security.limits import (
@@ -78,7 +78,7 @@ __all__ = [
     "login_key",
     "login_limit",
     "project_scope",
-    "refresh_claims",
+    "refresh_caller",
     "verified_caller",
 ]
 

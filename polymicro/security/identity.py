@@ -115,11 +115,11 @@ def has_credentials() -> bool:
     return bool(request.headers.get(API_KEY_HEADER) or request.headers.get("Authorization"))
 
 
-def refresh_claims() -> Principal | None:
-    """The user of the refresh token this request presents (a 401 otherwise), or None
-    when authentication is disabled (there is nothing to verify then)."""
+def refresh_caller() -> Principal:
+    """The user of the refresh token this request presents (a 401 otherwise); the
+    anonymous admin when authentication is disabled (there is nothing to verify then)."""
     if not current_app.config["AUTH_ENABLED"]:
-        return None
+        return ANONYMOUS_ADMIN
     principal = caller()
     if principal.kind != "user" or principal.jwt_type != "refresh":
         raise Unauthorized("Send a refresh token here (an access token does not refresh).")
@@ -177,6 +177,8 @@ def _token_principal() -> Principal:
     if not authorization.token or " " in authorization.token:
         raise InvalidHeaderError("Expected 'Authorization: Bearer <JWT>'")
     claims = decode_token(authorization.token)  # signature, algorithm, expiry
+    if claims.get("anonymous"):
+        raise Unauthorized("This token was issued while authentication was disabled; log in again.")
     return Principal(
         kind="user",
         role=claims.get("role", "viewer"),
