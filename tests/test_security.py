@@ -916,6 +916,9 @@ def test_the_openapi_document_declares_who_may_call_what(anon_client):
     assert paths["/api/auth/login"]["post"]["security"] == []
     assert paths["/api/projects/"]["get"]["security"] == [{"bearerAuth": []}]
     assert paths["/api/logs/"]["post"]["security"] == [{"bearerAuth": []}, {"apiKey": []}]
+    assert "Basic" in paths["/api/logs/"]["post"]["description"]  # the three key forms
+    assert "429" in paths["/api/logs/batch"]["post"]["responses"]  # the ingest budget
+    assert "429" not in paths["/api/projects/"]["post"]["responses"]
 
 
 # --- injection ------------------------------------------------------------------------

@@ -41,6 +41,12 @@ AUTH_RESPONSES = {
     "401": {"description": "Missing, invalid or expired credentials."},
     "403": {"description": "Authenticated, but not allowed."},
 }
+INGEST_RESPONSES = {
+    "429": {
+        "description": "An API key's project is over its ingest budget (entries per second); "
+        "nothing was stored. Retry after `Retry-After` seconds."
+    }
+}
 
 
 def access(role: str | None = None, *, keys: bool = False, public: bool = False):
@@ -79,7 +85,7 @@ def _apidoc(func, role: str | None, keys: bool, public: bool) -> dict:
     return {
         "security": [{"bearerAuth": []}] + ([{"apiKey": []}] if keys else []),
         "description": f"{described}\n\nRequires {who}.".strip(),
-        "responses": AUTH_RESPONSES,
+        "responses": AUTH_RESPONSES | (INGEST_RESPONSES if keys else {}),
     }
 
 
