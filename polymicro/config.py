@@ -38,6 +38,11 @@ class Config:
     RATELIMIT_LOGIN = "10 per minute"
     # Empty: REDIS_URL when set, else in-process memory.
     RATELIMIT_STORAGE_URI = ""
+    # What a project API key writes (log entries, CPU points) is charged per entry to its
+    # project: this many entries per second, with bursts of INGEST_BURST (Loki-style;
+    # shared through the rate-limit storage).  0: no ingest budget.
+    INGEST_RATE_PER_SECOND = 5000
+    INGEST_BURST = 20000
     # Comma-separated origins allowed by CORS; empty: none.  "*" never sends credentials.
     CORS_ORIGINS = ""
     # --- observability (issue 5) -----------------------------------------------------

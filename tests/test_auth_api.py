@@ -114,6 +114,33 @@ def test_open_registration_gives_a_viewer(app, anon_client, ctx):
     assert tokens(app)["user"]["role"] == "viewer"
 
 
+def test_open_registration_takes_the_dashboards_form_with_a_full_name(app, anon_client, ctx):
+    """The original dashboard's register form sends username, email, password and
+    full_name; the full name is the user's display name from then on."""
+    app.config["ALLOW_REGISTRATION"] = True
+    form = body("grace", full_name="  Grace Hopper  ")
+    response = anon_client.post(REGISTER, json=form)
+    assert response.status_code == 201, response.json
+    assert response.json["full_name"] == "Grace Hopper"
+    assert response.json["anonymous"] is False
+    assert User.objects.get(username="grace").full_name == "Grace Hopper"
+    session = tokens(app, "grace")
+    assert session["user"]["full_name"] == "Grace Hopper"
+    assert "warning" not in session
+    me = app.test_client().get("/api/auth/me", headers=bearer(session["access_token"]))
+    assert me.json["full_name"] == "Grace Hopper"
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"), [(None, None), ("", None), ("   ", None), ("x" * 100, "x" * 100)]
+)
+def test_the_full_name_is_optional_and_at_most_100_characters(client, ctx, sent, kept):
+    response = client.post(REGISTER, json=body(full_name=sent))
+    assert response.status_code == 201, response.json
+    assert response.json["full_name"] == kept
+    assert client.post(REGISTER, json=body("nameless")).json["full_name"] is None
+
+
 @pytest.mark.parametrize("role", ["admin", "editor", "viewer"])
 def test_open_registration_refuses_a_chosen_role(app, anon_client, ctx, role):
     app.config["ALLOW_REGISTRATION"] = True
@@ -155,6 +182,8 @@ def test_a_duplicate_email_in_any_case_is_409(client, ctx):
         ("username", "has space"),
         ("username", "x" * 51),
         ("email", "not-an-email"),
+        ("full_name", "x" * 101),
+        ("full_name", 42),
     ],
 )
 def test_weak_long_or_malformed_fields_are_422(client, ctx, field, value):
@@ -353,6 +382,17 @@ def test_put_me_changes_the_email(alice):
     assert User.objects.get(id=user["id"]).email == "alice.new@example.com"
 
 
+def test_put_me_changes_and_clears_the_display_name(alice):
+    _, user_client = alice
+    response = user_client.put(ME, json={"full_name": "Alice Liddell"})
+    assert response.status_code == 200, response.json
+    assert response.json["full_name"] == "Alice Liddell"
+    assert User.objects.get(username="alice").full_name == "Alice Liddell"
+    assert user_client.put(ME, json={"full_name": None}).json["full_name"] is None
+    assert_error(user_client.put(ME, json={"full_name": "x" * 101}), 422)
+    assert User.objects.get(username="alice").full_name is None
+
+
 def test_put_me_with_an_email_another_user_has_is_409(app, alice):
     new_user(app, "bob")
     _, user_client = alice
@@ -410,8 +450,9 @@ def test_an_admin_lists_users_without_secrets(app, client, ctx):
     response = client.get(USERS)
     assert response.status_code == 200
     assert [u["username"] for u in response.json] == ["alice", "bob", "carol"]
-    assert all(set(u) == {"id", "username", "email", "role", "is_active", "created_at",
-                          "updated_at"} for u in response.json)  # fmt: skip
+    fields = {"id", "username", "email", "full_name", "role", "is_active", "anonymous"}
+    assert all(set(u) == fields | {"created_at", "updated_at"} for u in response.json)
+    assert not any(u["anonymous"] for u in response.json)
     assert json.loads(response.headers["X-Pagination"])["total"] == 3
 
 

@@ -471,6 +471,36 @@ def test_ensure_project_forbids_a_key_another_project():
         security.ensure_project(ObjectId(), ObjectId())
 
 
-def test_with_auth_disabled_there_is_no_signed_in_user(ctx):
-    with pytest.raises(NotFound, match="Authentication is disabled"):
+def test_with_auth_disabled_the_caller_is_the_anonymous_admin(ctx):
+    ctx.config["AUTH_ENABLED"] = False
+    user = auth.get_user(None)
+    assert user["anonymous"] is True
+    assert user["role"] == "admin"
+    assert user["id"] is None
+    with pytest.raises(Forbidden, match="anonymous admin"):
+        auth.update_me(None, {"email": "x@example.com"})
+
+
+def test_with_auth_enabled_there_is_no_anonymous_user(ctx):
+    with pytest.raises(NotFound):
         auth.get_user(None)
+
+
+def test_with_auth_disabled_any_login_and_refresh_give_a_warning_bearing_session(ctx):
+    ctx.config["AUTH_ENABLED"] = False
+    for session in (auth.login("nobody", "anything"), auth.refresh(None, None)):
+        assert session["user"]["anonymous"] is True
+        assert "disabled" in session["warning"]
+        assert decode_token(session["access_token"])["warning"] == session["warning"]
+    assert User.objects.count() == 0
+
+
+def test_a_full_name_is_stored_and_shown(ctx):
+    user = auth.register_user(
+        {"username": "grace", "email": "g@example.com", "password": PASSWORD, "full_name": "G H"},
+        by_admin=True,
+    )
+    assert user["full_name"] == "G H"
+    assert stored(user).full_name == "G H"
+    assert auth.update_me(user["id"], {"full_name": "Grace"})["full_name"] == "Grace"
+    assert auth.update_me(user["id"], {"full_name": ""})["full_name"] is None

@@ -30,8 +30,19 @@ from polymicro.auth import service as auth
 from polymicro.common import caching
 from polymicro.config import Config
 from polymicro.extensions import cache, close_db
+from polymicro.logs import service as logs
 from polymicro.logs.models import LogEntry
-from polymicro.security import access, limiter, project_scope
+from polymicro.metrics import service as metrics
+from polymicro.metrics.models import CpuPoint
+from polymicro.security import (
+    IngestRateLimited,
+    access,
+    charge_ingest,
+    identity,
+    limiter,
+    project_scope,
+)
+from polymicro.security.limits import ingest_budget
 from tests.conftest import _empty_database, _test_config, client_as, token_for
 from tests.factories import make_project, make_service
 
@@ -294,10 +305,92 @@ def test_auth_disabled_logs_a_loud_warning_and_lets_requests_pass(make_app, capl
     assert anon.delete(f"{PROJECTS}/{created.json['id']}").status_code == 204
 
 
-def test_auth_disabled_me_says_there_is_no_signed_in_user(make_app):
-    response = make_app(AUTH_ENABLED=False).test_client().get("/api/auth/me")
-    assert response.status_code == 404
-    assert response.json["message"] == "Authentication is disabled: there is no signed-in user."
+ANONYMOUS_ADMIN = {
+    "id": None,
+    "username": "anonymous",
+    "email": None,
+    "full_name": "Anonymous admin (authentication is disabled)",
+    "role": "admin",
+    "is_active": True,
+    "anonymous": True,
+    "created_at": None,
+    "updated_at": None,
+}
+
+
+def assert_matches_the_openapi_document(client, path: str, method: str, response) -> None:
+    """The response is valid against the response schema the API documents."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json)
+    schema[path][method].validate_response(response)  # raises on a mismatch
+
+
+def test_auth_disabled_me_is_a_clearly_marked_anonymous_admin(make_app):
+    """The dashboard asks /me after login; a 404 there sent it back to the login page."""
+    client = make_app(AUTH_ENABLED=False).test_client()
+    for headers in ({}, {"Authorization": "Bearer anything"}):
+        response = client.get("/api/auth/me", headers=headers)
+        assert response.status_code == 200, response.json
+        assert response.json == ANONYMOUS_ADMIN
+        assert_matches_the_openapi_document(client, "/api/auth/me", "GET", response)
+
+
+def test_auth_disabled_any_login_succeeds_with_a_warning(make_app):
+    app = make_app(AUTH_ENABLED=False)
+    client = app.test_client()
+    for response in (
+        client.post(LOGIN, json={"username": "nobody", "password": "whatever"}),
+        client.post(
+            LOGIN, data={"username": "dashboard", "password": "x", "grant_type": "password"}
+        ),
+    ):
+        assert response.status_code == 200, response.json
+        body = response.json
+        assert "authentication is disabled" in body["warning"].lower()
+        assert body["user"] == ANONYMOUS_ADMIN
+        assert body["token_type"] == "bearer"
+        with app.app_context():
+            claims = decode_token(body["access_token"])
+            assert decode_token(body["refresh_token"])["warning"] == body["warning"]
+        assert claims["warning"] == body["warning"]
+        assert claims["anonymous"] is True
+        assert claims["role"] == "admin"
+        assert_matches_the_openapi_document(client, "/api/auth/login", "POST", response)
+        me = client.get("/api/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+        assert me.json["anonymous"] is True
+    refreshed = client.post(
+        "/api/auth/refresh", headers={"Authorization": f"Bearer {body['refresh_token']}"}
+    )
+    assert refreshed.status_code == 200
+    assert refreshed.json["warning"] == body["warning"]
+    assert refreshed.json["user"] == ANONYMOUS_ADMIN
+
+
+def test_auth_disabled_the_anonymous_admin_has_no_account_to_change(make_app):
+    response = (
+        make_app(AUTH_ENABLED=False)
+        .test_client()
+        .put("/api/auth/me", json={"email": "me@example.com"})
+    )
+    assert_error(response, 403)
+    assert "anonymous admin" in response.json["message"]
+
+
+def test_a_token_of_an_auth_disabled_session_opens_nothing_with_auth_on(make_app):
+    """The same secret later serving with authentication on: the anonymous admin's
+    tokens are refused, though properly signed."""
+    off = make_app(AUTH_ENABLED=False, SECRET_KEY=STRONG_SECRET)
+    session = off.test_client().post(LOGIN, json={"username": "x", "password": "y"}).json
+    on = make_app(AUTH_ENABLED=True, SECRET_KEY=STRONG_SECRET).test_client()
+    access_token = {"Authorization": f"Bearer {session['access_token']}"}
+    for path in (PROJECTS, "/api/auth/me", "/api/auth/users"):
+        response = on.get(path, headers=access_token)
+        assert_401(response)
+        assert "authentication was disabled" in response.json["message"]
+    refresh = {"Authorization": f"Bearer {session['refresh_token']}"}
+    assert_401(on.post("/api/auth/refresh", headers=refresh))
+    assert_401(on.post(LOGIN, json={"username": "x", "password": "y"}))  # a real login now
 
 
 def test_auth_enabled_logs_no_such_warning(make_app, caplog):
@@ -387,7 +480,9 @@ def test_made_up_credentials_do_not_buy_a_fresh_budget(make_app):
     assert client_as(app, "viewer").get(PROJECTS).status_code == 200  # a real user: own budget
 
 
-def test_an_api_key_has_its_own_budget(make_app):
+def test_a_keys_ingest_is_not_counted_against_the_dashboard_budget(make_app):
+    """A key writing logs is charged per entry (the ingest budget, below), not per
+    request; elsewhere (a 403) it counts per request like any client; users count."""
     app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2 per minute")
     with app.app_context():
         svc = make_service()
@@ -400,12 +495,20 @@ def test_an_api_key_has_its_own_budget(make_app):
     }
     key = app.test_client()
     key.environ_base["HTTP_X_API_KEY"] = raw
-    assert key.post("/api/logs", json=entry).status_code == 201
-    assert key.post("/api/logs", json=entry).status_code == 201
-    assert_429(key.post("/api/logs", json=entry))
-    assert client_as(app, "editor").post("/api/logs", json=entry).status_code == 201
+    for _ in range(5):
+        response = key.post("/api/logs", json=entry)
+        assert response.status_code == 201
+        assert "X-RateLimit-Limit" not in response.headers
+    assert key.post("/api/logs/batch", json=[entry] * 3).status_code == 201
+    assert_error(key.get(PROJECTS), 403)
+    assert_error(key.get(PROJECTS), 403)
+    assert_429(key.get(PROJECTS))
+    editor = client_as(app, "editor")
+    assert editor.post("/api/logs", json=entry).status_code == 201
+    assert editor.post("/api/logs", json=entry).status_code == 201
+    assert_429(editor.post("/api/logs", json=entry))
     with app.app_context():
-        assert LogEntry.objects.count() == 3
+        assert LogEntry.objects.count() == 10
 
 
 def test_rate_limits_can_be_switched_off(make_app):
@@ -454,6 +557,241 @@ def test_an_unreachable_redis_for_the_limiter_gives_no_5xx(make_app):
         == 200
     )
     assert_429(client.get(PROJECTS))  # counted in memory meanwhile
+
+
+# --- one verification per request (the limiter and access() share it) ----------------
+
+
+def count_calls(monkeypatch, module, name) -> list:
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("form", ["X-API-Key", "Bearer"])
+def test_a_key_is_verified_once_per_request_with_the_limiter_on(make_app, monkeypatch, form):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="100 per minute")
+    with app.app_context():
+        svc = make_service()
+        raw = auth.create_api_key(svc.project_id, "ci", None)["key"]
+    calls = count_calls(monkeypatch, auth, "verify_api_key")
+    headers = {"X-API-Key": raw} if form == "X-API-Key" else {"Authorization": f"Bearer {raw}"}
+    client = app.test_client()
+    response = client.get(PROJECTS, headers=headers)
+    assert_error(response, 403)
+    assert response.headers["X-RateLimit-Limit"] == "100"  # the limiter did count the key
+    assert len(calls) == 1
+    entry = {"project_id": str(svc.project_id), "service_id": str(svc.id), "message": "m"}
+    response = client.post("/api/logs", json={**entry, "severity": "info"}, headers=headers)
+    assert response.status_code == 201
+    assert len(calls) == 2
+
+
+def test_a_token_is_verified_once_per_request_with_the_limiter_on(make_app, monkeypatch):
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="100 per minute")
+    calls = count_calls(monkeypatch, identity, "decode_token")
+    client = client_as(app, "viewer")
+    response = client.get(PROJECTS)
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "100"  # the limiter did count the user
+    assert len(calls) == 1
+    assert client.get(PROJECTS).status_code == 200
+    assert len(calls) == 2
+
+
+def test_a_failed_credential_is_remembered_and_raised_to_access(make_app, monkeypatch):
+    """The limiter counts a bad token by address; access() answers 401 with the same
+    outcome, without decoding again."""
+    app = make_app(RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="100 per minute")
+    calls = count_calls(monkeypatch, identity, "decode_token")
+    response = app.test_client().get(PROJECTS, headers={"Authorization": "Bearer bad"})
+    assert_401(response)
+    assert response.json["message"] == "The token is not valid."
+    assert len(calls) == 1
+
+
+# --- API4: the ingest budget (entries per second per project, with a burst) ------------
+#
+# With a rate of 1 entry/s the budget comes back at 1 entry per second at most, so a
+# refusal below stays a refusal for several seconds: no test depends on timing.
+
+
+@pytest.fixture
+def ingest_app(make_app):
+    """An app with a small ingest budget (20 entries, back at 1 per second), a service
+    with a CPU entry, its project's key, and a key of another project."""
+    app = make_app(RATELIMIT_ENABLED=True, INGEST_RATE_PER_SECOND=1, INGEST_BURST=20)
+    with app.app_context():
+        svc = make_service(name="api")
+        other = make_service(name="api")
+        metric = metrics.create_metric({"project_id": svc.project_id, "service_name": "api"})
+        extra = {
+            "svc": svc,
+            "other": other,
+            "metric": str(metric["id"]),
+            "key": auth.create_api_key(svc.project_id, "ci", None)["key"],
+            "other_key": auth.create_api_key(other.project_id, "ci", None)["key"],
+        }
+    return app, extra
+
+
+def log_entry(svc) -> dict:
+    return {
+        "project_id": str(svc.project_id),
+        "service_id": str(svc.id),
+        "message": "m",
+        "severity": "info",
+    }
+
+
+def key_client(app, raw):
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = raw
+    return client
+
+
+def stored_entries(app) -> tuple[int, int]:
+    with app.app_context():
+        return LogEntry.objects.count(), CpuPoint.objects.count()
+
+
+def assert_ingest_429(response, most_seconds: int) -> None:
+    assert_error(response, 429)
+    assert 1 <= int(response.headers["Retry-After"]) <= most_seconds
+    assert "ingest budget" in response.json["message"]
+
+
+def test_over_the_ingest_budget_is_429_with_retry_after_and_nothing_stored(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    entry, metric = log_entry(extra["svc"]), extra["metric"]
+    assert key.post("/api/logs/batch", json=[entry] * 20).status_code == 201  # the burst
+    assert stored_entries(app) == (20, 0)
+    for method, path, body in (
+        ("post", "/api/logs", entry),
+        ("post", "/api/logs/batch", [entry] * 5),
+        ("post", f"/api/metrics/cpu/{metric}/data", [{"load": 1.0}] * 5),
+        ("put", f"/api/metrics/cpu/{metric}", {"data": [{"load": 1.0}] * 5}),
+    ):
+        assert_ingest_429(getattr(key, method)(path, json=body), most_seconds=5)
+    assert stored_entries(app) == (20, 0)
+
+
+def test_the_budget_is_per_project_and_users_are_not_charged(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    entry = log_entry(extra["svc"])
+    assert key.post("/api/logs/batch", json=[entry] * 20).status_code == 201
+    assert_ingest_429(key.post("/api/logs", json=entry), most_seconds=1)
+    other = key_client(app, extra["other_key"])
+    assert other.post("/api/logs/batch", json=[log_entry(extra["other"])] * 20).status_code == 201
+    editor = client_as(app, "editor")  # a user's writes: the per-request budget only
+    assert editor.post("/api/logs/batch", json=[entry] * 30).status_code == 201
+    assert stored_entries(app) == (70, 0)
+
+
+def test_a_request_larger_than_the_burst_is_429_and_says_so(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    response = key.post("/api/logs/batch", json=[log_entry(extra["svc"])] * 21)
+    assert_error(response, 429)
+    assert "exceed" in response.json["message"]
+    assert int(response.headers["Retry-After"]) == 20
+    assert stored_entries(app) == (0, 0)
+    assert key.post("/api/logs/batch", json=[log_entry(extra["svc"])] * 20).status_code == 201
+
+
+def test_a_refused_or_invalid_write_is_not_charged(ingest_app):
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    entry = log_entry(extra["svc"])
+    assert key.post("/api/logs/batch", json=[entry] * 21).status_code == 429
+    bad = {**entry, "service_id": str(extra["other"].id)}  # another project's service: 422
+    assert key.post("/api/logs/batch", json=[entry, bad]).status_code == 422
+    assert key.post("/api/logs/batch", json=[entry] * 20).status_code == 201  # still whole
+
+
+def test_charge_ingest_at_the_service_layer(ingest_app):
+    app, extra = ingest_app
+    pid = extra["svc"].project_id
+    entries = [{**log_entry(extra["svc"]), "project_id": pid, "service_id": extra["svc"].id}]
+    with app.test_request_context():
+        charge_ingest(pid, 15)
+        charge_ingest(None, 10**9)  # a user's write: not limited to a project, free
+        charge_ingest(pid, 0)
+        with pytest.raises(IngestRateLimited) as refused:
+            logs.create_logs(entries * 10, scope=pid)
+        assert refused.value.code == 429
+        assert 1 <= refused.value.retry_after <= 10
+        assert LogEntry.objects.count() == 0
+        assert len(logs.create_logs(entries * 10, scope=None)) == 10
+        assert len(logs.create_logs(entries * 5, scope=pid)) == 5
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"INGEST_RATE_PER_SECOND": 0}, {"RATELIMIT_ENABLED": False}],
+    ids=["no ingest budget", "no rate limits at all"],
+)
+def test_the_ingest_budget_can_be_switched_off(make_app, settings):
+    app = make_app(**{"RATELIMIT_ENABLED": True, "INGEST_BURST": 1, **settings})
+    with app.test_request_context():
+        for _ in range(3):
+            charge_ingest(make_project().id, 10**9)  # would be refused with a budget
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "amount", "seconds"),
+    [(5000, 20000, 20000, 4), (1, 20, 20, 20), (3, 10, 12, 4), (10, 5, 10, 1), (7, 7, 7, 1)],
+)
+def test_the_budget_is_rate_times_a_whole_window_of_burst_over_rate(rate, burst, amount, seconds):
+    item = ingest_budget(rate, burst)
+    assert (item.amount, item.get_expiry()) == (amount, seconds)
+
+
+def test_the_defaults_are_generous():
+    assert Config.INGEST_RATE_PER_SECOND == 5000
+    assert Config.INGEST_BURST == 20000
+
+
+def test_the_ingest_budget_is_counted_in_the_limiter_storage(ingest_app, redis_url):
+    """With Redis, every worker and instance shares the budget: a second app on the same
+    Redis finds it spent.  Without, it is counted in process memory."""
+    app, extra = ingest_app
+    key = key_client(app, extra["key"])
+    assert key.post("/api/logs/batch", json=[log_entry(extra["svc"])] * 20).status_code == 201
+    if not redis_url:
+        assert type(limiter.storage).__name__ == "MemoryStorage"
+        return
+    import redis
+
+    assert redis.Redis.from_url(redis_url).keys("*polymicro:limits*ingest*")
+    config = {**app.config, "RATELIMIT_ENABLED": True}
+    second = create_app({k: v for k, v in config.items() if k.isupper()})
+    response = key_client(second, extra["key"]).post("/api/logs", json=log_entry(extra["svc"]))
+    assert_ingest_429(response, most_seconds=1)
+
+
+def test_an_unreachable_limiter_storage_leaves_ingest_working_and_limited_in_memory(make_app):
+    app = make_app(
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="redis://127.0.0.1:1/0",  # nothing listens on port 1
+        INGEST_RATE_PER_SECOND=1,
+        INGEST_BURST=20,
+    )
+    with app.app_context():
+        svc = make_service()
+        raw = auth.create_api_key(svc.project_id, "ci", None)["key"]
+    key = key_client(app, raw)
+    assert key.post("/api/logs/batch", json=[log_entry(svc)] * 20).status_code == 201
+    assert_ingest_429(key.post("/api/logs", json=log_entry(svc)), most_seconds=1)
+    assert stored_entries(app) == (20, 0)
 
 
 # --- API8: CORS -----------------------------------------------------------------------
@@ -579,6 +917,9 @@ def test_the_openapi_document_declares_who_may_call_what(anon_client):
     assert paths["/api/auth/login"]["post"]["security"] == []
     assert paths["/api/projects/"]["get"]["security"] == [{"bearerAuth": []}]
     assert paths["/api/logs/"]["post"]["security"] == [{"bearerAuth": []}, {"apiKey": []}]
+    assert "Basic" in paths["/api/logs/"]["post"]["description"]  # the three key forms
+    assert "429" in paths["/api/logs/batch"]["post"]["responses"]  # the ingest budget
+    assert "429" not in paths["/api/projects/"]["post"]["responses"]
 
 
 # --- injection ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ class User(TimestampedDocument):
     username = me.StringField(required=True, max_length=50)
     username_key = me.StringField(required=True)  # casefold: unique case-insensitively
     email = me.StringField(required=True, max_length=254)  # stored lower-case, unique
+    full_name = me.StringField(max_length=100)  # display name (optional)
     password_hash = me.StringField(required=True)  # argon2id
     role = me.StringField(required=True, choices=ROLES, default="viewer")
     is_active = me.BooleanField(required=True, default=True)

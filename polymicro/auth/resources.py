@@ -1,7 +1,6 @@
 """/api/auth and /api/projects/{id}/keys"""
 
 from flask.views import MethodView
-from flask_jwt_extended import get_jwt, get_jwt_identity, verify_jwt_in_request
 
 from polymicro.auth import service
 from polymicro.auth.schemas import (
@@ -16,7 +15,14 @@ from polymicro.auth.schemas import (
 )
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
-from polymicro.security import access, caller_is_admin, limiter, login_key, login_limit
+from polymicro.security import (
+    access,
+    caller_is_admin,
+    limiter,
+    login_key,
+    login_limit,
+    refresh_caller,
+)
 from polymicro.security import current_principal as me
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Users, login and tokens.")
@@ -47,7 +53,10 @@ class Login(MethodView):
     @blp.arguments(LoginSchema, location="json_or_form")
     @blp.response(200, TokenSchema)
     def post(self, data):
-        """Log in with `username` and `password` (JSON or form fields)."""
+        """Log in with `username` and `password` (JSON or form fields).
+
+        With authentication disabled, any login succeeds: the session is the anonymous
+        admin's, and says so in `warning`."""
         return service.login(data["username"], data["password"])
 
 
@@ -58,8 +67,8 @@ class Refresh(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self):
         """A new access token, for `Authorization: Bearer <refresh token>`."""
-        verify_jwt_in_request(refresh=True)
-        return service.refresh(get_jwt_identity(), get_jwt()["iat"])
+        token = refresh_caller()
+        return service.refresh(token.user_id, token.issued_at)
 
 
 @blp.route("/me")
@@ -67,14 +76,15 @@ class Me(MethodView):
     @access("viewer")
     @blp.response(200, UserSchema)
     def get(self):
-        """The logged-in user."""
+        """The logged-in user (with authentication disabled: the anonymous admin)."""
         return service.get_user(me().user_id)
 
     @access("viewer")
     @blp.arguments(MeUpdateSchema)
     @blp.response(200, UserSchema)
     def put(self, data):
-        """Change one's e-mail or password (`current_password` needed for a password)."""
+        """Change one's e-mail, display name or password (`current_password` needed for a
+        password)."""
         return service.update_me(me().user_id, data)
 
 

@@ -12,20 +12,39 @@ USERNAME = validate.Regexp(
     r"^[A-Za-z0-9._-]{3,50}$", error="3-50 characters of letters, digits, '.', '_' or '-'."
 )
 PASSWORD = validate.Length(min=8, max=128, error="A password has 8 to 128 characters.")
+FULL_NAME = validate.Length(max=100)
 
 
 class UserSchema(BaseSchema):
-    id = ObjectIdString(dump_only=True)
-    username = Trimmed(required=True, validate=USERNAME)
-    email = fields.Email(required=True, validate=validate.Length(max=254))
+    """A user as the API shows it.  With authentication disabled, ``/api/auth/me`` shows
+    the anonymous admin every request acts as: ``anonymous`` is true, and ``id``,
+    ``email`` and the times are null."""
+
+    id = ObjectIdString(dump_only=True, allow_none=True)
+    username = fields.String(required=True, dump_only=True)
+    email = fields.Email(dump_only=True, allow_none=True)
+    full_name = fields.String(
+        dump_only=True, allow_none=True, metadata={"description": "Display name."}
+    )
     role = CaseInsensitiveChoice(ROLES, dump_only=True)
     is_active = fields.Boolean(dump_only=True)
-    created_at = UTCDateTime(dump_only=True)
-    updated_at = UTCDateTime(dump_only=True)
+    anonymous = fields.Boolean(
+        dump_only=True,
+        metadata={"description": "True only for the anonymous admin (authentication off)."},
+    )
+    created_at = UTCDateTime(dump_only=True, allow_none=True)
+    updated_at = UTCDateTime(dump_only=True, allow_none=True)
 
 
-class RegisterSchema(UserSchema):
+class RegisterSchema(BaseSchema):
+    username = Trimmed(required=True, validate=USERNAME)
+    email = fields.Email(required=True, validate=validate.Length(max=254))
     password = fields.String(required=True, load_only=True, validate=PASSWORD)
+    full_name = Trimmed(
+        allow_none=True,
+        validate=FULL_NAME,
+        metadata={"description": "Display name (optional; the dashboard's form sends it)."},
+    )
     role = CaseInsensitiveChoice(
         ROLES, metadata={"description": "Only an admin may choose; default viewer."}
     )
@@ -49,10 +68,14 @@ class TokenSchema(Schema):
     token_type = fields.String(metadata={"description": "Always `bearer`."})
     expires_in = fields.Integer(metadata={"description": "Seconds the access token lives."})
     user = fields.Nested(UserSchema)
+    warning = fields.String(
+        metadata={"description": "Only when authentication is disabled: says so."}
+    )
 
 
 class MeUpdateSchema(BaseSchema):
     email = fields.Email(validate=validate.Length(max=254))
+    full_name = Trimmed(allow_none=True, validate=FULL_NAME)
     password = fields.String(load_only=True, validate=PASSWORD)
     current_password = fields.String(
         load_only=True, metadata={"description": "Required to change the password."}

@@ -2,6 +2,13 @@
 
 Passwords are hashed with argon2id (argon2-cffi).  A failed login says the same thing,
 and costs the same time, whether the user exists or not.
+
+With authentication disabled (``AUTH_ENABLED=false``) every request acts as an anonymous
+admin.  So that the dashboard works in that mode too, ``/me`` shows that admin (marked
+``anonymous``), and any login (and refresh) succeeds with a session of it whose tokens
+and body carry a ``warning``.  Those tokens are marked ``anonymous``: should the same
+secret later serve with authentication on, they open nothing (see
+polymicro.security.identity).
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from polymicro.projects import service as projects
 KEYS = caching.Namespace("api-keys")  # key lookups, bumped on every key change
 KEY_PREFIX = "pmk_"
 BAD_LOGIN = "Unknown user or wrong password."
+ANONYMOUS_WARNING = (
+    "Authentication is disabled (POLYMICRO_AUTH_ENABLED=false): every request acts as an "
+    "anonymous admin, whatever the credentials. For local experiments only."
+)
 
 
 def _hasher() -> PasswordHasher:
@@ -50,10 +61,38 @@ def _password_matches(password_hash: str, password: str) -> bool:
 
 
 def user_view(user: User) -> dict:
-    view = as_view(user)
+    view = as_view(user, anonymous=False)
     view.pop("password_hash")
     view.pop("tokens_valid_after")
     return view
+
+
+def anonymous_user() -> dict:
+    """The admin every request acts as when authentication is disabled."""
+    return {
+        "id": None,
+        "username": "anonymous",
+        "email": None,
+        "full_name": "Anonymous admin (authentication is disabled)",
+        "role": "admin",
+        "is_active": True,
+        "anonymous": True,
+        "created_at": None,
+        "updated_at": None,
+    }
+
+
+def _anonymous_session() -> dict:
+    marks = {"anonymous": True, "warning": ANONYMOUS_WARNING}
+    claims = {"role": "admin", "username": "anonymous", **marks}
+    return {
+        "access_token": create_access_token(identity="anonymous", additional_claims=claims),
+        "refresh_token": create_refresh_token(identity="anonymous", additional_claims=marks),
+        "token_type": "bearer",
+        "expires_in": current_app.config["ACCESS_TOKEN_MINUTES"] * 60,
+        "user": anonymous_user(),
+        "warning": ANONYMOUS_WARNING,
+    }
 
 
 # --- users -------------------------------------------------------------------------------
@@ -85,6 +124,7 @@ def register_user(data: dict, by_admin: bool = False) -> dict:
         username=data["username"],
         username_key=name_key(data["username"]),
         email=data["email"].lower(),
+        full_name=data.get("full_name") or None,
         password_hash=hash_password(data["password"]),
         role=data.get("role", "viewer"),
     )
@@ -110,6 +150,10 @@ def _access_token(user: User) -> str:
 
 
 def login(username: str, password: str) -> dict:
+    """A session (access and refresh tokens) for a user's right password; with
+    authentication disabled, any login gives the anonymous admin's session."""
+    if not current_app.config["AUTH_ENABLED"]:
+        return _anonymous_session()
     user = authenticate(username, password)
     return {
         "access_token": _access_token(user),
@@ -120,9 +164,12 @@ def login(username: str, password: str) -> dict:
     }
 
 
-def refresh(user_id: str, issued_at: int) -> dict:
+def refresh(user_id: str | None, issued_at: int | None) -> dict:
     """A new access token, with the user's current role (re-read here).  A refresh token
-    issued before the last password change (or deactivation) is refused."""
+    issued before the last password change (or deactivation) is refused.  With
+    authentication disabled: the anonymous admin's session."""
+    if not current_app.config["AUTH_ENABLED"]:
+        return _anonymous_session()
     user = User.objects(id=user_id).first() if ObjectId.is_valid(user_id) else None
     if user is None or not user.is_active:
         raise Unauthorized("This account no longer exists or is disabled.")
@@ -147,11 +194,17 @@ def _load_user(user_id) -> User:
 
 
 def get_user(user_id) -> dict:
+    """A user; ``None`` with authentication disabled: the anonymous admin."""
+    if user_id is None and not current_app.config["AUTH_ENABLED"]:
+        return anonymous_user()
     return user_view(_load_user(user_id))
 
 
 def update_me(user_id, data: dict) -> dict:
-    """Change one's e-mail and/or password (the current password is required for that)."""
+    """Change one's e-mail, display name and/or password (the current password is
+    required for that)."""
+    if user_id is None:
+        raise Forbidden("Authentication is disabled: the anonymous admin has no account to change.")
     user = _load_user(user_id)
     if "password" in data:
         current = data.get("current_password")
@@ -161,6 +214,8 @@ def update_me(user_id, data: dict) -> dict:
     if email is not None and email.lower() != user.email:
         _ensure_unique(None, email, exclude=user.id)
         user.email = email.lower()
+    if "full_name" in data:
+        user.full_name = data["full_name"] or None
     if "password" in data:
         user.password_hash = hash_password(data["password"])
         user.tokens_valid_after = utcnow()

@@ -43,6 +43,7 @@ from polymicro.logs import service as logs
 from polymicro.logs.schemas import BATCH_MAX, LogEntrySchema
 from polymicro.metrics import service as metrics
 from polymicro.metrics.schemas import PointSchema
+from polymicro.security import charge_ingest
 from polymicro.services import service as services
 from polymicro.services.schemas import ServiceSchema
 
@@ -110,12 +111,11 @@ class Outcome:
 
 
 def _charge(project_id: ObjectId, entries: int) -> None:
-    """Count ``entries`` against the project's ingest budget.
-
-    Delegates to ``polymicro.security.charge_ingest`` once that exists (it raises a
-    domain error answered 429 with ``Retry-After``); until then there is no budget and
-    this does nothing.
-    """
+    """Count ``entries`` against the project's ingest budget, once per request and
+    before any decoding work (``polymicro.security.charge_ingest``: over the budget it
+    raises ``IngestRateLimited``, answered 429 with ``Retry-After``).  The stores below
+    are told the request is already charged."""
+    charge_ingest(project_id, entries)
 
 
 def _admit(scope: ObjectId | None, items: int) -> ObjectId:
@@ -292,14 +292,14 @@ def _insert_logs(entries: list[dict], project_id: ObjectId, outcome: Outcome) ->
     """One all-or-nothing insert.  A service deleted since it was resolved makes
     ``create_logs`` refuse the entries naming it: those are rejected, the rest stored."""
     try:
-        return len(logs.create_logs(entries, scope=project_id))
+        return len(logs.create_logs(entries, scope=project_id, charged=True))
     except InvalidInput as exc:
         bad = {int(index) for index in (exc.errors or {}).get("json", {})}
         if not bad:
             raise
     outcome.rejected["service deleted while the request ran"] += len(bad)
     entries = [entry for index, entry in enumerate(entries) if index not in bad]
-    return len(logs.create_logs(entries, scope=project_id)) if entries else 0
+    return len(logs.create_logs(entries, scope=project_id, charged=True)) if entries else 0
 
 
 # --- metrics ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
 from polymicro.observability import record_ingest
 from polymicro.projects import service as projects
-from polymicro.security import ensure_project
+from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
 LOGS = caching.Namespace("logs", scope="project_id", unscoped=True)
@@ -173,6 +173,7 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     (errors,) = _check_references([data])
     if errors:
         raise InvalidInput("Invalid log entry: see `errors`.", {"json": errors})
+    charge_ingest(scope, 1)  # an API key's entries count against its project's budget
     entry = LogEntry(**_new_entry(data, utcnow()))
     entry.save(force_insert=True)
     record_ingest("logs", 1)
@@ -181,7 +182,9 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
 
 
 @LOGS.writes
-def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[ObjectId]:
+def create_logs(
+    entries: list[dict], scope: ObjectId | None = None, *, charged: bool = False
+) -> list[ObjectId]:
     """Store every entry or none: a bad reference anywhere is a 422 naming each bad
     entry by its index; otherwise one bulk insert.  Returns the ids in input order.
 
@@ -203,6 +206,8 @@ def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[Obje
             f"{len(errors)} of {len(entries)} log entries are invalid; none was stored.",
             {"json": errors},
         )
+    if not charged:  # ingest charges a whole request before decoding it
+        charge_ingest(scope, len(entries))  # an API key's entries count against its budget
     received = utcnow()
     rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
     ids = insert_all_or_nothing(LogEntry._get_collection(), rows)

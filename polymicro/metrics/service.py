@@ -40,7 +40,7 @@ from polymicro.metrics.models import (
 )
 from polymicro.observability import record_ingest
 from polymicro.projects import service as projects
-from polymicro.security import ensure_project
+from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
 METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False)
@@ -190,6 +190,7 @@ def create_metric(data: dict, scope: ObjectId | None = None) -> dict:
         raise InvalidInput.field("service_name", "The project has no service with this name.")
     if CpuMetric.objects(project_id=project_id, service_id=svc["id"]).count():
         raise Conflict(f"Service {svc['name']!r} of project {project_id} already has a CPU entry.")
+    charge_ingest(scope, len(data.get("data") or []))  # a key's points count against its budget
     metric = CpuMetric(
         project_id=project_id,
         service_id=svc["id"],
@@ -214,6 +215,7 @@ def replace_points(metric_id: ObjectId, data: dict, scope: ObjectId | None = Non
     """
     metric = load_metric(metric_id)
     ensure_project(scope, metric.project_id)
+    charge_ingest(scope, len(data.get("data") or []))  # a key's points count against its budget
     if "data" in data:
         new_ids = _insert_points(metric.id, data["data"])
         _delete_points_except(metric.id, new_ids)
@@ -238,6 +240,7 @@ def append_cpu_points(
     if project_id is None:
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
     ensure_project(scope, project_id)
+    charge_ingest(scope, len(points))  # an API key's points count against its budget
     inserted = len(_insert_points(metric_id, points))
     METRICS.bump(project_id)
     return inserted
