@@ -15,6 +15,8 @@ import math
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.views import MethodView
+from flask_jwt_extended.exceptions import JWTExtendedException, NoAuthorizationError
+from jwt import PyJWTError
 from pymongo import errors as pymongo_errors
 from werkzeug.exceptions import HTTPException
 
@@ -84,6 +86,11 @@ blp.add_url_rule("/loki/api/v1/push", view_func=LokiPush.as_view("loki_push"))
 # --- errors in the shape each client expects ------------------------------------------
 
 
+NO_CREDENTIALS = (
+    "Send a project API key: X-API-Key, Authorization: Bearer <key>, or the password of Basic auth."
+)
+
+
 def _error(code: int, message: str) -> Response:
     is_protobuf = request.mimetype == body.PROTOBUF and request.path.startswith("/otlp/")
     if is_protobuf:
@@ -100,6 +107,13 @@ def _error(code: int, message: str) -> Response:
 
 @blp.errorhandler(Exception)
 def _any_error(exc: Exception):
+    # This handler sees every exception of these routes first (Flask prefers a
+    # blueprint's handler over the app's, whatever the class), token errors included:
+    # answer them here, in the shape the shipper reads.
+    if isinstance(exc, NoAuthorizationError):
+        return _error(401, NO_CREDENTIALS)
+    if isinstance(exc, JWTExtendedException | PyJWTError):
+        return _error(401, "The token is not valid; ingest takes a project API key.")
     if isinstance(exc, DomainError):
         response = _error(exc.code, exc.message)
         retry_after = getattr(exc, "retry_after", None)  # a budget's own wait, if it says
