@@ -248,7 +248,7 @@ def _check(app) -> None:
 def child(names: list[str], n: int) -> None:
     """Build each named variant once, then time them round-robin; print JSON lines."""
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of this process
-    table = dict(VARIANTS + [TRACING_VARIANT] + EXPORTER_VARIANTS)
+    table = dict([*VARIANTS, TRACING_VARIANT, *EXPORTER_VARIANTS])
     apps = {}
     for name in names:
         if name == TRACING_VARIANT[0]:
