@@ -1,8 +1,8 @@
-"""Request ids, structured logs and Prometheus metrics.
+"""Request ids, structured logs, Prometheus metrics and (opt-in) OpenTelemetry tracing.
 
-``create_app`` calls :func:`configure_logging` first and :func:`init_observability`
-last; each is safe to repeat for every app a process creates (the tests create
-hundreds).
+``create_app`` calls :func:`configure_logging` first, :func:`init_tracing` before the
+database is connected, and :func:`init_observability` last; each is safe to repeat for
+every app a process creates (the tests create hundreds).
 
 - ``logs.py``: the request id on every log record, one root handler per process
   (``LOG_FORMAT`` text or json, ``LOG_LEVEL``), configured once per app;
@@ -16,6 +16,8 @@ hundreds).
   (``/api/logs/<objectid:log_id>``, never the raw path), method and status, and
   ``polymicro_ingested_items_total`` (:func:`record_ingest`); gunicorn workers share
   them through ``PROMETHEUS_MULTIPROC_DIR``;
+- ``tracing.py``: OpenTelemetry spans (Flask, pymongo, Redis) to an OTLP/HTTP endpoint,
+  off unless ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set.
 
 Why the request metrics are hand-written, not prometheus-flask-exporter (issue 8)
     Measured with prometheus-flask-exporter 0.23.2 (``bench/hooks.py --exporter``, and
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from polymicro.observability import hooks
+from polymicro.observability import hooks, tracing
 from polymicro.observability.hooks import ACCESS_LOGGER, REQUEST_ID_HEADER
 from polymicro.observability.logs import (
     LOG_FORMATS,
@@ -71,6 +73,7 @@ from polymicro.observability.metrics import (
     metrics_view,
     record_ingest,
 )
+from polymicro.observability.tracing import init_tracing
 
 __all__ = [
     "ACCESS_LOGGER",
@@ -84,6 +87,7 @@ __all__ = [
     "configure_logging",
     "current_request_id",
     "init_observability",
+    "init_tracing",
     "json_formatter",
     "metrics",
     "metrics_registry",
@@ -95,14 +99,31 @@ __all__ = [
 
 def init_observability(app: Flask) -> None:
     """Attach request ids, the access line, (``METRICS_ENABLED``) ``/metrics`` and the
-    request metrics.  Logging is configured here only if ``create_app`` has not done it
-    for this app."""
+    request metrics, and (when tracing) the Flask span right after the request id.
+    Logging is configured here only if ``create_app`` has not done it for this app."""
     from polymicro.observability.logs import APP_KEY
 
     if APP_KEY not in app.extensions:
         configure_logging(app)
+    init_tracing(app)  # no-op when create_app did it, or when tracing is off
     metrics_enabled = bool(app.config.get("METRICS_ENABLED", True))
     if metrics_enabled:
         metrics()
         app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
     hooks.register(app, metrics_enabled)
+    if app.extensions.get(tracing.APP_KEY):
+        _span_hooks_after_request_id(app)
+
+
+def _span_hooks_after_request_id(app: Flask) -> None:
+    """The Flask instrumentation appends its hooks; move its span start to right after
+    our request id (so early answers get a span and the span gets the id) and its span
+    end to the very end (teardowns run in reverse: index 0 is last), so every log line
+    of the request, our last one included, is inside the span."""
+    before = app.before_request_funcs[None]
+    otel = [f for f in before if tracing.is_flask_instrumentation_hook(f)]
+    before[:] = [f for f in before if f not in otel]
+    before[1:1] = otel
+    teardown = app.teardown_request_funcs[None]
+    otel = [f for f in teardown if tracing.is_flask_instrumentation_hook(f)]
+    teardown[:] = otel + [f for f in teardown if f not in otel]

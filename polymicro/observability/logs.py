@@ -17,12 +17,19 @@ Under gunicorn
     ``POLYMICRO_LOG_FORMAT=json``; ``gunicorn.access`` is off: the app writes one access
     line per request), and each worker builds its app once, so every line is written
     once: tests/test_observability.py runs gunicorn and counts them.
+
+Trace ids
+    When tracing is on (polymicro/observability/tracing.py), :class:`RequestIdFilter`
+    also puts ``trace_id`` and ``span_id`` (lowercase hex, as OpenTelemetry writes them)
+    on records emitted inside a span; the JSON lines carry them beside ``request_id``.
+    With tracing off the filter does one extra ``is None`` test.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -37,6 +44,10 @@ APP_KEY = "polymicro.logging"  # app.extensions: the handler this app was config
 
 _current_request_id: ContextVar[str | None] = ContextVar("polymicro_request_id", default=None)
 
+# Set by tracing.start_tracing(): returns (trace id, span id) of the current span, or
+# None outside one.  None while tracing is off, so the filter costs nothing more then.
+trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
 
 def current_request_id() -> str | None:
     """The id of the request being handled by this thread, or None outside a request."""
@@ -44,11 +55,16 @@ def current_request_id() -> str | None:
 
 
 class RequestIdFilter(logging.Filter):
-    """Puts ``request_id`` on every record (``-`` outside a request).  On a handler, so
-    that records of every logger that reaches the handler get them."""
+    """Puts ``request_id`` on every record (``-`` outside a request), and ``trace_id``
+    and ``span_id`` inside a span when tracing is on.  On a handler, so that records of
+    every logger that reaches the handler get them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = _current_request_id.get() or NO_REQUEST_ID
+        if trace_ids is not None:
+            ids = trace_ids()
+            if ids is not None:
+                record.trace_id, record.span_id = ids
         return True
 
 
@@ -70,7 +86,7 @@ class _StderrHandler(logging.StreamHandler):
 
 class _JsonFormatter(JsonFormatter):
     """``time`` first (RFC 3339 UTC with milliseconds, as the API writes times), then
-    level, logger, message, request_id and any extra fields."""
+    level, logger, message, request_id and any extra fields (trace_id, span_id, …)."""
 
     def add_fields(self, log_data, record, message_dict) -> None:
         created = datetime.fromtimestamp(record.created, tz=UTC)
