@@ -31,7 +31,8 @@ Rows, each a hook added alone to the bare app (``+ x``: its cost is the differen
 - ``all (text)`` / ``all (json)``: request id, access line, metrics, security headers,
   rate limit, as in production;
 - ``tracing on``: ``all (json)`` plus OpenTelemetry (Flask instrumentation, spans to an
-  exporter that drops them), to show what turning it on costs.  Tracing off is every
+  exporter that drops them), to show what turning it on costs; timed in processes of
+  its own (tracing is process-wide), against their own ``bare``.  Tracing off is every
   other row: with no ``OTEL_EXPORTER_OTLP_*ENDPOINT`` nothing of OpenTelemetry is on the
   request path, which ``--against`` shows against the code before tracing existed.
 """
@@ -244,13 +245,18 @@ def _loop(app, base: dict, n: int) -> float:
 
 
 def use(app) -> None:
-    """Make the process-wide logging what ``app`` wants: its format, and its access
-    line on or off (by the level of that logger, as an operator would do it)."""
+    """Make the process-wide state what ``app`` wants: its log format, its access line
+    on or off (by the level of that logger, as an operator would do it), its rate limits
+    on or off."""
     from polymicro.observability import configure_logging
 
     configure_logging(app)
     level = logging.INFO if app.config["BENCH_ACCESS_LOG"] else logging.WARNING
     logging.getLogger("polymicro.access").setLevel(level)
+    # polymicro's Limiter is one module-level object for every app, and init_app sets
+    # its `enabled` for all of them (the last app built wins): set this app's.
+    for limiter in app.extensions.get("limiter", ()):
+        limiter.enabled = bool(app.config["RATELIMIT_ENABLED"])
 
 
 def time_variants(apps: dict, n: int, chunk: int) -> dict[str, list[float]]:
@@ -338,16 +344,21 @@ def main() -> None:
     if args.exporter:
         names += [name for name, _ in EXPORTER_VARIANTS]
     new_names = names + ([] if args.no_tracing else [TRACING_VARIANT[0]])
-    trees = [("new", REPO, new_names)]
+    # Tracing is process-wide once started: its row gets a process of its own.
+    trees = [("new", REPO, names)]
+    if not args.no_tracing:
+        trees.append(("new", REPO, ["bare", TRACING_VARIANT[0]]))
     if args.against:
         trees.append(("old", args.against.resolve(), names))
     samples: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in trees}
+    samples["new tracing"] = {}
     for repeat in range(args.repeats):
         # Alternate which tree goes first, so neither always gets the quieter moment.
         order = trees if repeat % 2 == 0 else list(reversed(trees))
         for label, tree, tree_names in order:
+            into = "new tracing" if TRACING_VARIANT[0] in tree_names else label
             for name, chunks in run_child(tree, tree_names, args.requests).items():
-                samples[label].setdefault(name, []).extend(chunks)
+                samples[into].setdefault(name, []).extend(chunks)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
     med = {
@@ -356,6 +367,9 @@ def main() -> None:
     }
     new = med["new"]
     old = med.get("old")
+    if med["new tracing"]:  # its +µs against the bare app of its own processes
+        traced = med["new tracing"]
+        new[TRACING_VARIANT[0]] = new["bare"] + traced[TRACING_VARIANT[0]] - traced["bare"]
     print(
         f"GET {PATH}: {args.repeats} processes x {args.requests} requests per variant, "
         f"in interleaved chunks of {CHUNK}; median µs/request over the chunks"
