@@ -3,9 +3,17 @@
 Every value can be overridden from the environment; a `--bind` on the command line
 (as scripts/run.sh passes) wins over POLYMICRO_GUNICORN_BIND.
 
+Tracing (OpenTelemetry, on when OTEL_EXPORTER_OTLP_ENDPOINT or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set): `post_fork` sets up the tracer provider in
+each worker, right after the fork, so that its BatchSpanProcessor's export thread lives
+in the process whose spans it sends; `worker_exit` sends what is still queued.  The app
+is not preloaded (no `preload_app`): each worker imports wsgi.py itself, after
+`post_fork`, and its `create_app` finds tracing started (polymicro/observability/
+tracing.py).
+
 Prometheus metrics from several workers: each worker writes its counters to files in
-PROMETHEUS_MULTIPROC_DIR and /metrics sums them all (polymicro/observability.py).  This
-file sets that variable before any worker starts (prometheus_client reads it when it is
+PROMETHEUS_MULTIPROC_DIR and /metrics sums them all (polymicro/observability/metrics.py).
+This file sets that variable before any worker starts (prometheus_client reads it when it is
 first imported): to a fresh private temporary directory, removed when gunicorn exits,
 unless it is set already, in which case that directory is emptied at start (so counters
 restart from zero with the server, never from a previous run's files).
@@ -106,6 +114,20 @@ def on_starting(server):
     server.log.info(
         "Prometheus multiprocess directory %s (%d stale files removed)", path, len(stale)
     )
+
+
+def post_fork(server, worker):
+    """In the worker, right after the fork: tracing, when configured (see above)."""
+    from polymicro.observability.tracing import start_tracing
+
+    start_tracing()
+
+
+def worker_exit(server, worker):
+    """In the worker, as it exits: send the spans still queued."""
+    from polymicro.observability.tracing import flush_tracing
+
+    flush_tracing()
 
 
 def child_exit(server, worker):

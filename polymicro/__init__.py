@@ -16,7 +16,7 @@ from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
 from polymicro.docs import init_docs
 from polymicro.extensions import api, init_cache, init_db, ping_db
-from polymicro.observability import configure_logging, init_observability
+from polymicro.observability import configure_logging, init_observability, init_tracing
 from polymicro.security import init_security
 
 __version__ = "0.1.0"
@@ -33,6 +33,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     app = Flask(__name__, instance_path=settings["INSTANCE_PATH"] or None)
     configure(app, settings)
     configure_logging(app)
+    init_tracing(app)  # off unless OTEL_EXPORTER_OTLP_ENDPOINT; before the database client
     init_db(app)
     init_cache(app)
     init_security(app)

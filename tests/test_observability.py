@@ -22,9 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from flask.logging import default_handler
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+import polymicro
 from polymicro import create_app, observability
 from polymicro.config import TestingConfig
 from polymicro.extensions import close_db
@@ -203,6 +205,54 @@ def test_logging_is_configured_once_however_many_apps(app, capsys):
     assert len(stderr_lines(capsys)) == 1
 
 
+def app_config(**overrides) -> dict:
+    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
+    return {**config, **overrides}
+
+
+def test_many_apps_in_one_process_share_one_handler_and_write_each_line_once(capsys):
+    handlers = []
+    try:
+        for log_format in ("text", "json", "json", "text"):
+            app = create_app(app_config(LOG_FORMAT=log_format))
+            app.logger.warning("from app %d", len(handlers))  # Flask's own logger
+            handlers.append(app.extensions["polymicro.logging"])
+            close_db()
+        ours = [h for h in logging.getLogger().handlers if getattr(h, "_polymicro", False)]
+        capsys.readouterr()
+        app.logger.warning("once")
+        logging.getLogger("somelibrary").warning("once too")
+        lines = stderr_lines(capsys)
+    finally:
+        close_db()
+
+    assert ours == [handlers[0]]
+    assert all(handler is handlers[0] for handler in handlers)
+    assert default_handler not in logging.getLogger("polymicro").handlers
+    assert len(lines) == 2
+    assert "WARNING polymicro [-]: once" in lines[0]  # the last app's format (text)
+
+
+def test_each_app_configures_logging_once(monkeypatch):
+    calls = []
+    real = observability.configure_logging
+
+    def counting(app):
+        calls.append(app)
+        return real(app)
+
+    monkeypatch.setattr(polymicro, "configure_logging", counting)
+    monkeypatch.setattr(observability, "configure_logging", counting)
+    try:
+        first = create_app(app_config())
+        close_db()
+        second = create_app(app_config())
+    finally:
+        close_db()
+
+    assert calls == [first, second]
+
+
 def test_log_level_applies_to_the_access_line(app, capsys):
     app.config["LOG_LEVEL"] = "WARNING"
     use_format(app, "json")
@@ -216,10 +266,9 @@ def test_log_level_applies_to_the_access_line(app, capsys):
 
 
 def test_an_unknown_log_format_is_refused_at_start():
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
     try:
         with pytest.raises(RuntimeError, match="POLYMICRO_LOG_FORMAT"):
-            create_app({**config, "LOG_FORMAT": "xml"})
+            create_app(app_config(LOG_FORMAT="xml"))
     finally:
         close_db()
 
@@ -332,8 +381,7 @@ def test_posting_cpu_points_counts_the_points_stored(client, ctx):
 
 
 def test_metrics_can_be_switched_off():
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    app = create_app({**config, "METRICS_ENABLED": False})
+    app = create_app(app_config(METRICS_ENABLED=False))
     try:
         client = app.test_client()
         before = observability.metrics().requests.labels(LIVE, "GET", "200")._value.get()
@@ -370,8 +418,8 @@ def gunicorn(tmp_path: Path, **env_extra: str) -> Iterator[tuple[str, Path]]:
         POLYMICRO_GUNICORN_THREADS="1",
         POLYMICRO_LOG_LEVEL="WARNING",
         POLYMICRO_SECRET_KEY="gunicorn-test-secret-key-that-is-long-enough-for-hs256",
-        **env_extra,
     )
+    env.update(env_extra)
     log_path = tmp_path / "gunicorn.log"
     binary = str(Path(sys.executable).with_name("gunicorn"))
     argv = [binary, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "wsgi:app"]
@@ -457,3 +505,32 @@ def test_gunicorn_makes_and_removes_its_own_multiprocess_directory(tmp_path):
         assert _get(base + "/metrics")[0] == 200
         assert list(directory.glob("counter_*.db"))
     assert not directory.exists()
+
+
+def test_under_gunicorn_every_line_is_json_and_written_once(tmp_path):
+    with gunicorn(tmp_path, POLYMICRO_LOG_FORMAT="json", POLYMICRO_LOG_LEVEL="INFO") as (
+        base,
+        log_path,
+    ):
+        ids = [f"once-{i}" for i in range(6)]
+        for request_id in ids:
+            headers = {"X-Request-ID": request_id}
+            request = urllib.request.Request(base + LIVE, headers=headers)  # noqa: S310
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+                assert response.status == 200
+        deadline = time.monotonic() + 10
+        while True:  # the workers write their lines as they answer; wait for the last one
+            text = log_path.read_text()
+            if all(f'"{request_id}"' in text for request_id in ids):
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+
+    for request_id in ids:
+        lines = [r for r in records if r.get("request_id") == request_id]
+        assert [r["logger"] for r in lines] == ["polymicro.access"], lines
+    boots = [r for r in records if r["message"].startswith("Booting worker")]
+    assert len(boots) == 2  # gunicorn's own lines: JSON too, once each
+    assert len({r["message"] for r in boots}) == 2
+    assert all(r["logger"] == "gunicorn.error" for r in boots)

@@ -1,0 +1,119 @@
+"""Prometheus metrics: the metric objects, ``/metrics``, and ingest counts.
+
+The metric objects exist once per process (created on first use, not at import).
+``/metrics`` serves this process's default registry, or, when
+``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py sets it before the workers fork),
+every worker's files summed through ``MultiProcessCollector``.
+
+The request hooks (polymicro/observability/hooks.py) count and time each request with
+the label *children* of one (route template, method, status) kept in a dict, so a
+request costs two dict look-ups, not two ``labels()`` calls (each takes a lock and
+builds a key).  The dict is bounded: route templates and the eight known methods
+(anything else is ``other``) times the status codes the app answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from flask import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+INGEST_KINDS = ("logs", "cpu_points")
+# Methods outside this set are counted as "other": a client cannot invent label values.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ENDPOINT = "unmatched"  # 404/405 from routing: no route template to name
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "polymicro_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["endpoint", "method", "status"],
+        )
+        self.latency = Histogram(
+            "polymicro_http_request_duration_seconds",
+            "Time from the start of the request to the response, by route template, "
+            "method and status.",
+            ["endpoint", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.ingested = Counter(
+            "polymicro_ingested_items",
+            "Items stored through the API, by kind (logs, cpu_points).",
+            ["kind"],
+        )
+        for kind in INGEST_KINDS:
+            self.ingested.labels(kind=kind)  # present (at 0) before the first write
+        # (endpoint, method, status code) -> (requests child, latency child)
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and time it (``method`` already one of METHODS or other)."""
+        key = (endpoint, method, status)
+        children = self._children.get(key)
+        if children is None:
+            code = str(status)
+            children = self._children.setdefault(
+                key,
+                (
+                    self.requests.labels(endpoint, method, code),
+                    self.latency.labels(endpoint, method, code),
+                ),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+_metrics: _Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def metrics() -> _Metrics:
+    """The process's metric objects, created (and registered) on first use, once."""
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = _Metrics()
+    return _metrics
+
+
+def record_ingest(kind: str, n: int) -> None:
+    """Count ``n`` items of ``kind`` (``logs`` or ``cpu_points``) stored.  Call it after
+    the write succeeded; never raises into the caller's write."""
+    if n <= 0:
+        return
+    try:
+        metrics().ingested.labels(kind=kind).inc(n)
+    except Exception:  # metrics must never fail a write that has been stored
+        logging.getLogger(__name__).exception("could not count %s ingested %s", n, kind)
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What ``/metrics`` serves: every worker's files in multiprocess mode, else this
+    process's default registry."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def metrics_view() -> Response:
+    return Response(
+        generate_latest(metrics_registry()),
+        headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+    )
