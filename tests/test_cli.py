@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import itertools
 import random
+import string
 from collections import Counter
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import mongoengine
 import pytest
+from bson import ObjectId
 
 from polymicro import create_app, demo
 from polymicro.common.models import name_key
-from polymicro.common.timeutil import utcnow
+from polymicro.common.timeutil import format_time, utcnow
 from polymicro.extensions import close_db
 from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
+from polymicro.logs.schemas import BATCH_MAX, LogBatchSchema
 from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.metrics.schemas import PointsBodySchema
+from polymicro.metrics.service import MAX_POINTS_PER_WRITE
 from polymicro.projects.models import Project
 from polymicro.services.models import HEALTHS, STATUSES, Service
 from tests.conftest import _test_config, client_as, free_port
@@ -272,26 +277,121 @@ def test_unreachable_database_gives_a_one_line_error_and_exit_1(unreachable_app)
 # --- the generators (no database) ----------------------------------------------------
 
 
-def _generate(seed: int, now: datetime):
-    project = demo.CATALOG[0]
-    spec = project.services[0]
-    timeline = demo.plan_timeline(demo.service_rng(seed, project, spec, "timeline"), "Running", now)
+def _generate(seed: int, now: datetime, project=None, spec=None):
+    """One day of one service's points and logs (the first service of the catalog)."""
+    project = project or demo.catalog()[0]
+    spec = spec or project.services[0]
+    rng = demo.service_rng(seed, project, spec, "timeline")
+    timeline = demo.plan_timeline(rng, spec.status, now)
     times = demo.point_times(now, 1)
     points = demo.generate_points(
-        None, spec, timeline, demo.service_rng(seed, project, spec, "points"), times
+        spec, timeline, demo.service_rng(seed, project, spec, "points"), times
     )
     maker = demo.LogMaker(None, None, project, spec, demo.service_rng(seed, project, spec, "logs"))
-    logs = demo.generate_logs(maker, timeline, now - timedelta(days=1), now)
+    hot = [p for p in points if p["load"] >= demo.data()["high_load"]]
+    logs = demo.generate_logs(maker, timeline, now - timedelta(days=1), now, hot)
+    return points, logs
+
+
+def _comparable(seed: int, now: datetime):
+    points, logs = _generate(seed, now)
     return (
-        [(p.time, p.load, p.memory, p.threads) for p in points],
-        [(e.timestamp, e.severity, e.message, e.attributes) for e in logs],
+        [(p["time"], p["load"], p["memory"], p["threads"]) for p in points],
+        [(e["timestamp"], e["severity"], e["message"], e["attributes"]) for e in logs],
     )
 
 
 def test_the_same_seed_gives_the_same_data_and_another_seed_other_data():
     now = datetime(2026, 11, 20, 9, 41, 7, 123000)
-    assert _generate(7, now) == _generate(7, now)
-    assert _generate(7, now) != _generate(8, now)
+    assert _comparable(7, now) == _comparable(7, now)
+    assert _comparable(7, now) != _comparable(8, now)
+
+
+def _placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_every_message_template_has_a_filler_for_each_placeholder():
+    templates = demo.data()["templates"]
+    parts = [templates["common"], templates["http"], templates["worker"]]
+    parts += templates["domains"].values()
+    used = set()
+    for part in parts:
+        assert set(part) <= set(SEVERITIES)
+        for pairs in part.values():
+            for text, logger in pairs:
+                assert logger
+                used |= _placeholders(text)
+    assert used <= set(demo.data()["fillers"])
+    assert set(demo.data()["attributes"]) <= set(demo.data()["fillers"])
+
+
+def test_every_filler_draws_a_value_for_every_service():
+    rng = random.Random(1)
+    for project in demo.catalog():
+        for spec in project.services:
+            for name, rule in demo.data()["fillers"].items():
+                value = demo.draw(rule, rng, spec)
+                assert str(value), (spec.name, name)
+                assert "{" not in str(value), (spec.name, name)
+
+
+def test_the_data_file_covers_every_status_health_and_domain():
+    data = demo.data()
+    assert set(data["timelines"]) == set(STATUSES)
+    assert set(data["severity_weights"]) == set(HEALTHS)
+    weights = [*data["severity_weights"].values(), data["failing_weights"]]
+    assert all(len(w) == len(SEVERITIES) and abs(sum(w) - 1) < 1e-9 for w in weights)
+    specs = [spec for project in demo.catalog() for spec in project.services]
+    assert {spec.domain for spec in specs} == set(data["templates"]["domains"])
+    assert set(data["templates"]["http_domains"]) <= set(data["templates"]["domains"])
+    for spec in specs:
+        assert spec.status in STATUSES
+        assert spec.health in HEALTHS
+        assert spec.paths
+        assert spec.deps
+
+
+def test_generated_logs_and_points_are_valid_api_input():
+    """The service layer takes validated input: every generated entry and point passes
+    the API's schemas (a batch, a points array)."""
+    now = datetime(2026, 11, 20, 9, 41, 7, 123000)
+    project_id, service_id = str(ObjectId()), str(ObjectId())
+    for project in demo.catalog():
+        for spec in project.services:
+            points, logs = _generate(42, now, project, spec)
+            body = [
+                {
+                    **entry,
+                    "project_id": project_id,
+                    "service_id": service_id,
+                    "timestamp": format_time(entry["timestamp"]),
+                }
+                for entry in logs
+            ]
+            loaded = LogBatchSchema(many=True).load(body)
+            assert [e["message"] for e in loaded] == [e["message"] for e in logs]
+            points_body = [{**p, "time": format_time(p["time"])} for p in points]
+            assert len(PointsBodySchema().load(points_body)) == len(points)
+
+
+def test_logs_and_points_are_written_in_batches_no_larger_than_the_api_caps(monkeypatch):
+    batches = {"logs": [], "points": []}
+    monkeypatch.setattr(
+        demo.logs, "create_logs", lambda entries: batches["logs"].append(len(entries))
+    )
+    monkeypatch.setattr(
+        demo.metrics,
+        "append_cpu_points",
+        lambda metric_id, points: batches["points"].append(len(points)),
+    )
+
+    assert demo.write_logs([{}] * (2 * BATCH_MAX + 1)) == 2 * BATCH_MAX + 1
+    assert demo.write_points(ObjectId(), [{}] * (MAX_POINTS_PER_WRITE + 5)) == (
+        MAX_POINTS_PER_WRITE + 5
+    )
+
+    assert batches == {"logs": [BATCH_MAX, BATCH_MAX, 1], "points": [MAX_POINTS_PER_WRITE, 5]}
 
 
 def test_poisson_has_the_requested_mean():
