@@ -11,6 +11,7 @@ fixture.
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import string
 from collections import Counter
@@ -24,7 +25,7 @@ from bson import ObjectId
 from polymicro import create_app, demo
 from polymicro.common.models import name_key
 from polymicro.common.timeutil import format_time, utcnow
-from polymicro.extensions import close_db
+from polymicro.extensions import cache, close_db
 from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
 from polymicro.logs.schemas import BATCH_MAX, LogBatchSchema
 from polymicro.metrics.models import CpuMetric, CpuPoint
@@ -237,6 +238,45 @@ def test_if_empty_on_a_non_empty_database_creates_nothing(app):
     assert "nothing seeded" in result.output
     with app.app_context():
         assert counts() == {"projects": 1, "services": 0, "metrics": 0, "points": 0, "logs": 0}
+
+
+def test_reads_cached_before_seeding_show_the_seeded_data_without_a_cache_clear(app, monkeypatch):
+    """seed-demo writes through the service layer, which bumps the namespaces it changes:
+    the catalog, the project's logs and its CPU metrics, cached (data and responses)
+    before the seeding, show the new data at once, and nothing clears the cache."""
+    client = client_as(app)
+    with app.app_context():
+        storefront = make_project(name="Storefront Platform")  # the seeding reuses it
+    logs_url = f"/api/logs/project/{storefront.id}"
+    metrics_url = f"/api/metrics/cpu/project/{storefront.id}"
+    for url in ("/api/projects", logs_url, metrics_url):
+        assert client.get(url).status_code == 200
+    # Those reads are cached: a write that skips the service layer (no bump) stays unseen.
+    Project(name="Written past the cache", name_key="written past the cache").save()
+    assert [p["name"] for p in client.get("/api/projects").json] == ["Storefront Platform"]
+
+    def no_clear(*args, **kwargs):
+        pytest.fail("seed-demo cleared the cache")
+
+    monkeypatch.setattr(cache, "clear", no_clear)
+    result = app.test_cli_runner().invoke(args=SEED_ONE_DAY)
+    assert result.exit_code == 0, result.output
+
+    projects = client.get("/api/projects").json
+    assert {p["name"] for p in projects} == {p.name for p in Project.objects}
+    assert len(projects) == len(demo.catalog()) + 1
+    seeded_storefront = next(p for p in projects if p["id"] == str(storefront.id))
+    service_names = {svc.name for svc in demo.catalog()[0].services}
+    assert {m["name"] for m in seeded_storefront["microservices"]} == service_names
+    logs = client.get(logs_url)
+    total = json.loads(logs.headers["X-Pagination"])["total"]
+    assert total == LogEntry.objects(project_id=storefront.id).count() > 0
+    assert logs.json[0]["timestamp"] == format_time(
+        LogEntry.objects(project_id=storefront.id).order_by("-timestamp").first().timestamp
+    )
+    entries = client.get(metrics_url).json
+    assert {entry["service_name"] for entry in entries} == service_names
+    assert all(len(entry["data"]) >= 96 for entry in entries)
 
 
 @pytest.mark.parametrize("days", ["0", "-1", "many"])
