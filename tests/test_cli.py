@@ -228,6 +228,26 @@ def test_seed_demo_twice_creates_nothing_twice(app):
         assert counts() == first
 
 
+def test_seeding_writes_each_services_logs_in_one_batch_of_at_most_the_api_cap(app, monkeypatch):
+    batches = []
+    create_logs = demo.logs.create_logs
+
+    def spy(entries):
+        batches.append([entry["service_id"] for entry in entries])
+        return create_logs(entries)
+
+    monkeypatch.setattr(demo.logs, "create_logs", spy)
+    with app.app_context():
+        demo.seed_demo(days=1)
+        services = list(Service.objects.scalar("id"))
+
+    assert all(1 <= len(batch) <= BATCH_MAX for batch in batches)
+    in_batches = Counter(service_id for batch in batches for service_id in set(batch))
+    assert sorted(in_batches) == sorted(services)
+    assert set(in_batches.values()) == {1}  # each service's logs in one batch
+    assert len(batches) < len(services) / 2  # several services per batch
+
+
 def test_if_empty_on_a_non_empty_database_creates_nothing(app):
     with app.app_context():
         make_project(name="Someone's project")
