@@ -497,9 +497,8 @@ def ensure_metric(svc: View) -> tuple[ObjectId, bool]:
     found = CpuMetric.objects(service_id=svc.id).scalar("id").first()
     if found is not None:
         return found, False
-    return metrics.create_metric({"project_id": svc.project_id, "service_name": svc.name})[
-        "id"
-    ], True
+    entry = metrics.create_metric({"project_id": svc.project_id, "service_name": svc.name})
+    return entry["id"], True
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -507,6 +506,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def write_points(metric_id: ObjectId, points: list[dict]) -> int:
+    """Append points in arrays of at most ``MAX_POINTS_PER_WRITE`` (each all-or-nothing)."""
     for batch in _batches(points, MAX_POINTS_PER_WRITE):
         metrics.append_cpu_points(metric_id, batch)
     return len(points)
