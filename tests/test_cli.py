@@ -11,20 +11,26 @@ fixture.
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import string
 from collections import Counter
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import mongoengine
 import pytest
+from bson import ObjectId
 
 from polymicro import create_app, demo
 from polymicro.common.models import name_key
-from polymicro.common.timeutil import utcnow
-from polymicro.extensions import close_db
+from polymicro.common.timeutil import format_time, utcnow
+from polymicro.extensions import cache, close_db
 from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
+from polymicro.logs.schemas import BATCH_MAX, LogBatchSchema
 from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.metrics.schemas import PointsBodySchema
+from polymicro.metrics.service import MAX_POINTS_PER_WRITE
 from polymicro.projects.models import Project
 from polymicro.services.models import HEALTHS, STATUSES, Service
 from tests.conftest import _test_config, client_as, free_port
@@ -222,6 +228,26 @@ def test_seed_demo_twice_creates_nothing_twice(app):
         assert counts() == first
 
 
+def test_seeding_writes_each_services_logs_in_one_batch_of_at_most_the_api_cap(app, monkeypatch):
+    batches = []
+    create_logs = demo.logs.create_logs
+
+    def spy(entries):
+        batches.append([entry["service_id"] for entry in entries])
+        return create_logs(entries)
+
+    monkeypatch.setattr(demo.logs, "create_logs", spy)
+    with app.app_context():
+        demo.seed_demo(days=1)
+        services = list(Service.objects.scalar("id"))
+
+    assert all(1 <= len(batch) <= BATCH_MAX for batch in batches)
+    in_batches = Counter(service_id for batch in batches for service_id in set(batch))
+    assert sorted(in_batches) == sorted(services)
+    assert set(in_batches.values()) == {1}  # each service's logs in one batch
+    assert len(batches) < len(services) / 2  # several services per batch
+
+
 def test_if_empty_on_a_non_empty_database_creates_nothing(app):
     with app.app_context():
         make_project(name="Someone's project")
@@ -232,6 +258,45 @@ def test_if_empty_on_a_non_empty_database_creates_nothing(app):
     assert "nothing seeded" in result.output
     with app.app_context():
         assert counts() == {"projects": 1, "services": 0, "metrics": 0, "points": 0, "logs": 0}
+
+
+def test_reads_cached_before_seeding_show_the_seeded_data_without_a_cache_clear(app, monkeypatch):
+    """seed-demo writes through the service layer, which bumps the namespaces it changes:
+    the catalog, the project's logs and its CPU metrics, cached (data and responses)
+    before the seeding, show the new data at once, and nothing clears the cache."""
+    client = client_as(app)
+    with app.app_context():
+        storefront = make_project(name="Storefront Platform")  # the seeding reuses it
+    logs_url = f"/api/logs/project/{storefront.id}"
+    metrics_url = f"/api/metrics/cpu/project/{storefront.id}"
+    for url in ("/api/projects", logs_url, metrics_url):
+        assert client.get(url).status_code == 200
+    # Those reads are cached: a write that skips the service layer (no bump) stays unseen.
+    Project(name="Written past the cache", name_key="written past the cache").save()
+    assert [p["name"] for p in client.get("/api/projects").json] == ["Storefront Platform"]
+
+    def no_clear(*args, **kwargs):
+        pytest.fail("seed-demo cleared the cache")
+
+    monkeypatch.setattr(cache, "clear", no_clear)
+    result = app.test_cli_runner().invoke(args=SEED_ONE_DAY)
+    assert result.exit_code == 0, result.output
+
+    projects = client.get("/api/projects").json
+    assert {p["name"] for p in projects} == {p.name for p in Project.objects}
+    assert len(projects) == len(demo.catalog()) + 1
+    seeded_storefront = next(p for p in projects if p["id"] == str(storefront.id))
+    service_names = {svc.name for svc in demo.catalog()[0].services}
+    assert {m["name"] for m in seeded_storefront["microservices"]} == service_names
+    logs = client.get(logs_url)
+    total = json.loads(logs.headers["X-Pagination"])["total"]
+    assert total == LogEntry.objects(project_id=storefront.id).count() > 0
+    assert logs.json[0]["timestamp"] == format_time(
+        LogEntry.objects(project_id=storefront.id).order_by("-timestamp").first().timestamp
+    )
+    entries = client.get(metrics_url).json
+    assert {entry["service_name"] for entry in entries} == service_names
+    assert all(len(entry["data"]) >= 96 for entry in entries)
 
 
 @pytest.mark.parametrize("days", ["0", "-1", "many"])
@@ -272,26 +337,121 @@ def test_unreachable_database_gives_a_one_line_error_and_exit_1(unreachable_app)
 # --- the generators (no database) ----------------------------------------------------
 
 
-def _generate(seed: int, now: datetime):
-    project = demo.CATALOG[0]
-    spec = project.services[0]
-    timeline = demo.plan_timeline(demo.service_rng(seed, project, spec, "timeline"), "Running", now)
+def _generate(seed: int, now: datetime, project=None, spec=None):
+    """One day of one service's points and logs (the first service of the catalog)."""
+    project = project or demo.catalog()[0]
+    spec = spec or project.services[0]
+    rng = demo.service_rng(seed, project, spec, "timeline")
+    timeline = demo.plan_timeline(rng, spec.status, now)
     times = demo.point_times(now, 1)
     points = demo.generate_points(
-        None, spec, timeline, demo.service_rng(seed, project, spec, "points"), times
+        spec, timeline, demo.service_rng(seed, project, spec, "points"), times
     )
     maker = demo.LogMaker(None, None, project, spec, demo.service_rng(seed, project, spec, "logs"))
-    logs = demo.generate_logs(maker, timeline, now - timedelta(days=1), now)
+    hot = [p for p in points if p["load"] >= demo.data()["high_load"]]
+    logs = demo.generate_logs(maker, timeline, now - timedelta(days=1), now, hot)
+    return points, logs
+
+
+def _comparable(seed: int, now: datetime):
+    points, logs = _generate(seed, now)
     return (
-        [(p.time, p.load, p.memory, p.threads) for p in points],
-        [(e.timestamp, e.severity, e.message, e.attributes) for e in logs],
+        [(p["time"], p["load"], p["memory"], p["threads"]) for p in points],
+        [(e["timestamp"], e["severity"], e["message"], e["attributes"]) for e in logs],
     )
 
 
 def test_the_same_seed_gives_the_same_data_and_another_seed_other_data():
     now = datetime(2026, 11, 20, 9, 41, 7, 123000)
-    assert _generate(7, now) == _generate(7, now)
-    assert _generate(7, now) != _generate(8, now)
+    assert _comparable(7, now) == _comparable(7, now)
+    assert _comparable(7, now) != _comparable(8, now)
+
+
+def _placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_every_message_template_has_a_filler_for_each_placeholder():
+    templates = demo.data()["templates"]
+    parts = [templates["common"], templates["http"], templates["worker"]]
+    parts += templates["domains"].values()
+    used = set()
+    for part in parts:
+        assert set(part) <= set(SEVERITIES)
+        for pairs in part.values():
+            for text, logger in pairs:
+                assert logger
+                used |= _placeholders(text)
+    assert used <= set(demo.data()["fillers"])
+    assert set(demo.data()["attributes"]) <= set(demo.data()["fillers"])
+
+
+def test_every_filler_draws_a_value_for_every_service():
+    rng = random.Random(1)
+    for project in demo.catalog():
+        for spec in project.services:
+            for name, rule in demo.data()["fillers"].items():
+                value = demo.draw(rule, rng, spec)
+                assert str(value), (spec.name, name)
+                assert "{" not in str(value), (spec.name, name)
+
+
+def test_the_data_file_covers_every_status_health_and_domain():
+    data = demo.data()
+    assert set(data["timelines"]) == set(STATUSES)
+    assert set(data["severity_weights"]) == set(HEALTHS)
+    weights = [*data["severity_weights"].values(), data["failing_weights"]]
+    assert all(len(w) == len(SEVERITIES) and abs(sum(w) - 1) < 1e-9 for w in weights)
+    specs = [spec for project in demo.catalog() for spec in project.services]
+    assert {spec.domain for spec in specs} == set(data["templates"]["domains"])
+    assert set(data["templates"]["http_domains"]) <= set(data["templates"]["domains"])
+    for spec in specs:
+        assert spec.status in STATUSES
+        assert spec.health in HEALTHS
+        assert spec.paths
+        assert spec.deps
+
+
+def test_generated_logs_and_points_are_valid_api_input():
+    """The service layer takes validated input: every generated entry and point passes
+    the API's schemas (a batch, a points array)."""
+    now = datetime(2026, 11, 20, 9, 41, 7, 123000)
+    project_id, service_id = str(ObjectId()), str(ObjectId())
+    for project in demo.catalog():
+        for spec in project.services:
+            points, logs = _generate(42, now, project, spec)
+            body = [
+                {
+                    **entry,
+                    "project_id": project_id,
+                    "service_id": service_id,
+                    "timestamp": format_time(entry["timestamp"]),
+                }
+                for entry in logs
+            ]
+            loaded = LogBatchSchema(many=True).load(body)
+            assert [e["message"] for e in loaded] == [e["message"] for e in logs]
+            points_body = [{**p, "time": format_time(p["time"])} for p in points]
+            assert len(PointsBodySchema().load(points_body)) == len(points)
+
+
+def test_logs_and_points_are_written_in_batches_no_larger_than_the_api_caps(monkeypatch):
+    batches = {"logs": [], "points": []}
+    monkeypatch.setattr(
+        demo.logs, "create_logs", lambda entries: batches["logs"].append(len(entries))
+    )
+    monkeypatch.setattr(
+        demo.metrics,
+        "append_cpu_points",
+        lambda metric_id, points: batches["points"].append(len(points)),
+    )
+
+    assert demo.write_logs([{}] * (2 * BATCH_MAX + 1)) == 2 * BATCH_MAX + 1
+    assert demo.write_points(ObjectId(), [{}] * (MAX_POINTS_PER_WRITE + 5)) == (
+        MAX_POINTS_PER_WRITE + 5
+    )
+
+    assert batches == {"logs": [BATCH_MAX, BATCH_MAX, 1], "points": [MAX_POINTS_PER_WRITE, 5]}
 
 
 def test_poisson_has_the_requested_mean():
