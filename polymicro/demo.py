@@ -66,8 +66,7 @@ from polymicro.logs import service as logs
 from polymicro.logs.models import SEVERITIES, LogEntry
 from polymicro.logs.schemas import BATCH_MAX
 from polymicro.metrics import service as metrics
-from polymicro.metrics.models import CpuMetric, CpuPoint
-from polymicro.metrics.service import MAX_POINTS_PER_WRITE
+from polymicro.metrics.models import MAX_POINTS_PER_WRITE, CpuMetric, CpuPoint
 from polymicro.projects import service as projects
 from polymicro.projects.models import Project
 from polymicro.services import service as services

@@ -28,9 +28,8 @@ from polymicro.common.timeutil import format_time, utcnow
 from polymicro.extensions import cache, close_db
 from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
 from polymicro.logs.schemas import BATCH_MAX, LogBatchSchema
-from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.metrics.models import MAX_POINTS_PER_WRITE, CpuMetric, CpuPoint
 from polymicro.metrics.schemas import PointsBodySchema
-from polymicro.metrics.service import MAX_POINTS_PER_WRITE
 from polymicro.projects.models import Project
 from polymicro.services.models import HEALTHS, STATUSES, Service
 from tests.conftest import _test_config, client_as, free_port
