@@ -53,6 +53,7 @@ def configure(app: Flask, settings: dict) -> None:
 def register_api(app: Flask) -> None:
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
+    from polymicro.events.resources import blp as events_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
     from polymicro.operations.resources import blp as operations_blp
@@ -73,6 +74,7 @@ def register_api(app: Flask) -> None:
     blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
     for blueprint in (*blueprints, operations_blp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(events_blp)
 
 
 def register_request_guards(app: Flask) -> None:

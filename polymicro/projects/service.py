@@ -14,6 +14,7 @@ from polymicro.common.models import as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, NotFound
+from polymicro.events import service as events
 from polymicro.projects.models import Project
 from polymicro.services import service as services
 
@@ -76,6 +77,7 @@ def create_project(data: dict) -> dict:
     project = Project(**data, name_key=name_key(data["name"]))
     project.save(force_insert=True)  # a racing duplicate hits the unique index → 409
     caching.bump(caching.CATALOG)
+    events.publish("project.created", project, project_id=project.id)
     return as_view(project, microservices=[])
 
 
@@ -86,12 +88,14 @@ def update_project(project_id: ObjectId, data: dict) -> dict:
         _ensure_name_free(data["name"], exclude=project.id)
     changed = {k: v for k, v in data.items() if getattr(project, k) != v}
     if changed:
+        update = events.diff(project, changed)
         for key, value in changed.items():
             setattr(project, key, value)
         project.name_key = name_key(project.name)
         project.updated_at = utcnow()
         project.save()
         caching.bump(caching.CATALOG)
+        events.publish("project.updated", project, project_id=project.id, changes=update)
     return project_views([project])[0]
 
 
@@ -106,3 +110,4 @@ def delete_project(project_id: ObjectId) -> None:
     auth.delete_api_keys(project.id)
     project.delete()
     caching.bump(caching.CATALOG)
+    events.publish("project.deleted", project, project_id=project.id)

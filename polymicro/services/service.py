@@ -15,6 +15,7 @@ from polymicro.common.models import as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
+from polymicro.events import service as events
 from polymicro.logs import service as logs
 from polymicro.metrics import service as metrics
 from polymicro.projects.models import Project
@@ -99,6 +100,7 @@ def create_service(data: dict) -> dict:
     svc = Service(**data, name_key=name_key(data["name"]))
     svc.save(force_insert=True)
     caching.bump(caching.CATALOG)
+    events.publish("service.created", svc, project_id=svc.project_id)
     return as_view(svc)
 
 
@@ -113,12 +115,14 @@ def update_service(service_id: ObjectId, data: dict) -> dict:
         _ensure_name_free(svc.project_id, data["name"], exclude=svc.id)
     changed = {k: v for k, v in data.items() if getattr(svc, k) != v}
     if changed:
+        update = events.diff(svc, changed)
         for key, value in changed.items():
             setattr(svc, key, value)
         svc.name_key = name_key(svc.name)
         svc.updated_at = utcnow()
         svc.save()
         caching.bump(caching.CATALOG)
+        events.publish("service.updated", svc, project_id=svc.project_id, changes=update)
         if "name" in changed:
             metrics.rename_service(svc.project_id, svc.id, svc.name)
     return as_view(svc)
@@ -131,6 +135,7 @@ def delete_service(service_id: ObjectId) -> None:
     metrics.delete_metrics(svc.project_id, service_id=svc.id)
     svc.delete()
     caching.bump(caching.CATALOG)
+    events.publish("service.deleted", svc, project_id=svc.project_id)
 
 
 def delete_services_of_project(project_id: ObjectId) -> None:
