@@ -17,6 +17,7 @@ from pymongo.errors import ConnectionFailure
 from polymicro import demo
 from polymicro.auth import service as auth
 from polymicro.auth.models import User
+from polymicro.events.cli import events_cli
 from polymicro.extensions import cache
 
 DEMO_ADMIN = "admin"
@@ -27,6 +28,7 @@ def register(app: Flask) -> None:
     """Attach the commands to the app (called by create_app)."""
     app.cli.add_command(seed_demo_command)
     app.cli.add_command(create_admin_command)
+    app.cli.add_command(events_cli)
 
 
 def _progressbar(items: list[demo.ServiceWork]):
