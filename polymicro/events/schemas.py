@@ -11,6 +11,7 @@ from polymicro.events.service import DEFAULT_LIMIT, MAX_LIMIT
 
 SEQ_MAX = 2**53  # beyond any counter; keeps the integer inside what BSON and JSON hold
 TYPE_PATTERN = r"^[a-z_]{1,30}\.[a-z_]{1,30}$"
+MAX_TYPES = 10
 
 
 class SubjectSchema(Schema):
@@ -59,7 +60,10 @@ class EventFilterSchema(BaseQuerySchema):
     project_id = ObjectIdString()
     type = fields.List(
         fields.String(validate=validate.Regexp(TYPE_PATTERN)),
-        metadata={"description": "Repeatable: `?type=service.created&type=service.deleted`."},
+        validate=validate.Length(max=MAX_TYPES),
+        metadata={
+            "description": "Repeatable, up to 10: `?type=service.created&type=service.deleted`."
+        },
     )
     actor = Trimmed(
         validate=validate.Length(min=1, max=100),

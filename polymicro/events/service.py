@@ -316,15 +316,31 @@ def _view(row: dict) -> dict:
     }
 
 
-def _filter(project_id, types, actor) -> dict:
-    query: dict = {"type": {"$ne": HOLE}}
+def _filter(project_id, actor) -> dict:
+    """The query of the filters.  A hole matches none of them; without filters, holes
+    are dropped after the read (``$ne`` would cost SecantusDB's planner the index)."""
+    query: dict = {}
     if project_id is not None:
         query["project_id"] = project_id
-    if types:
-        query["type"] = {"$in": list(types)}  # a hole is no valid type: never matches
     if actor:
         query["actor_keys"] = actor
     return query
+
+
+def _find(query: dict, types, seq: dict, direction: int, limit: int) -> list[dict]:
+    """Rows in ``seq`` order.  Several types are one query each, merged: SecantusDB
+    scans the whole collection for ``type: {$in: [...]}`` but uses the index for an
+    equality (measured with ``explain``)."""
+    queries = [{**query, "type": t} for t in dict.fromkeys(types)] if types else [query]
+    rows: list[dict] = []
+    for one in queries:
+        rows += _events().find({**one, "seq": seq}).sort("seq", direction).limit(limit)
+    rows.sort(key=lambda row: row["seq"], reverse=direction < 0)
+    return rows[:limit]
+
+
+def _views(rows: list[dict]) -> list[dict]:
+    return [_view(row) for row in rows if row["type"] != HOLE]
 
 
 def read_events(
@@ -351,18 +367,16 @@ def read_events(
     limit = max(1, min(limit, MAX_LIMIT))
     head = settled_head()
     floor = _kept_floor(head, horizon())
-    query = _filter(project_id, type, actor)
+    query = _filter(project_id, actor)
     if after is not None:
         check_cursor(after, head, floor)
-        query["seq"] = {"$gt": after, "$lte": head}
-        rows = list(_events().find(query).sort("seq", 1).limit(limit))
+        rows = _find(query, type, {"$gt": after, "$lte": head}, 1, limit)
         next_after = rows[-1]["seq"] if len(rows) == limit else head
-        return {"events": [_view(r) for r in rows], "next_after": next_after, "next_before": None}
+        return {"events": _views(rows), "next_after": next_after, "next_before": None}
     top = head if before is None else min(before - 1, head)
-    query["seq"] = {"$gte": floor, "$lte": top}
-    rows = list(_events().find(query).sort("seq", -1).limit(limit))
+    rows = _find(query, type, {"$gte": floor, "$lte": top}, -1, limit)
     next_before = rows[-1]["seq"] if len(rows) == limit else None
-    return {"events": [_view(r) for r in rows], "next_after": head, "next_before": next_before}
+    return {"events": _views(rows), "next_after": head, "next_before": next_before}
 
 
 def check_cursor(after: int, head: int, floor: int) -> None:
