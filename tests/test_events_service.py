@@ -265,6 +265,15 @@ def test_a_reader_stops_before_a_seq_whose_writer_has_not_committed(manual, paus
     assert [e["seq"] for e in page["events"]] == [2, 3]  # 12 seen after 11, 11 not lost
 
 
+def test_a_first_seq_still_being_written_is_no_reason_for_410(manual, paused_writer):
+    slow = paused_writer()  # holds seq 1
+    events.publish("project.created", {"id": "2", "name": "two"})
+    page = events.read_events(after=0)  # the oldest stored is 2, but 1 is not gone
+    assert (page["events"], page["next_after"]) == ([], 0)
+    slow.go()
+    assert [e["seq"] for e in read_all()] == [1, 2]
+
+
 def test_a_missing_seq_older_than_the_settle_time_is_a_hole(manual, paused_writer):
     events.publish("project.created", {"id": "1", "name": "one"})
     slow = paused_writer()  # takes seq 2 and stalls

@@ -293,10 +293,11 @@ def _declare_hole(collection: Collection, seq: int, now: datetime) -> None:
 
 
 def _kept_floor(head: int, since: datetime | None) -> int:
-    """The lowest ``seq`` still kept (``head + 1`` when none is)."""
+    """The lowest ``seq`` still kept, at most ``head + 1`` (beyond the settled point a
+    missing number is a writer still committing, not a dropped event)."""
     query = {} if since is None else {"time": {"$gte": since}}
     for row in _events().find(query, {"seq": 1}).sort("seq", 1).limit(1):
-        return row["seq"]
+        return min(row["seq"], head + 1)
     return head + 1
 
 
