@@ -163,6 +163,7 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     db = start_secantus(procs, workdir / "db", workdir)
     redis = start_redis(procs, workdir / "redis")
     env = app_env(f"mongodb://127.0.0.1:{db.port}/polymicro", f"redis://127.0.0.1:{redis.port}/0")
+    env["POLYMICRO_STREAM_MAX_SECONDS"] = "1"  # a generated stream call ends instead of waiting
     app = start_app(procs, workdir, env, workers=2, threads=4)
     say(f"polymicro on {app.url} (SecantusDB :{db.port}, Redis :{redis.port})")
 
