@@ -367,6 +367,8 @@ def read_events(
         raise InvalidInput.field("before", "Use either `after` or `before`.", "query")
     limit = max(1, min(limit, MAX_LIMIT))
     head = settled_head()
+    if after == head:  # nothing new (a stream's idle poll: one read of the counter)
+        return {"events": [], "next_after": head, "next_before": None}
     floor = _kept_floor(head, horizon())
     query = _filter(project_id, actor)
     if after is not None:
