@@ -54,8 +54,11 @@ class Config:
     # server serves them; see the README).
     STREAMS_ENABLED = True
     # Open streams one process holds at most; past it a stream request gets 503 +
-    # Retry-After.  Keep it below the threads of a worker so JSON requests still run.
-    STREAMS_MAX = 8
+    # Retry-After.  A stream holds a gunicorn thread for its life, so keep it below the
+    # threads of a worker (POLYMICRO_GUNICORN_THREADS, 4 by default): with 8 on 4
+    # threads, the fifth request waited for a thread (measured).  The stream server runs
+    # with many threads and a high cap (see the README).
+    STREAMS_MAX = 2
     # Life of one stream; the client reconnects (EventSource does so by itself) and
     # resumes from Last-Event-ID.
     STREAM_MAX_SECONDS = 300
