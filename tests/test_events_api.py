@@ -572,6 +572,9 @@ def test_the_stream_needs_credentials(app, world, manual):
 def test_bad_stream_filters_are_422(admin, manual):
     assert admin.get("/api/events/stream?project_id=nope").status_code == 422
     assert admin.get("/api/events/stream?after=-3").status_code == 422
+    too_long = admin.get("/api/events/stream", headers={"Last-Event-ID": "9" * 65})
+    assert too_long.status_code == 422
+    assert too_long.json["errors"]["headers"]["Last-Event-ID"]
 
 
 # --- stream tokens ------------------------------------------------------------------------

@@ -318,16 +318,18 @@ def stream_access(stream: str):
 
 
 STREAM_DOC = {
-    "200": {
-        "description": "`text/event-stream`: `retry:` first, then one message per item "
-        "(`id:` to resume from with `Last-Event-ID`, `data:` its JSON); `event: reset` when "
-        "the resume point is gone; a comment line at least every 15 s. The stream ends "
-        "after `POLYMICRO_STREAM_MAX_SECONDS`: reconnect to resume.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    "503": {
-        "description": "Every stream slot of this server is taken (`Retry-After`), or "
-        "streams are served by another server."
+    "responses": {
+        "200": {
+            "description": "`text/event-stream`: `retry:` first, then one message per item "
+            "(`id:` to resume from with `Last-Event-ID`, `data:` its JSON); `event: reset` "
+            "when the resume point is gone; a comment line at least every 15 s. The stream "
+            "ends after `POLYMICRO_STREAM_MAX_SECONDS`: reconnect to resume.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "503": {
+            "description": "Every stream slot of this server is taken (`Retry-After`), or "
+            "streams are served by another server."
+        },
     },
 }
 
@@ -349,4 +351,13 @@ class TailArgsSchema(StreamArgsSchema):
         load_default=50,
         validate=validate.Range(min=0, max=1000),
         metadata={"description": "Start with the last N items (not on a resume)."},
+    )
+
+
+class ResumeHeadersSchema(BaseQuerySchema):
+    last_event_id = fields.String(
+        data_key="Last-Event-ID",
+        load_default=None,
+        validate=validate.Length(max=64),
+        metadata={"description": "Resume after this `id:` (EventSource sends it on reconnect)."},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from flask import request
 from flask.views import MethodView
 
 from polymicro.common import sse
@@ -43,10 +42,11 @@ class Events(MethodView):
 class EventStream(MethodView):
     @sse.stream_access("events")
     @blp.arguments(EventStreamArgsSchema, location="query")
-    @blp.doc(responses=sse.STREAM_DOC)
-    def get(self, args):
+    @blp.arguments(sse.ResumeHeadersSchema, location="headers")
+    @blp.doc(**sse.STREAM_DOC)
+    def get(self, args, headers):
         """Live events (Server-Sent Events), with the filters of the feed."""
-        return sse.open_stream(*event_source(args, request.headers.get("Last-Event-ID")))
+        return sse.open_stream(*event_source(args, headers["last_event_id"]))
 
 
 @blp.route("/stream-token")

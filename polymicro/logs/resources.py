@@ -1,7 +1,7 @@
 """/api/logs"""
 
 from bson import ObjectId
-from flask import current_app, request
+from flask import current_app
 from flask.views import MethodView
 
 from polymicro.common import sse
@@ -131,17 +131,17 @@ class LogStream(MethodView):
     @sse.stream_access("logs")
     @blp.arguments(LogQueryArgsSchema, location="query")
     @blp.arguments(sse.TailArgsSchema, location="query")
-    @blp.doc(responses=sse.STREAM_DOC)
-    def get(self, filters, stream_args):
+    @blp.arguments(sse.ResumeHeadersSchema, location="headers")
+    @blp.doc(**sse.STREAM_DOC)
+    def get(self, filters, stream_args, headers):
         """New log entries as they are stored (Server-Sent Events), with the list filters."""
-        return sse.open_stream(*log_source(filters, stream_args["tail"]))
+        return sse.open_stream(*log_source(filters, stream_args["tail"], headers["last_event_id"]))
 
 
-def log_source(filters: dict, tail: int):
+def log_source(filters: dict, tail: int, resume: str | None):
     """The ``start`` and ``poll`` of a log stream (see ``sse.open_stream``): each entry
     is one message, ``id:`` its id (``Last-Event-ID`` resumes after it)."""
     reader = service.LogTail(filters, current_app.config["LOG_STREAM_WINDOW_SECONDS"])
-    resume = request.headers.get("Last-Event-ID")
     dump = LogEntrySchema().dump
 
     def messages(entries: list[dict], newest) -> list[sse.Message]:

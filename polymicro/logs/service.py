@@ -290,7 +290,8 @@ class LogTail:
         self.cursor = after
         floor = self._floor()
         if floor < after:
-            self.sent = {row["_id"] for row in self.query.filter(id__gte=floor, id__lte=after)}
+            existing = self.query.filter(id__gte=floor, id__lte=after).only("id")
+            self.sent = {row["_id"] for row in existing}
         return _rows(backlog)
 
     def poll(self, limit: int = 500) -> tuple[list[dict], bool]:
