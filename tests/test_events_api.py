@@ -587,7 +587,9 @@ def mint(client, **body):
 
 
 def test_a_stream_token_opens_the_stream_without_headers(app, admin, seven, manual):
-    token = mint(client_as(app, "viewer"))
+    response = client_as(app, "viewer").post("/api/events/stream-token", json={"stream": "events"})
+    assert response.headers["Cache-Control"] == "no-store"
+    token = response.json
     assert token["expires_in"] == 60
     blocks = read_stream(app.test_client(), f"/api/events/stream?after=5&token={token['token']}")
     assert [b["id"] for b in event_blocks(blocks)] == ["6", "7"]

@@ -56,8 +56,8 @@ class StreamToken(MethodView):
     @blp.response(201, StreamTokenSchema)
     def post(self, data):
         """A token for one stream (≤ 60 s), to pass as `?token=` where headers cannot go."""
-        principal = me()
-        return sse.mint_token(data["stream"], data.get("project_id"), *_who(principal))
+        token = sse.mint_token(data["stream"], data.get("project_id"), *_who(me()))
+        return token, 201, {"Cache-Control": "no-store"}
 
 
 def _who(principal) -> tuple[str | None, str | None]:
