@@ -65,6 +65,7 @@ def connect_domains() -> None:
 def register_api(app: Flask) -> None:
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
+    from polymicro.events.resources import blp as events_blp
     from polymicro.ingest.resources import blp as ingest_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
@@ -87,6 +88,7 @@ def register_api(app: Flask) -> None:
     for blueprint in (*blueprints, operations_blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(ingest_blp)  # OTLP and Loki bodies: outside the OpenAPI document
+    api.register_blueprint(events_blp)
 
 
 def register_request_guards(app: Flask) -> None:

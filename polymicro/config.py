@@ -62,6 +62,31 @@ class Config:
     # outside are rejected one by one.
     INGEST_MAX_AGE_HOURS = 168
     INGEST_MAX_FUTURE_MINUTES = 10
+    # --- events and live streams (issue 11) ------------------------------------------
+    # Days an event is kept (a TTL index on `time`, and reads hide older ones at once);
+    # 0 keeps events forever.  `flask events export --until …` saves them first.
+    RETENTION_EVENTS_DAYS = 90
+    # A missing `seq` younger than this is a writer still committing: readers stop
+    # before it.  Older, it is declared a hole (an aborted writer) and skipped.
+    EVENTS_SETTLE_SECONDS = 5
+    # false: this process answers the stream endpoints with 503 (a separate stream
+    # server serves them; see the README).
+    STREAMS_ENABLED = True
+    # Open streams one process holds at most; past it a stream request gets 503 +
+    # Retry-After.  A stream holds a gunicorn thread for its life, so keep it below the
+    # threads of a worker (POLYMICRO_GUNICORN_THREADS, 4 by default): with 8 on 4
+    # threads, the fifth request waited for a thread (measured).  The stream server runs
+    # with many threads and a high cap (see the README).
+    STREAMS_MAX = 2
+    # Life of one stream; the client reconnects (EventSource does so by itself) and
+    # resumes from Last-Event-ID.
+    STREAM_MAX_SECONDS = 300
+    STREAM_KEEPALIVE_SECONDS = 15  # a comment line at least this often
+    STREAM_POLL_MS = 1000  # how often a stream asks the database for news
+    STREAM_RETRY_MS = 3000  # the `retry:` a stream sends: reconnect delay of a client
+    # The live log tail re-reads this many seconds behind its newest entry, so an entry
+    # committed late with an older id (a batch, another worker) is still sent.
+    LOG_STREAM_WINDOW_SECONDS = 3
     # --- database -------------------------------------------------------------------
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).

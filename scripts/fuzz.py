@@ -162,7 +162,9 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     say(f"seed {args.seed}; working directory {workdir}")
     db = start_secantus(procs, workdir / "db", workdir)
     redis = start_redis(procs, workdir / "redis")
-    app = start_gunicorn(procs, app_env(db.uri, redis.uri), workdir, GunicornSettings(2, 4))
+    env = app_env(db.uri, redis.uri)
+    env["POLYMICRO_STREAM_MAX_SECONDS"] = "1"  # a generated stream call ends instead of waiting
+    app = start_gunicorn(procs, env, workdir, GunicornSettings(2, 4))
     say(f"polymicro on {app.uri} (SecantusDB :{db.port}, Redis :{redis.port})")
 
     returncode, output = run_schemathesis(app.uri, args, workdir)

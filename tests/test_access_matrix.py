@@ -70,6 +70,10 @@ ENDPOINTS = [
     ("GET", "/api/projects/{pid}/keys", None, "editor", False, 200),
     ("POST", "/api/projects/{pid}/keys", {"name": "ci"}, "editor", False, 201),
     ("DELETE", "/api/projects/{pid}/keys/{kid}", None, "editor", False, 204),
+    ("GET", "/api/events", None, "viewer", False, 200),
+    ("GET", "/api/events/stream", None, "viewer", False, 200),
+    ("POST", "/api/events/stream-token", {"stream": "events"}, "viewer", False, 201),
+    ("GET", "/api/logs/stream", None, "viewer", False, 200),
 ]
 
 # Routes with their own rules, tested below and in test_auth_api.py.

@@ -30,6 +30,7 @@ from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from polymicro.events import service as events
 from polymicro.projects import service as projects
 
 KEYS = caching.Namespace("api-keys")  # key lookups, bumped on every key change
@@ -243,12 +244,14 @@ def admin_update_user(user_id, data: dict) -> dict:
             raise Conflict("This is the last active admin; make another admin first.")
     changed = {k: v for k, v in data.items() if getattr(user, k) != v}
     if changed:
+        update = events.diff(user, changed)
         for key, value in changed.items():
             setattr(user, key, value)
         user.updated_at = utcnow()
         if changed.get("is_active") is False:
             user.tokens_valid_after = user.updated_at
         user.save()
+        events.publish("user.updated", user, changes=update)
     return user_view(user)
 
 
@@ -262,6 +265,7 @@ def create_admin(username: str, email: str, password: str) -> tuple[dict, bool]:
             by_admin=True,
         ), True
     now = utcnow()
+    update = events.diff(user, {"role": "admin", "is_active": True})
     user.update(
         set__role="admin",
         set__is_active=True,
@@ -269,6 +273,8 @@ def create_admin(username: str, email: str, password: str) -> tuple[dict, bool]:
         set__updated_at=now,
         set__tokens_valid_after=now,
     )
+    if update:
+        events.publish("user.updated", user, changes=update)
     return get_user(user.id), False
 
 
@@ -294,6 +300,7 @@ def create_api_key(project_id: ObjectId, name: str, created_by: str | None) -> d
     )
     key.save(force_insert=True)
     KEYS.bump()
+    events.publish("api_key.created", key, project_id=project_id)
     return as_view(key, key=raw_key)
 
 
@@ -311,6 +318,7 @@ def revoke_api_key(project_id: ObjectId, key_id: ObjectId) -> None:
     if key.revoked_at is None:
         key.update(set__revoked_at=utcnow(), set__updated_at=utcnow())
         KEYS.bump()
+        events.publish("api_key.revoked", key, project_id=project_id)
 
 
 @KEYS.writes

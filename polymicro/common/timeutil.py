@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from polymicro.common import clock
+
 
 def truncate_ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
@@ -22,7 +24,8 @@ def to_utc_naive(value: datetime) -> datetime:
 
 
 def utcnow() -> datetime:
-    return truncate_ms(datetime.now(UTC).replace(tzinfo=None))
+    """Now, from the application's one clock (``polymicro.common.clock``; tests set it)."""
+    return clock.now()
 
 
 def parse_time(text: str) -> datetime:

@@ -1,7 +1,10 @@
 """/api/logs"""
 
+from bson import ObjectId
+from flask import current_app
 from flask.views import MethodView
 
+from polymicro.common import sse
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.logs import service
@@ -117,3 +120,50 @@ class LogItem(MethodView):
         entry = service.get_log(log_id)
         blp.check_etag(entry, LogEntrySchema)
         return service.update_log(entry, data)
+
+
+# --- live tail ----------------------------------------------------------------------------
+
+
+@blp.route("/stream")
+class LogStream(MethodView):
+    @sse.stream_access("logs")
+    @blp.arguments(LogQueryArgsSchema, location="query")
+    @blp.arguments(sse.TailArgsSchema, location="query")
+    @blp.arguments(sse.ResumeHeadersSchema, location="headers")
+    @blp.doc(**sse.STREAM_DOC)
+    def get(self, filters, stream_args, headers):
+        """New log entries as they are stored (Server-Sent Events), with the list filters."""
+        return sse.open_stream(*log_source(filters, stream_args["tail"], headers["last_event_id"]))
+
+
+def log_source(filters: dict, tail: int, resume: str | None):
+    """The ``start`` and ``poll`` of a log stream (see ``sse.open_stream``): each entry
+    is one message, ``id:`` its id (``Last-Event-ID`` resumes after it)."""
+    reader = service.LogTail(filters, current_app.config["LOG_STREAM_WINDOW_SECONDS"])
+    dump = LogEntrySchema().dump
+
+    def messages(entries: list[dict], newest) -> list[sse.Message]:
+        # A late entry (an older id than one sent before) carries the newest id sent,
+        # so the client's Last-Event-ID never moves back.
+        out = []
+        for entry in entries:
+            newest = entry["id"] if newest is None else max(newest, entry["id"])
+            out.append(sse.json_message(dump(entry), id=str(newest)))
+        return out
+
+    def start() -> list[sse.Message]:
+        if resume and not ObjectId.is_valid(resume):
+            reset = {"message": "Unknown Last-Event-ID; starting afresh."}
+            return [sse.json_message(reset, event="reset"), *start_at(None)]
+        return start_at(ObjectId(resume) if resume else None)
+
+    def start_at(after: ObjectId | None) -> list[sse.Message]:
+        return messages(reader.start(after, tail if after is None else 0), None)
+
+    def poll() -> tuple[list[sse.Message], bool]:
+        newest = reader.cursor
+        entries, more = reader.poll()
+        return messages(entries, newest), more
+
+    return start, poll

@@ -11,7 +11,7 @@ are checked through the services and projects domains' ``require_*`` functions
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bson import ObjectId
 
@@ -260,3 +260,59 @@ def delete_logs(project_id: ObjectId | None = None, service_id: ObjectId | None 
 def on_services_deleting(_sender, *, project_id: ObjectId, service_id: ObjectId | None) -> None:
     """Receiver of ``services.services_deleting``: their logs go first."""
     delete_logs(project_id=project_id, service_id=service_id)
+
+
+# --- live tail (GET /api/logs/stream) -----------------------------------------------------
+
+
+class LogTail:
+    """The reads of one live log stream: new entries matching the list filters, in
+    ``_id`` order (the order they were made).
+
+    An ``_id`` is made by the writing process before its insert, so entries do not
+    become visible in ``_id`` order: a batch commits a moment after its ids were made,
+    and two workers interleave.  Each poll therefore re-reads ``window`` seconds behind
+    the newest entry it sent and sends what it has not sent yet (an entry committed
+    later than that after its id was made is missed; the list endpoints have it).  The
+    same holds when a client resumes after an id: entries with older ids committed
+    while it was away are not sent again.
+    """
+
+    def __init__(self, filters: dict, window_seconds: float):
+        self.query = list_logs(**filters).query.queryset.order_by("id")
+        self.window = timedelta(seconds=window_seconds)
+        self.cursor: ObjectId | None = None
+        self.sent: set[ObjectId] = set()
+
+    def _floor(self) -> ObjectId:
+        return ObjectId.from_datetime(utcnow() - self.window)
+
+    def start(self, after: ObjectId | None, tail: int) -> list[dict]:
+        """Begin after the entry ``after`` (a resume), else with the last ``tail``
+        entries; returns those, oldest first.  Entries already stored before the start
+        are never sent as new."""
+        backlog = []
+        if after is None:
+            newest = self.query.order_by("-id")
+            backlog = list(reversed(list(newest[:tail]))) if tail else []
+            first = list(newest[:1])
+            after = first[0]["_id"] if first else self._floor()
+        self.cursor = after
+        floor = self._floor()
+        if floor < after:
+            existing = self.query.filter(id__gte=floor, id__lte=after).only("id")
+            self.sent = {row["_id"] for row in existing}
+        return _rows(backlog)
+
+    def poll(self, limit: int = 500) -> tuple[list[dict], bool]:
+        """Entries not sent yet (oldest id first), and whether more are waiting."""
+        floor = self._floor()
+        low = min(self.cursor, floor)
+        fetch = limit + len(self.sent)
+        rows = list(self.query.filter(id__gt=low)[:fetch])
+        new = [row for row in rows if row["_id"] not in self.sent][:limit]
+        for row in new:
+            self.sent.add(row["_id"])
+            self.cursor = max(self.cursor, row["_id"])
+        self.sent = {entry_id for entry_id in self.sent if entry_id >= floor}
+        return _rows(new), len(rows) == fetch

@@ -19,6 +19,7 @@ from polymicro.common import caching
 from polymicro.common.models import apply_changes, as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.errors import Conflict, InvalidInput, NotFound
+from polymicro.events import service as events
 from polymicro.projects.models import Project
 
 # Projects and services share one namespace: a project's view embeds its services.
@@ -122,6 +123,7 @@ def create_project(data: dict) -> dict:
     project = Project(**data, name_key=name_key(data["name"]))
     project.save(force_insert=True)  # a racing duplicate hits the unique index → 409
     CATALOG.bump()
+    events.publish("project.created", project, project_id=project.id)
     return project_views([project])[0]
 
 
@@ -131,8 +133,12 @@ def update_project(project_id: ObjectId, data: dict) -> dict:
     project = load_project(project_id)
     if "name" in data and name_key(data["name"]) != project.name_key:
         _ensure_name_free(data["name"], exclude=project.id)
-    if apply_changes(project, data):
+    changed = apply_changes(project, data)
+    if changed:
         CATALOG.bump()
+        events.publish(
+            "project.updated", project, project_id=project.id, changes=events.changes_of(changed)
+        )
     return project_views([project])[0]
 
 
@@ -148,3 +154,4 @@ def delete_project(project_id: ObjectId) -> None:
     project_deleting.send(project.id)
     project.delete()
     CATALOG.bump()
+    events.publish("project.deleted", project, project_id=project.id)

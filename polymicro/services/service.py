@@ -21,6 +21,7 @@ from polymicro.common import caching
 from polymicro.common.models import apply_changes, as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.errors import Conflict, InvalidInput, NotFound
+from polymicro.events import service as events
 from polymicro.projects import service as projects
 from polymicro.services.models import Service
 
@@ -160,6 +161,7 @@ def create_service(data: dict) -> dict:
     svc = Service(**data, name_key=name_key(data["name"]))
     svc.save(force_insert=True)
     CATALOG.bump()
+    events.publish("service.created", svc, project_id=svc.project_id)
     return as_view(svc)
 
 
@@ -177,6 +179,9 @@ def update_service(service_id: ObjectId, data: dict) -> dict:
     changed = apply_changes(svc, data)
     if changed:
         CATALOG.bump()
+        events.publish(
+            "service.updated", svc, project_id=svc.project_id, changes=events.changes_of(changed)
+        )
         if "name" in changed:
             service_renamed.send(
                 svc.id, project_id=svc.project_id, service_id=svc.id, name=svc.name
@@ -191,6 +196,7 @@ def delete_service(service_id: ObjectId) -> None:
     services_deleting.send(svc.id, project_id=svc.project_id, service_id=svc.id)
     svc.delete()
     CATALOG.bump()
+    events.publish("service.deleted", svc, project_id=svc.project_id)
 
 
 @CATALOG.writes
