@@ -123,9 +123,11 @@ def make_project(**fields):
 
 
 def make_service(project=None, **fields):
-    """A stored service (the document) of ``project``, or of a new project."""
-    project = project or make_project()
-    data = _fields({"project_id": project.id, "name": unique("service")}, fields)
+    """A stored service (the document) of ``project``, or of a new project.  Another
+    service of the project of ``svc``: ``make_service(project_id=svc.project_id)``."""
+    if "project_id" not in fields:
+        fields["project_id"] = (project or make_project()).id
+    data = _fields({"name": unique("service")}, fields)
     return services.load_service(services.create_service(data)["id"])
 
 
