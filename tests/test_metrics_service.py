@@ -12,6 +12,7 @@ from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.metrics import service as metrics
 from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.projects import service as projects
 from polymicro.services import service as services
 from tests.factories import (
     T0,
@@ -264,13 +265,27 @@ def test_delete_metrics_by_service_and_by_project(ctx):
     assert CpuPoint.objects(metric_id=elsewhere.id).count() == 2
 
 
-def test_deleting_a_service_cascades_to_its_metrics(svc):
+def test_deleting_a_service_cascades_to_its_metrics_only(svc):
     metric = make_metric(svc, minute_points(2))
+    sibling = make_metric(make_service(project_id=svc.project_id), minute_points(3))
 
     services.delete_service(svc.id)
 
     assert find_metric(metric.id) is None
     assert CpuPoint.objects(metric_id=metric.id).count() == 0
+    assert CpuPoint.objects(metric_id=sibling.id).count() == 3
+
+
+def test_deleting_a_project_cascades_to_the_metrics_of_its_services_only(svc):
+    sibling = make_metric(make_service(project_id=svc.project_id), minute_points(2))
+    metric = make_metric(svc, minute_points(2))
+    elsewhere = make_metric(make_service(), minute_points(2))
+
+    projects.delete_project(svc.project_id)
+
+    assert [m.id for m in CpuMetric.objects] == [elsewhere.id]
+    assert CpuPoint.objects(metric_id__in=[sibling.id, metric.id]).count() == 0
+    assert CpuPoint.objects(metric_id=elsewhere.id).count() == 2
 
 
 def test_renaming_a_service_renames_its_entry(svc):
