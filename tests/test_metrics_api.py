@@ -361,6 +361,7 @@ def test_nan_and_infinity_are_refused(client, svc, raw):
 
     assert response.status_code == 422
     assert "load" in response.json["errors"]["json"]
+    assert stored_points(entry["id"]) == 0
 
 
 def test_an_array_of_numbers_is_not_an_array_of_points(client, svc):
