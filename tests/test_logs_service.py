@@ -13,7 +13,7 @@ from polymicro.logs import service
 from polymicro.logs.models import LogEntry
 from polymicro.projects.service import require_project as projects_require
 from polymicro.services.service import require_service as services_require
-from tests.factories import T0, at, log_data, make_log, make_logs, make_service
+from tests.factories import at, log_data, make_log, make_logs, make_service
 
 pytestmark = pytest.mark.usefixtures("ctx")
 
@@ -358,28 +358,3 @@ class TestCascades:
         kept = make_log(other_svc)
         projects.delete_project(svc.project_id)
         assert [e.id for e in LogEntry.objects] == [kept.id]
-
-
-class TestIndexes:
-    @pytest.mark.parametrize(
-        ("filters", "leading"),
-        [
-            ({}, "timestamp"),
-            ({"since": T0}, "timestamp"),
-            ({"project_id": ObjectId()}, "project_id"),
-            ({"service_id": ObjectId()}, "service_id"),
-            ({"severity": ["error"]}, "level"),
-            ({"min_severity": "warn"}, "level"),
-            ({"source": "a"}, "source"),
-            ({"test_id": "a"}, "test_id"),
-            ({"func_id": "a"}, "func_id"),
-        ],
-    )
-    def test_every_filter_has_an_index_that_also_sorts(self, svc, filters, leading):
-        make_log(svc)  # the collection and its indexes exist once something is written
-        keys = [spec["key"] for spec in LogEntry._get_collection().index_information().values()]
-        first_field = next(iter(database_query(service.list_logs(**filters))._query), "timestamp")
-        assert first_field == leading
-        assert any(
-            key[0][0] == leading and key[-2:] == [("timestamp", -1), ("_id", -1)] for key in keys
-        ), keys
