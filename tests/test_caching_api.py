@@ -14,23 +14,20 @@ from polymicro.logs.models import LogEntry
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.projects.models import Project
 from polymicro.services.models import Service
+from tests.factories import as_json, created, log_body, make_metric, make_project, make_service
 
 
 @pytest.fixture
-def world(client):
-    project = client.post("/api/projects", json={"name": "Shop"}).json
-    svc = client.post(
-        "/api/services", json={"project_id": project["id"], "name": "api", "status": "Running"}
-    ).json
-    metric = client.post(
-        "/api/metrics/cpu",
-        json={"project_id": project["id"], "service_name": "api", "data": [{"load": 1.0}]},
-    ).json
-    return {"project": project, "service": svc, "metric": metric}
+def world(ctx) -> dict[str, str]:
+    """Project "Shop" with service "api" (Running) and its CPU entry of one point."""
+    project = make_project(name="Shop")
+    svc = make_service(project, name="api", status="Running")
+    metric = make_metric(svc, points=[{"load": 1.0}])
+    return as_json({"pid": project.id, "sid": svc.id, "mid": metric.id})
 
 
 def urls(world) -> dict[str, str]:
-    pid, sid = world["project"]["id"], world["service"]["id"]
+    pid, sid = world["pid"], world["sid"]
     return {
         "projects": "/api/projects",
         "project": f"/api/projects/{pid}",
@@ -53,14 +50,14 @@ class TestReadsAreCached:
     def test_project_reads(self, client, world):
         u = urls(world)
         prime(client, u["projects"], u["project"])
-        Project.objects(id=world["project"]["id"]).update(set__owner="sneaky")
+        Project.objects(id=world["pid"]).update(set__owner="sneaky")
         assert client.get(u["project"]).json["owner"] is None
         assert client.get(u["projects"]).json[0]["owner"] is None
 
     def test_service_reads(self, client, world):
         u = urls(world)
         prime(client, u["service"], u["project_services"], u["services"])
-        Service.objects(id=world["service"]["id"]).update(set__version="sneaky")
+        Service.objects(id=world["sid"]).update(set__version="sneaky")
         assert client.get(u["service"]).json["version"] is None
         assert client.get(u["project_services"]).json[0]["version"] is None
         assert client.get(u["services"]).json[0]["version"] is None
@@ -68,7 +65,7 @@ class TestReadsAreCached:
     def test_project_metrics(self, client, world):
         u = urls(world)
         prime(client, u["project_metrics"])
-        CpuPoint(metric_id=world["metric"]["id"], load=99.0).save()
+        CpuPoint(metric_id=world["mid"], load=99.0).save()
         assert [p["load"] for p in client.get(u["project_metrics"]).json[0]["data"]] == [1.0]
 
     def test_keys_differ_by_query_and_page(self, client, world):
@@ -84,7 +81,7 @@ class TestReadsAreCached:
             "Tools",
             "Shop",
         ]
-        metrics = f"/api/metrics/cpu/project/{world['project']['id']}"
+        metrics = f"/api/metrics/cpu/project/{world['pid']}"
         assert client.get(f"{metrics}?points=1").json[0]["data"] != []
         assert client.get(f"{metrics}?since=2000-01-01&until=2000-01-02").json[0]["data"] == []
 
@@ -116,7 +113,7 @@ class TestWritesInvalidate:
     def test_create_service(self, client, world):
         u = urls(world)
         prime(client, u["projects"], u["project"], u["project_services"], u["services"])
-        client.post("/api/services", json={"project_id": world["project"]["id"], "name": "web"})
+        client.post("/api/services", json={"project_id": world["pid"], "name": "web"})
         assert [s["name"] for s in client.get(u["project"]).json["microservices"]] == [
             "api",
             "web",
@@ -152,18 +149,16 @@ class TestWritesInvalidate:
 
     def test_create_metric(self, client, world):
         u = urls(world)
-        client.post("/api/services", json={"project_id": world["project"]["id"], "name": "web"})
+        client.post("/api/services", json={"project_id": world["pid"], "name": "web"})
         prime(client, u["project_metrics"])
-        client.post(
-            "/api/metrics/cpu", json={"project_id": world["project"]["id"], "service_name": "web"}
-        )
+        client.post("/api/metrics/cpu", json={"project_id": world["pid"], "service_name": "web"})
         assert len(client.get(u["project_metrics"]).json) == 2
 
     @pytest.mark.parametrize("body", [{"load": 7.0}, [{"load": 7.0}, {"load": 8.0}]])
     def test_append_points(self, client, world, body):
         u = urls(world)
         prime(client, u["project_metrics"])
-        client.post(f"/api/metrics/cpu/{world['metric']['id']}/data", json=body)
+        client.post(f"/api/metrics/cpu/{world['mid']}/data", json=body)
         loads = [p["load"] for p in client.get(u["project_metrics"]).json[0]["data"]]
         assert loads[0] == 1.0
         assert 7.0 in loads
@@ -171,13 +166,13 @@ class TestWritesInvalidate:
     def test_replace_points(self, client, world):
         u = urls(world)
         prime(client, u["project_metrics"])
-        client.put(f"/api/metrics/cpu/{world['metric']['id']}", json={"data": [{"load": 5.0}]})
+        client.put(f"/api/metrics/cpu/{world['mid']}", json={"data": [{"load": 5.0}]})
         assert [p["load"] for p in client.get(u["project_metrics"]).json[0]["data"]] == [5.0]
 
     def test_delete_metric(self, client, world):
         u = urls(world)
         prime(client, u["project_metrics"])
-        client.delete(f"/api/metrics/cpu/{world['metric']['id']}")
+        client.delete(f"/api/metrics/cpu/{world['mid']}")
         assert client.get(u["project_metrics"]).json == []
         assert CpuMetric.objects.count() == 0
 
@@ -185,15 +180,10 @@ class TestWritesInvalidate:
 class TestLogLists:
     @pytest.fixture
     def logged(self, client, world):
-        body = {
-            "project_id": world["project"]["id"],
-            "service_id": world["service"]["id"],
-            "severity": "error",
-            "message": "first",
-        }
-        world["log"] = client.post("/api/logs", json=body).json
-        world["body"] = body
-        pid, sid = world["project"]["id"], world["service"]["id"]
+        """``world`` with one error log "first" and the log lists that show it."""
+        pid, sid = world["pid"], world["sid"]
+        world["body"] = log_body(project_id=pid, service_id=sid, severity="error", message="first")
+        world["lid"] = created(client, "/api/logs", world["body"])["id"]
         world["lists"] = [
             "/api/logs",
             f"/api/logs?project_id={pid}",
@@ -208,7 +198,7 @@ class TestLogLists:
 
     def test_log_lists_are_cached(self, client, logged):
         prime(client, *logged["lists"])
-        LogEntry.objects(id=logged["log"]["id"]).update(set__message="sneaky")
+        LogEntry.objects(id=logged["lid"]).update(set__message="sneaky")
         for path in logged["lists"]:
             assert self.messages(client, path) == ["first"], path
 
@@ -227,26 +217,26 @@ class TestLogLists:
     @pytest.mark.parametrize("method", ["put", "patch"])
     def test_update(self, client, logged, method):
         prime(client, *logged["lists"])
-        getattr(client, method)(f"/api/logs/{logged['log']['id']}", json={"message": "edited"})
+        getattr(client, method)(f"/api/logs/{logged['lid']}", json={"message": "edited"})
         for path in logged["lists"]:
             assert self.messages(client, path) == ["edited"], path
 
     def test_delete(self, client, logged):
         prime(client, *logged["lists"])
-        client.delete(f"/api/logs/{logged['log']['id']}")
+        client.delete(f"/api/logs/{logged['lid']}")
         for path in logged["lists"]:
             assert self.messages(client, path) == [], path
 
     def test_service_delete_cascade(self, client, logged):
         prime(client, *logged["lists"])
-        client.delete(f"/api/services/{logged['service']['id']}")
+        client.delete(f"/api/services/{logged['sid']}")
         assert client.get(logged["lists"][3]).status_code == 404
         for path in logged["lists"][:3]:
             assert self.messages(client, path) == [], path
 
     def test_project_delete_cascade(self, client, logged):
         prime(client, *logged["lists"])
-        client.delete(f"/api/projects/{logged['project']['id']}")
+        client.delete(f"/api/projects/{logged['pid']}")
         assert self.messages(client, "/api/logs") == []
         assert client.get(logged["lists"][2]).status_code == 404
         assert client.get(logged["lists"][3]).status_code == 404
@@ -261,7 +251,7 @@ class TestResponseCache:
         assert second.headers["Content-Type"] == "application/json"
 
     def test_a_cached_item_answers_if_none_match_with_304(self, client, world):
-        url = f"/api/projects/{world['project']['id']}"
+        url = f"/api/projects/{world['pid']}"
         etag = client.get(url).headers["ETag"]
         cached = client.get(url)
         assert cached.headers["ETag"] == etag

@@ -1,4 +1,8 @@
-"""Conventions every endpoint shares: time format, error shape, database outage, docs."""
+"""Conventions every endpoint shares: time format, error shape, database outage, docs.
+
+The health probes are tested in ``test_operations_api.py``; the body-size cap, with the
+other hostile bodies, in ``test_hostile_inputs.py``.
+"""
 
 from __future__ import annotations
 
@@ -81,13 +85,6 @@ def test_unknown_route_is_404_in_the_error_shape(client):
     assert set(response.json) >= {"code", "status", "message"}
 
 
-def test_body_over_the_cap_is_413(client, app):
-    app.config["MAX_CONTENT_LENGTH"] = 1000
-    response = client.post("/api/projects", json={"name": "x", "description": "d" * 2000})
-    assert response.status_code == 413
-    assert response.json["code"] == 413
-
-
 def test_unexpected_error_is_500_without_internals(app):
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
@@ -132,19 +129,6 @@ def test_unreachable_database_is_503_with_a_clear_message(unreachable_app, metho
     response = getattr(client_as(unreachable_app), method)(path, json=body)
     assert response.status_code == 503
     assert response.json["message"] == "The database is unavailable; try again shortly."
-
-
-def test_health_names_the_failing_check(unreachable_app):
-    response = unreachable_app.test_client().get("/api/health")
-    assert response.status_code == 503
-    assert response.json["checks"] == {"database": "unavailable", "cache": "ok"}
-    assert response.json["status"] == "unavailable"
-
-
-def test_health_is_ok_when_everything_answers(client):
-    healthy = client.get("/api/health")
-    assert healthy.status_code == 200
-    assert healthy.json["checks"] == {"database": "ok", "cache": "ok"}
 
 
 def test_startup_logs_a_readable_message_when_the_database_is_down(caplog):

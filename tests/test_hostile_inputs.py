@@ -8,6 +8,12 @@ services, logs, the log batch, CPU metrics entries and their points) and checks 
 - nothing was stored and nothing changed: every document of every collection is the
   same before and after (not only the counts).
 
+The table is the one home of the rules every JSON endpoint shares (media types,
+malformed or over-deep JSON, a body of the wrong JSON type, the size cap, operator
+objects).  The ordinary limits of one field (a length, a type, a range, a count) are
+tested in the domain's API tests, whose tables also say which field the error names;
+the table keeps only the field values no ordinary client sends.
+
 ``QUERY_INJECTION`` checks that operator objects in query strings are never operators:
 the contract ignores unknown parameters (``owner[$ne]``) and matches ``q`` literally.
 
@@ -31,6 +37,7 @@ from marshmallow import ValidationError
 from polymicro.common.fields import NAME_PATTERN, TAG_PATTERN, URL_PATTERN, WS
 from polymicro.common.timeutil import format_time
 from polymicro.metrics.schemas import STEP_PATTERN, Step
+from tests.factories import as_json, log_body, make_log, make_metric, make_project, make_service
 
 DEEP = 10_000  # levels of nesting in the "deeply nested" inputs
 
@@ -39,33 +46,16 @@ DEEP = 10_000  # levels of nesting in the "deeply nested" inputs
 
 
 @pytest.fixture
-def world(client) -> dict[str, str]:
+def world(ctx) -> dict[str, str]:
     """A project with two services; a CPU entry and a log entry for the first service.
     The second service has no CPU entry yet (the target of POST /api/metrics/cpu)."""
-
-    def created(path: str, body: dict) -> dict:
-        response = client.post(path, json=body)
-        assert response.status_code == 201, response.json
-        return response.json
-
-    project = created("/api/projects", {"name": "target", "owner": "team-a", "tags": ["t"]})
-    svc = created("/api/services", {"project_id": project["id"], "name": "api", "port": 80})
-    spare = created("/api/services", {"project_id": project["id"], "name": "spare"})
-    metric = created(
-        "/api/metrics/cpu",
-        {"project_id": project["id"], "service_name": "api", "data": [{"load": 1.0}]},
-    )
-    log = created(
-        "/api/logs",
-        {"project_id": project["id"], "service_id": svc["id"], "severity": "info", "message": "m"},
-    )
-    return {
-        "pid": project["id"],
-        "sid": svc["id"],
-        "spare": spare["name"],
-        "mid": metric["id"],
-        "lid": log["id"],
-    }
+    project = make_project(name="target", owner="team-a", tags=["t"])
+    svc = make_service(project, name="api", port=80)
+    spare = make_service(project, name="spare")
+    metric = make_metric(svc, points=[{"load": 1.0}])
+    log = make_log(svc, message="m")
+    ids = {"pid": project.id, "sid": svc.id, "mid": metric.id, "lid": log.id}
+    return {**as_json(ids), "spare": spare.name}
 
 
 PATHS = {
@@ -84,7 +74,7 @@ PATHS = {
 
 def valid_body(target: str, w: dict[str, str]) -> Any:
     """A body the endpoint accepts; hostile rows change one part of it."""
-    log = {"project_id": w["pid"], "service_id": w["sid"], "severity": "info", "message": "x"}
+    log = log_body(project_id=w["pid"], service_id=w["sid"], message="x")
     return {
         "projects": {"name": "new-project"},
         "project": {"name": "renamed"},
@@ -227,9 +217,6 @@ def _operator_rows() -> list[Hostile]:
                 )
     for field in ("project_id", "service_id", "message"):
         rows.append(Hostile(f"$gt in batch.{field}", "POST", "batch", {field: {"$gt": ""}}, 422))
-    rows.append(
-        Hostile("$where attribute key", "POST", "logs", {"attributes": {"$where": "1"}}, 422)
-    )
     rows.append(Hostile("$in in tags", "POST", "projects", {"tags": [{"$in": ["a"]}]}, 422))
     rows.append(
         Hostile("operator as the whole tags", "POST", "projects", {"tags": {"$ne": []}}, 422)
@@ -331,24 +318,7 @@ def _json_rows() -> list[Hostile]:
             lambda w: [[valid_body("logs", w)]],
             422,
         ),
-        Hostile("an empty batch", "POST", "batch", lambda w: [], 422),
-        Hostile(
-            "a batch of 1001 entries",
-            "POST",
-            "batch",
-            lambda w: [valid_body("logs", w)] * 1001,
-            422,
-        ),
-        Hostile(
-            "one bad entry in a batch",
-            "POST",
-            "batch",
-            lambda w: [valid_body("logs", w), {**valid_body("logs", w), "message": ""}],
-            422,
-        ),
-        Hostile("an empty array of points", "POST", "points", lambda w: [], 422),
         Hostile("an array of arrays of points", "POST", "points", lambda w: [[{"load": 1}]], 422),
-        Hostile("10001 points", "POST", "points", lambda w: [{"load": 1.0}] * 10_001, 422),
         Hostile(
             "an object where data's array goes",
             "PUT",
@@ -356,9 +326,7 @@ def _json_rows() -> list[Hostile]:
             lambda w: {"data": {"load": 1}},
             422,
         ),
-        Hostile("an empty object (POST projects)", "POST", "projects", lambda w: {}, 422),
         Hostile("an empty object (POST logs)", "POST", "logs", lambda w: {}, 422),
-        Hostile("an empty object (POST points)", "POST", "points", lambda w: {}, 422),
         Hostile("an empty body (POST projects)", "POST", "projects", Raw(b""), 422),
         Hostile("an empty body (POST services)", "POST", "services", Raw(b""), 422),
         Hostile("an empty body (POST logs)", "POST", "logs", Raw(b""), 422),
@@ -424,33 +392,19 @@ def _value_rows() -> list[Hostile]:
     big = 2**70
     rows = [
         # Overlong strings.
-        Hostile("name of 101 chars", "POST", "projects", {"name": "n" * 101}, 422),
         Hostile("name of 1,000,000 chars", "POST", "projects", {"name": "n" * 1_000_000}, 422),
         Hostile(
             "name of 97 chars + 4 spaces", "POST", "projects", {"name": "    " + "n" * 97}, 422
         ),
         Hostile("description of 2001 chars", "PATCH", "project", {"description": "d" * 2001}, 422),
         Hostile("owner of 101 chars", "PUT", "project", {"owner": "o" * 101}, 422),
-        Hostile("path of 1025 chars", "POST", "projects", {"path": "p" * 1025}, 422),
-        Hostile("21 tags", "POST", "projects", {"tags": [f"t{i}" for i in range(21)]}, 422),
         Hostile("a tag of 51 chars", "PATCH", "service", {"tags": ["t" * 51]}, 422),
         Hostile("url of 2049 chars", "POST", "services", {"url": "http://h/" + "u" * 2040}, 422),
         Hostile("version of 65 chars", "PUT", "service", {"version": "v" * 65}, 422),
-        Hostile("message of 16385 chars", "POST", "logs", {"message": "m" * 16385}, 422),
         Hostile(
             "message of 16385 chars in a batch", "POST", "batch", {"message": "m" * 16385}, 422
         ),
         Hostile("source of 257 chars", "PATCH", "log", {"source": "s" * 257}, 422),
-        Hostile(
-            "33 attributes", "POST", "logs", {"attributes": {f"k{i}": i for i in range(33)}}, 422
-        ),
-        Hostile(
-            "an attribute text of 1025 chars",
-            "POST",
-            "logs",
-            {"attributes": {"k": "v" * 1025}},
-            422,
-        ),
         Hostile("service_name of 101 chars", "POST", "metrics", {"service_name": "s" * 101}, 422),
         Hostile(
             "a body over the 20 MiB cap",
@@ -467,7 +421,6 @@ def _value_rows() -> list[Hostile]:
         Hostile("load 2**70", "POST", "points", {"load": big}, 422),
         Hostile("threads 2**70", "PUT", "metric", {"threads": big}, 422),
         Hostile("memory 1e308 * 10", "POST", "points", raw_field("points", "memory", "1e309"), 422),
-        Hostile("attribute 2**70", "POST", "logs", {"attributes": {"n": big}}, 422),
         Hostile(
             "attribute 1e19 (a float beyond 64 bits)",
             "POST",
@@ -475,59 +428,30 @@ def _value_rows() -> list[Hostile]:
             {"attributes": {"n": 1e19}},
             422,
         ),
-        Hostile(
-            "attribute 1e400", "POST", "logs", raw_field("logs", "attributes", '{"n": 1e400}'), 422
-        ),
         # NaN and infinity literals (not JSON; no field takes them).
-        Hostile("load NaN", "POST", "points", raw_field("points", "load", "NaN"), 422),
         Hostile("load Infinity", "PUT", "metric", raw_field("metric", "load", "Infinity"), 422),
         Hostile(
             "memory -Infinity", "POST", "points", raw_field("points", "memory", "-Infinity"), 422
         ),
         Hostile("port NaN", "POST", "services", raw_field("services", "port", "NaN"), 422),
-        Hostile(
-            "attribute NaN", "POST", "logs", raw_field("logs", "attributes", '{"n": NaN}'), 422
-        ),
         Hostile("name NaN", "POST", "projects", raw_field("projects", "name", "NaN"), 422),
         # Wrong types.
-        Hostile("name a number", "POST", "projects", {"name": 12}, 422),
         Hostile("name true", "PATCH", "project", {"name": True}, 422),
-        Hostile("name null", "POST", "projects", {"name": None}, 422),
         Hostile("name an array", "PUT", "project", {"name": ["a"]}, 422),
         Hostile("name an object", "POST", "services", {"name": {"a": 1}}, 422),
-        Hostile('port "80"', "POST", "services", {"port": "80"}, 422),
         Hostile("port 80.5", "PATCH", "service", {"port": 80.5}, 422),
-        Hostile("port true", "POST", "services", {"port": True}, 422),
-        Hostile('tags "a"', "POST", "projects", {"tags": "a"}, 422),
         Hostile("tags [1]", "PATCH", "project", {"tags": [1]}, 422),
-        Hostile("severity 3", "POST", "logs", {"severity": 3}, 422),
         Hostile("message []", "POST", "batch", {"message": []}, 422),
         Hostile("timestamp a number", "PATCH", "log", {"timestamp": 1764151847}, 422),
-        Hostile('load "50"', "POST", "points", {"load": "50"}, 422),
-        Hostile("load true", "POST", "points", {"load": True}, 422),
         Hostile("threads 1.5", "PUT", "metric", {"threads": 1.5}, 422),
         Hostile("attributes a list", "PUT", "log", {"attributes": ["a"]}, 422),
-        Hostile("attribute value an object", "POST", "logs", {"attributes": {"a": {"b": 1}}}, 422),
-        Hostile("project_id a number", "POST", "services", {"project_id": 12}, 422),
-        Hostile("unknown field", "POST", "projects", {"admin": True}, 422),
-        Hostile("unknown field id", "PATCH", "project", {"id": "0123456789abcdef01234567"}, 422),
         # Unicode edge cases.
-        Hostile(
-            "lone high surrogate in name",
-            "POST",
-            "projects",
-            raw_field("projects", "name", LONE),
-            422,
-        ),
         Hostile(
             "lone low surrogate in a service name",
             "PATCH",
             "service",
             raw_field("service", "name", LONE_LOW),
             422,
-        ),
-        Hostile(
-            "lone surrogate in message", "POST", "logs", raw_field("logs", "message", LONE), 422
         ),
         Hostile(
             "lone surrogate in a batch message",
@@ -561,7 +485,6 @@ def _value_rows() -> list[Hostile]:
         Hostile("byte-order mark in a name", "POST", "projects", {"name": "\ufeffname"}, 422),
         Hostile("NUL in a name", "POST", "projects", {"name": "a\x00b"}, 422),
         Hostile("NUL in a service name", "PUT", "service", {"name": "\x00"}, 422),
-        Hostile("NUL in an attribute key", "POST", "logs", {"attributes": {"a\x00b": 1}}, 422),
         Hostile("newline inside a name", "POST", "services", {"name": "a\nINFO forged line"}, 422),
         Hostile("escape sequence in a name", "POST", "projects", {"name": "\x1b[31mred"}, 422),
         Hostile("NUL in service_name", "POST", "metrics", {"service_name": "api\x00"}, 422),
@@ -777,8 +700,8 @@ def test_unusual_but_valid_names_round_trip(client, name):
     ],
 )
 def test_free_text_keeps_control_characters_exactly(client, world, message):
-    body = {"project_id": world["pid"], "service_id": world["sid"], "severity": "info"}
-    created = client.post("/api/logs", json={**body, "message": message})
+    body = log_body(project_id=world["pid"], service_id=world["sid"], message=message)
+    created = client.post("/api/logs", json=body)
     assert created.status_code == 201, created.json
     assert client.get(f"/api/logs/{created.json['id']}").json["message"] == message
 
@@ -919,12 +842,11 @@ def test_fuzz_attributes_are_documented_as_what_is_accepted(client, world):
     kinds = [choice["type"] for choice in attributes["additionalProperties"]["anyOf"]]
     assert kinds == ["string", "number", "boolean"]
     assert attributes["additionalProperties"]["nullable"] is True
-    body = {"project_id": world["pid"], "service_id": world["sid"], "severity": "info"}
+    body = log_body(project_id=world["pid"], service_id=world["sid"])
     ok = client.post(
         "/api/logs",
         json={
             **body,
-            "message": "m",
             "attributes": {
                 "max": 2**63 - 1,
                 "min": -(2**63),
@@ -938,9 +860,7 @@ def test_fuzz_attributes_are_documented_as_what_is_accepted(client, world):
     assert ok.status_code == 201, ok.json
     # 1e19 as a float is as far out of 64-bit range as the integer 10**19: both refused.
     for value in (10**19, 1e19, -1e19):
-        response = client.post(
-            "/api/logs", json={**body, "message": "m", "attributes": {"v": value}}
-        )
+        response = client.post("/api/logs", json={**body, "attributes": {"v": value}})
         assert response.status_code == 422
 
 

@@ -2,7 +2,9 @@
 
 On a real server (the wire run) the query planner is asked: the winning plan of each
 list query must scan an index (``IXSCAN``), never the whole collection.  On mongomock,
-which has no planner, the declared indexes are checked instead.
+which has no planner, the declared indexes are checked instead.  For the log lists the
+query is the one ``logs.list_logs`` builds for each filter, and its index must also
+serve the newest-first sort.
 
 ``q`` (text *contains*) is the one filter no index can serve: an unanchored pattern
 is matched against every name or message the other filters leave (see the README).
@@ -10,21 +12,20 @@ is matched against every name or message the other filters leave (see the README
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import pytest
 from bson import ObjectId
 
+from polymicro.logs import service as logs
 from polymicro.logs.models import LogEntry
 from polymicro.metrics.models import CpuMetric, CpuPoint
 from polymicro.projects.models import Project
 from polymicro.services.models import Service
 from tests.conftest import USES_REAL_DB
+from tests.factories import T0
 
 pytestmark = pytest.mark.usefixtures("ctx")
 
 OID = ObjectId()
-T0 = datetime(2026, 1, 1)
 
 # (document, filter, sort, the field an index must start with)
 CASES = [
@@ -41,11 +42,14 @@ CASES = [
     (CpuMetric, {"service_key": "api"}, None, "service_key"),
     (CpuMetric, {"service_id": OID}, None, "service_id"),
     (CpuPoint, {"metric_id": OID, "time": {"$gte": T0}}, [("time", -1)], "metric_id"),
-    (LogEntry, {"project_id": OID}, [("timestamp", -1), ("_id", -1)], "project_id"),
-    (LogEntry, {"service_id": OID}, [("timestamp", -1), ("_id", -1)], "service_id"),
-    (LogEntry, {"level": {"$gte": 2}}, [("timestamp", -1)], "level"),
-    (LogEntry, {}, [("timestamp", -1), ("_id", -1)], "timestamp"),
 ]
+
+
+def _winning_plan(collection, query: dict, sort) -> dict:
+    cursor = collection.find(query)
+    if sort:
+        cursor = cursor.sort(sort)
+    return cursor.limit(10).explain()["queryPlanner"]["winningPlan"]
 
 
 def _touch(document) -> None:
@@ -73,8 +77,33 @@ def test_filter_is_served_by_an_index(document, query, sort, leading):
     keys = [next(iter(spec["key"]))[0] for spec in collection.index_information().values()]
     assert leading in keys, f"no index of {document.__name__} starts with {leading}"
     if USES_REAL_DB:
-        cursor = collection.find(query)
-        if sort:
-            cursor = cursor.sort(sort)
-        plan = cursor.limit(10).explain()["queryPlanner"]["winningPlan"]
+        plan = _winning_plan(collection, query, sort)
         assert _index_scans(plan), f"{document.__name__} {query} scans the collection: {plan}"
+
+
+# Log lists: each filter of ``logs.list_logs``, with the query and the sort it builds.
+LOG_FILTERS = [
+    ({}, "timestamp"),
+    ({"since": T0}, "timestamp"),
+    ({"project_id": OID}, "project_id"),
+    ({"service_id": OID}, "service_id"),
+    ({"severity": ["error"]}, "level"),
+    ({"min_severity": "warn"}, "level"),
+    ({"source": "a"}, "source"),
+    ({"test_id": "a"}, "test_id"),
+    ({"func_id": "a"}, "func_id"),
+]
+
+
+@pytest.mark.parametrize(("filters", "leading"), LOG_FILTERS, ids=[f[1] for f in LOG_FILTERS])
+def test_every_log_filter_has_an_index_that_also_sorts(filters, leading):
+    _touch(LogEntry)
+    queryset = logs.list_logs(**filters).query.queryset  # what the service will run
+    sort = queryset._ordering
+    keys = [spec["key"] for spec in LogEntry._get_collection().index_information().values()]
+    assert next(iter(queryset._query), "timestamp") == leading
+    assert sort == [("timestamp", -1), ("_id", -1)]
+    assert any(key[0][0] == leading and key[-2:] == sort for key in keys), keys
+    if USES_REAL_DB:
+        plan = _winning_plan(LogEntry._get_collection(), queryset._query, sort)
+        assert _index_scans(plan), f"logs {filters} scan the collection: {plan}"

@@ -1,4 +1,8 @@
-"""Logs through the HTTP API."""
+"""Logs through the HTTP API.
+
+Rules every JSON endpoint shares (media type, malformed JSON, a body of the wrong JSON
+type) are tested once for every endpoint in ``test_hostile_inputs.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from datetime import UTC, datetime
 import pytest
 
 from polymicro.logs.models import LogEntry
-from tests.factories import make_service
+from tests.factories import MISSING, created, log_body, make_service, stamp
 
 MISSING_ID = "0123456789abcdef01234567"
-MISSING = object()  # marks a field to leave out of a body
 
 
 @pytest.fixture
@@ -20,30 +23,20 @@ def svc(ctx):
 
 
 @pytest.fixture
+def sibling(svc):
+    """Another service of the project of ``svc``."""
+    return make_service(project_id=svc.project_id)
+
+
+@pytest.fixture
 def other_svc(ctx):
     """A service of another project."""
     return make_service()
 
 
-def body_for(svc, **fields):
-    body = {
-        "project_id": str(svc.project_id),
-        "service_id": str(svc.id),
-        "severity": "info",
-        "message": "started",
-    }
-    body.update(fields)
-    return {k: v for k, v in body.items() if v is not MISSING}
-
-
-def post(client, svc, **fields):
-    response = client.post("/api/logs", json=body_for(svc, **fields))
-    assert response.status_code == 201, response.json
-    return response.json
-
-
-def ts(minute: int, second: int = 0, ms: int = 0) -> str:
-    return f"2026-11-26T10:{minute:02d}:{second:02d}.{ms:03d}Z"
+def post(client, svc, **fields) -> dict:
+    """Create an entry of ``svc`` through the API (info, "started" unless overridden)."""
+    return created(client, "/api/logs", log_body(svc, **fields))
 
 
 def seed(client, svc, *entries: dict) -> list[dict]:
@@ -205,37 +198,27 @@ class TestCreateValidation:
     )
     def test_invalid_body_is_422_and_stores_nothing(self, client, svc, other_svc, overrides, field):
         overrides = {k: str(other_svc.id) if v == "<other>" else v for k, v in overrides.items()}
-        response = client.post("/api/logs", json=body_for(svc, **overrides))
+        response = client.post("/api/logs", json=log_body(svc, **overrides))
         assert response.status_code == 422, response.json
         assert response.json["code"] == 422
         assert field in response.json["errors"]["json"]
         assert LogEntry.objects.count() == 0
 
     def test_huge_number_in_raw_json_is_422(self, client, svc):
-        raw = json.dumps(body_for(svc))[:-1] + ', "attributes": {"n": 1e400}}'
+        raw = json.dumps(log_body(svc))[:-1] + ', "attributes": {"n": 1e400}}'
         response = client.post("/api/logs", data=raw, content_type="application/json")
         assert response.status_code == 422
         assert "attributes" in response.json["errors"]["json"]
         assert LogEntry.objects.count() == 0
 
-    def test_malformed_json_is_400(self, client, svc):
-        response = client.post("/api/logs", data="{nope", content_type="application/json")
-        assert response.status_code == 400
-        assert LogEntry.objects.count() == 0
-
-    def test_non_json_body_is_415(self, client, svc):
-        response = client.post("/api/logs", data="message=x", content_type="text/plain")
-        assert response.status_code == 415
-        assert LogEntry.objects.count() == 0
-
     def test_a_bad_key_names_the_key(self, client, svc):
-        response = client.post("/api/logs", json=body_for(svc, attributes={"a.b": 1, "ok": 2}))
+        response = client.post("/api/logs", json=log_body(svc, attributes={"a.b": 1, "ok": 2}))
         assert response.status_code == 422
         assert list(response.json["errors"]["json"]["attributes"]) == ["a.b"]
 
 
 def valid_batch(svc, n: int) -> list[dict]:
-    return [body_for(svc, message=f"line {i}") for i in range(n)]
+    return [log_body(svc, message=f"line {i}") for i in range(n)]
 
 
 class TestBatch:
@@ -272,17 +255,6 @@ class TestBatch:
 
     def test_empty_array_is_422(self, client, svc):
         response = client.post("/api/logs/batch", json=[])
-        assert response.status_code == 422
-        assert LogEntry.objects.count() == 0
-
-    @pytest.mark.parametrize("raw", ["{}", '{"message": "x"}', '"x"', "3", "null", "true"])
-    def test_body_that_is_not_an_array_is_422(self, client, svc, raw):
-        response = client.post("/api/logs/batch", data=raw, content_type="application/json")
-        assert response.status_code == 422, response.json
-        assert LogEntry.objects.count() == 0
-
-    def test_a_single_entry_object_is_422(self, client, svc):
-        response = client.post("/api/logs/batch", json=body_for(svc))
         assert response.status_code == 422
         assert LogEntry.objects.count() == 0
 
@@ -326,7 +298,7 @@ class TestBatch:
         assert LogEntry.objects.count() == 0
 
     def test_entries_of_several_services_and_projects(self, client, svc, other_svc):
-        entries = [body_for(svc), body_for(other_svc), body_for(svc, severity="fatal")]
+        entries = [log_body(svc), log_body(other_svc), log_body(svc, severity="fatal")]
         response = client.post("/api/logs/batch", json=entries)
         assert response.status_code == 201
         assert len(ids(client.get(f"/api/logs/service/{svc.id}"))) == 2
@@ -338,13 +310,13 @@ class TestListOrderAndPages:
         made = seed(
             client,
             svc,
-            {"timestamp": ts(3)},
-            {"timestamp": ts(1)},
-            {"timestamp": ts(5)},
-            {"timestamp": ts(2)},
-            {"timestamp": ts(2)},  # same time: the later id comes first
-            {"timestamp": ts(4)},
-            {"timestamp": ts(0)},
+            {"timestamp": stamp(3)},
+            {"timestamp": stamp(1)},
+            {"timestamp": stamp(5)},
+            {"timestamp": stamp(2)},
+            {"timestamp": stamp(2)},  # same time: the later id comes first
+            {"timestamp": stamp(4)},
+            {"timestamp": stamp(0)},
         )
         expected = [
             made[2]["id"],
@@ -391,18 +363,17 @@ def levels(client, svc):
     made = seed(
         client,
         svc,
-        {"severity": "debug", "timestamp": ts(0)},
-        {"severity": "info", "timestamp": ts(1)},
-        {"severity": "warn", "timestamp": ts(2)},
-        {"severity": "error", "timestamp": ts(3)},
-        {"severity": "critical", "timestamp": ts(4)},
+        {"severity": "debug", "timestamp": stamp(0)},
+        {"severity": "info", "timestamp": stamp(1)},
+        {"severity": "warn", "timestamp": stamp(2)},
+        {"severity": "error", "timestamp": stamp(3)},
+        {"severity": "critical", "timestamp": stamp(4)},
     )
     return {entry["severity"]: entry["id"] for entry in made}
 
 
 class TestFilters:
-    def test_project_and_service(self, client, ctx, svc, other_svc):
-        sibling = make_service(project=make_project_of(svc))
+    def test_project_and_service(self, client, svc, sibling, other_svc):
         own = post(client, svc)["id"]
         sib = post(client, sibling)["id"]
         other = post(client, other_svc)["id"]
@@ -445,20 +416,21 @@ class TestFilters:
         assert ids(client.get(f"/api/logs?{field}=alp")) == []
 
     def test_since_and_until_are_inclusive(self, client, svc):
-        made = seed(client, svc, *({"timestamp": ts(m)} for m in range(5)))
+        made = seed(client, svc, *({"timestamp": stamp(m)} for m in range(5)))
         by_minute = [entry["id"] for entry in made]
-        window = f"since={ts(1)}&until={ts(3)}"
+        window = f"since={stamp(1)}&until={stamp(3)}"
         assert ids(client.get(f"/api/logs?{window}")) == by_minute[3:0:-1]
-        assert ids(client.get(f"/api/logs?since={ts(3)}")) == [by_minute[4], by_minute[3]]
-        assert ids(client.get(f"/api/logs?until={ts(1)}")) == [by_minute[1], by_minute[0]]
-        assert ids(client.get(f"/api/logs?since={ts(2)}&until={ts(2)}")) == [by_minute[2]]
+        assert ids(client.get(f"/api/logs?since={stamp(3)}")) == [by_minute[4], by_minute[3]]
+        assert ids(client.get(f"/api/logs?until={stamp(1)}")) == [by_minute[1], by_minute[0]]
+        assert ids(client.get(f"/api/logs?since={stamp(2)}&until={stamp(2)}")) == [by_minute[2]]
         # a millisecond either side excludes the boundary entry
-        assert ids(client.get(f"/api/logs?since={ts(2, 0, 1)}&until={ts(3)}")) == [by_minute[3]]
-        assert ids(client.get("/api/logs?until=2026-11-26T09:59:59.999Z")) == []
+        just_after = f"since={stamp(2, ms=1)}&until={stamp(3)}"
+        assert ids(client.get(f"/api/logs?{just_after}")) == [by_minute[3]]
+        assert ids(client.get("/api/logs?until=2025-12-31T23:59:59.999Z")) == []
 
     def test_since_with_offset_is_converted_to_utc(self, client, svc):
-        made = seed(client, svc, {"timestamp": ts(0)}, {"timestamp": ts(5)})
-        response = client.get("/api/logs", query_string={"since": "2026-11-26T12:05:00+02:00"})
+        made = seed(client, svc, {"timestamp": stamp(0)}, {"timestamp": stamp(5)})
+        response = client.get("/api/logs", query_string={"since": "2026-01-01T02:05:00+02:00"})
         assert ids(response) == [made[1]["id"]]
 
     def test_q_is_case_insensitive_contains(self, client, svc):
@@ -479,21 +451,20 @@ class TestFilters:
         assert ids(client.get("/api/logs", query_string={"q": needle})) == [hit]
 
     def test_filters_combine(self, client, svc, other_svc):
-        want = post(
-            client, svc, severity="error", source="api", message="Timeout", timestamp=ts(2)
-        )["id"]
-        post(client, svc, severity="error", source="api", message="Timeout", timestamp=ts(9))
-        post(client, svc, severity="info", source="api", message="Timeout", timestamp=ts(2))
-        post(client, svc, severity="error", source="db", message="Timeout", timestamp=ts(2))
-        post(client, svc, severity="error", source="api", message="fine", timestamp=ts(2))
-        post(client, other_svc, severity="error", source="api", message="Timeout", timestamp=ts(2))
+        match = {"severity": "error", "source": "api", "message": "Timeout", "timestamp": stamp(2)}
+        want = post(client, svc, **match)["id"]
+        post(client, svc, **{**match, "timestamp": stamp(9)})
+        post(client, svc, **{**match, "severity": "info"})
+        post(client, svc, **{**match, "source": "db"})
+        post(client, svc, **{**match, "message": "fine"})
+        post(client, other_svc, **match)
         query = {
             "project_id": str(svc.project_id),
             "min_severity": "warn",
             "source": "api",
             "q": "timeout",
-            "since": ts(1),
-            "until": ts(3),
+            "since": stamp(1),
+            "until": stamp(3),
         }
         assert ids(client.get("/api/logs", query_string=query)) == [want]
 
@@ -507,7 +478,7 @@ class TestFilters:
             ("service_id=123", "service_id"),
             ("since=yesterday", "since"),
             ("until=2026-13-01", "until"),
-            (f"since={ts(5)}&until={ts(1)}", "since"),
+            (f"since={stamp(5)}&until={stamp(1)}", "since"),
             ("q=a%00b", "q"),
             ("source=" + "s" * 257, "source"),
         ],
@@ -522,24 +493,16 @@ class TestFilters:
         assert ids(client.get("/api/logs?colour=blue")) == [made]
 
 
-def make_project_of(svc):
-    """The project a service belongs to, as a document (for make_service)."""
-    from polymicro.projects.models import Project
-
-    return Project.objects.get(id=svc.project_id)
-
-
 class TestParentLists:
-    def test_project_logs(self, client, ctx, svc, other_svc):
-        sibling = make_service(project=make_project_of(svc))
-        older = post(client, svc, timestamp=ts(1), severity="error")["id"]
-        newer = post(client, sibling, timestamp=ts(2), severity="info")["id"]
+    def test_project_logs(self, client, svc, sibling, other_svc):
+        older = post(client, svc, timestamp=stamp(1), severity="error")["id"]
+        newer = post(client, sibling, timestamp=stamp(2), severity="info")["id"]
         post(client, other_svc)
         url = f"/api/logs/project/{svc.project_id}"
         assert ids(client.get(url)) == [newer, older]
         assert ids(client.get(f"{url}?min_severity=warn")) == [older]
         assert ids(client.get(f"{url}?service_id={sibling.id}")) == [newer]
-        assert ids(client.get(f"{url}?until={ts(1)}")) == [older]
+        assert ids(client.get(f"{url}?until={stamp(1)}")) == [older]
         pagination = json.loads(client.get(f"{url}?page_size=1").headers["X-Pagination"])
         assert pagination["total"] == 2
         assert pagination["total_pages"] == 2
@@ -550,10 +513,9 @@ class TestParentLists:
         url = f"/api/logs/project/{svc.project_id}?project_id={other_svc.project_id}"
         assert ids(client.get(url)) == [own]
 
-    def test_service_logs(self, client, ctx, svc):
-        sibling = make_service(project=make_project_of(svc))
-        first = post(client, svc, timestamp=ts(1), source="a")["id"]
-        second = post(client, svc, timestamp=ts(2), source="b")["id"]
+    def test_service_logs(self, client, svc, sibling):
+        first = post(client, svc, timestamp=stamp(1), source="a")["id"]
+        second = post(client, svc, timestamp=stamp(2), source="b")["id"]
         post(client, sibling)
         url = f"/api/logs/service/{svc.id}"
         assert ids(client.get(url)) == [second, first]
@@ -631,7 +593,7 @@ class TestItem:
 class TestUpdate:
     @pytest.mark.parametrize("method", ["put", "patch"])
     def test_partial_body_keeps_other_fields(self, client, svc, method):
-        entry = post(client, svc, source="api", attributes={"a": 1}, timestamp=ts(1))
+        entry = post(client, svc, source="api", attributes={"a": 1}, timestamp=stamp(1))
         response = getattr(client, method)(
             f"/api/logs/{entry['id']}", json={"message": " edited ", "severity": "FATAL"}
         )
@@ -666,12 +628,12 @@ class TestUpdate:
         entry = post(client, svc, source="api", attributes={"a": 1})
         response = client.patch(
             f"/api/logs/{entry['id']}",
-            json={"source": None, "attributes": {"b": "x"}, "timestamp": ts(7)},
+            json={"source": None, "attributes": {"b": "x"}, "timestamp": stamp(7)},
         )
         assert response.status_code == 200
         assert response.json["source"] is None
         assert response.json["attributes"] == {"b": "x"}
-        assert response.json["timestamp"] == ts(7)
+        assert response.json["timestamp"] == stamp(7)
 
     @pytest.mark.parametrize(
         ("body", "field"),
@@ -718,8 +680,7 @@ class TestDelete:
         assert client.delete(f"/api/logs/{entry['id']}").status_code == 404
         assert ids(client.get("/api/logs")) == [keep["id"]]
 
-    def test_deleting_the_service_deletes_its_logs(self, client, ctx, svc):
-        sibling = make_service(project=make_project_of(svc))
+    def test_deleting_the_service_deletes_its_logs(self, client, svc, sibling):
         post(client, svc)
         post(client, svc)
         kept = post(client, sibling)["id"]
@@ -727,8 +688,7 @@ class TestDelete:
         assert LogEntry.objects(service_id=svc.id).count() == 0
         assert ids(client.get("/api/logs")) == [kept]
 
-    def test_deleting_the_project_deletes_its_logs(self, client, ctx, svc, other_svc):
-        sibling = make_service(project=make_project_of(svc))
+    def test_deleting_the_project_deletes_its_logs(self, client, svc, sibling, other_svc):
         post(client, svc)
         post(client, sibling)
         kept = post(client, other_svc)["id"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 import pytest
 from bson import ObjectId
 from mongoengine.queryset import QuerySet
@@ -13,33 +11,11 @@ from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs import service
 from polymicro.logs.models import LogEntry
-from polymicro.projects.models import Project
 from polymicro.projects.service import require_project as projects_require
 from polymicro.services.service import require_service as services_require
-from tests.factories import make_project, make_service
+from tests.factories import at, log_data, make_log, make_logs, make_service
 
 pytestmark = pytest.mark.usefixtures("ctx")
-
-T0 = datetime(2026, 11, 26, 10, 0, 0)
-
-
-def at(minutes: float) -> datetime:
-    return T0 + timedelta(minutes=minutes)
-
-
-def data_for(svc, **fields) -> dict:
-    data = {
-        "project_id": svc.project_id,
-        "service_id": svc.id,
-        "severity": "info",
-        "message": "started",
-    }
-    data.update(fields)
-    return data
-
-
-def log(svc, **fields) -> LogEntry:
-    return service.create_log(data_for(svc, **fields))
 
 
 @pytest.fixture
@@ -48,14 +24,21 @@ def svc():
 
 
 @pytest.fixture
+def sibling(svc):
+    """Another service of the project of ``svc``."""
+    return make_service(project_id=svc.project_id)
+
+
+@pytest.fixture
 def other_svc():
+    """A service of another project."""
     return make_service()
 
 
 class TestCreate:
     def test_stores_entry_with_level_and_receipt_time(self, svc):
         before = utcnow()
-        entry = log(svc, severity="error", attributes={"trace": "t1"})
+        entry = make_log(svc, severity="error", attributes={"trace": "t1"})
         after = utcnow()
         stored = LogEntry.objects.get(id=entry.id)
         assert stored.severity == "error"
@@ -77,33 +60,33 @@ class TestCreate:
         ],
     )
     def test_severity_is_canonical_and_level_follows(self, svc, given, severity, level):
-        stored = LogEntry.objects.get(id=log(svc, severity=given).id)
+        stored = LogEntry.objects.get(id=make_log(svc, severity=given).id)
         assert (stored.severity, stored.level) == (severity, level)
 
     def test_given_timestamp_is_kept(self, svc):
-        assert LogEntry.objects.get(id=log(svc, timestamp=at(3)).id).timestamp == at(3)
+        assert LogEntry.objects.get(id=make_log(svc, timestamp=at(3)).id).timestamp == at(3)
 
     def test_unknown_severity_is_invalid_input(self, svc):
         with pytest.raises(InvalidInput) as info:
-            log(svc, severity="loud")
+            make_log(svc, severity="loud")
         assert "severity" in info.value.errors["json"]
         assert LogEntry.objects.count() == 0
 
     def test_unknown_project_is_invalid_input(self, svc):
         with pytest.raises(InvalidInput) as info:
-            log(svc, project_id=ObjectId())
+            make_log(svc, project_id=ObjectId())
         assert list(info.value.errors["json"]) == ["project_id"]
         assert LogEntry.objects.count() == 0
 
     def test_unknown_service_is_invalid_input(self, svc):
         with pytest.raises(InvalidInput) as info:
-            log(svc, service_id=ObjectId())
+            make_log(svc, service_id=ObjectId())
         assert info.value.errors["json"] == {"service_id": ["No service with this id."]}
         assert LogEntry.objects.count() == 0
 
     def test_service_of_another_project_is_invalid_input(self, svc, other_svc):
         with pytest.raises(InvalidInput) as info:
-            log(svc, service_id=other_svc.id)
+            make_log(svc, service_id=other_svc.id)
         assert info.value.errors["json"] == {
             "service_id": ["This service belongs to another project."]
         }
@@ -111,7 +94,7 @@ class TestCreate:
 
     def test_unknown_project_and_service_are_both_named(self, svc):
         with pytest.raises(InvalidInput) as info:
-            log(svc, project_id=ObjectId(), service_id=ObjectId())
+            make_log(svc, project_id=ObjectId(), service_id=ObjectId())
         assert set(info.value.errors["json"]) == {"project_id", "service_id"}
         assert LogEntry.objects.count() == 0
 
@@ -119,9 +102,9 @@ class TestCreate:
 class TestCreateMany:
     def test_stores_all_and_returns_ids_in_input_order(self, svc, other_svc):
         entries = [
-            data_for(svc, message="a"),
-            data_for(other_svc, message="b", severity="fatal"),
-            data_for(svc, message="c", timestamp=at(1)),
+            log_data(svc, message="a"),
+            log_data(other_svc, message="b", severity="fatal"),
+            log_data(svc, message="c", timestamp=at(1)),
         ]
         before = utcnow()
         ids = service.create_logs(entries)
@@ -135,7 +118,7 @@ class TestCreateMany:
         assert stored[2].timestamp == at(1)
 
     def test_any_bad_reference_stores_nothing_and_names_each_index(self, svc, other_svc):
-        entries = [data_for(svc, message=str(i)) for i in range(8)]
+        entries = [log_data(svc, message=str(i)) for i in range(8)]
         entries[2]["service_id"] = other_svc.id
         entries[5]["project_id"] = ObjectId()
         entries[7]["service_id"] = ObjectId()
@@ -153,8 +136,8 @@ class TestCreateMany:
             service.create_logs([])
 
     def test_references_are_checked_once_per_distinct_project_and_service(self, monkeypatch):
-        services = [make_service(project=make_project()) for _ in range(5)]
-        entries = [data_for(services[i % 5], message=str(i)) for i in range(200)]
+        services = [make_service() for _ in range(5)]
+        entries = [log_data(services[i % 5], message=str(i)) for i in range(200)]
         asked = []
 
         def counting(require):
@@ -184,7 +167,7 @@ class TestCreateMany:
 
         monkeypatch.setattr(collection_class, "insert_many", counting_insert)
         monkeypatch.setattr(LogEntry, "save", no_save)
-        service.create_logs([data_for(svc, message=str(i)) for i in range(50)])
+        service.create_logs([log_data(svc, message=str(i)) for i in range(50)])
         assert inserts == [50]
         assert LogEntry.objects.count() == 50
 
@@ -195,17 +178,17 @@ class TestGetUpdateDelete:
             service.get_log(ObjectId())
 
     def test_get_returns_the_entry(self, svc):
-        entry = log(svc)
+        entry = make_log(svc)
         assert service.get_log(entry.id).id == entry.id
 
     def test_severity_update_keeps_level_in_step(self, svc):
-        entry = log(svc, severity="debug")
+        entry = make_log(svc, severity="debug")
         service.update_log(entry, {"severity": "Fatal"})
         stored = LogEntry.objects.get(id=entry.id)
         assert (stored.severity, stored.level) == ("critical", 4)
 
     def test_other_fields_are_updated_and_the_rest_kept(self, svc):
-        entry = log(svc, source="api", attributes={"a": 1}, timestamp=at(0))
+        entry = make_log(svc, source="api", attributes={"a": 1}, timestamp=at(0))
         service.update_log(entry, {"message": "edited", "timestamp": at(5)})
         stored = LogEntry.objects.get(id=entry.id)
         assert (stored.message, stored.timestamp) == ("edited", at(5))
@@ -213,7 +196,7 @@ class TestGetUpdateDelete:
 
     @pytest.mark.parametrize("field", ["project_id", "service_id"])
     def test_project_and_service_cannot_change(self, svc, other_svc, field):
-        entry = log(svc)
+        entry = make_log(svc)
         elsewhere = {"project_id": other_svc.project_id, "service_id": other_svc.id}[field]
         with pytest.raises(InvalidInput) as info:
             service.update_log(entry, {field: elsewhere, "message": "moved"})
@@ -226,7 +209,7 @@ class TestGetUpdateDelete:
         )
 
     def test_repeating_project_and_service_is_accepted(self, svc):
-        entry = log(svc)
+        entry = make_log(svc)
         updated = service.update_log(
             entry, {"project_id": svc.project_id, "service_id": svc.id, "message": "same ids"}
         )
@@ -234,7 +217,7 @@ class TestGetUpdateDelete:
         assert LogEntry.objects.get(id=entry.id).message == "same ids"
 
     def test_noop_update_does_not_write(self, svc, monkeypatch):
-        entry = log(svc, severity="warn")
+        entry = make_log(svc, severity="warn")
 
         def no_save(*args, **kwargs):
             raise AssertionError("nothing changed: nothing to save")
@@ -245,26 +228,25 @@ class TestGetUpdateDelete:
         assert service.update_log(entry, {}) is entry
 
     def test_delete_log_deletes_only_that_entry(self, svc):
-        gone, kept = log(svc), log(svc)
+        gone, kept = make_log(svc), make_log(svc)
         service.delete_log(gone)
         assert [e.id for e in LogEntry.objects] == [kept.id]
 
-    def test_delete_logs_of_a_service(self, svc):
-        sibling = make_service(project=Project.objects.get(id=svc.project_id))
-        log(svc)
-        log(svc)
-        kept = log(sibling)
+    def test_delete_logs_of_a_service(self, svc, sibling):
+        make_log(svc)
+        make_log(svc)
+        kept = make_log(sibling)
         assert service.delete_logs(service_id=svc.id) == 2
         assert [e.id for e in LogEntry.objects] == [kept.id]
 
     def test_delete_logs_of_a_project(self, svc, other_svc):
-        log(svc)
-        kept = log(other_svc)
+        make_log(svc)
+        kept = make_log(other_svc)
         assert service.delete_logs(project_id=svc.project_id) == 1
         assert [e.id for e in LogEntry.objects] == [kept.id]
 
     def test_delete_logs_needs_a_parent(self, svc):
-        log(svc)
+        make_log(svc)
         with pytest.raises(ValueError, match="project_id or service_id"):
             service.delete_logs()
         assert LogEntry.objects.count() == 1
@@ -274,7 +256,8 @@ class TestGetUpdateDelete:
 def by_severity(svc):
     """One entry per severity: debug oldest … critical newest."""
     names = ["debug", "info", "warn", "error", "critical"]
-    return {name: log(svc, severity=name, timestamp=at(i)).id for i, name in enumerate(names)}
+    stored = make_logs(svc, [{"severity": n, "timestamp": at(i)} for i, n in enumerate(names)])
+    return dict(zip(names, stored, strict=True))
 
 
 def listed(query) -> list[ObjectId]:
@@ -288,10 +271,10 @@ def database_query(cached: CachedQuery) -> QuerySet:
 
 class TestList:
     def test_returns_newest_first_pages_read_as_raw_rows(self, svc):
-        first = log(svc, timestamp=at(1))
-        tie_a = log(svc, timestamp=at(2))
-        tie_b = log(svc, timestamp=at(2))
-        last = log(svc, timestamp=at(3))
+        first = make_log(svc, timestamp=at(1))
+        tie_a = make_log(svc, timestamp=at(2))
+        tie_b = make_log(svc, timestamp=at(2))
+        last = make_log(svc, timestamp=at(3))
         query = service.list_logs()
         assert isinstance(query, CachedQuery)
         assert database_query(query)._ordering == [("timestamp", -1), ("_id", -1)]
@@ -329,21 +312,21 @@ class TestList:
 
     @pytest.mark.parametrize("field", ["source", "test_id", "func_id"])
     def test_exact_match_fields(self, svc, field):
-        hit = log(svc, **{field: "alpha"})
-        log(svc, **{field: "alphabet"})
-        log(svc, **{field: "Alpha"})
-        log(svc)
+        hit = make_log(svc, **{field: "alpha"})
+        make_log(svc, **{field: "alphabet"})
+        make_log(svc, **{field: "Alpha"})
+        make_log(svc)
         assert listed(service.list_logs(**{field: "alpha"})) == [hit.id]
 
     @pytest.mark.parametrize("needle", [".*[(", "\\", "a+b", "(x|y)", "[a-z]", "C:\\temp"])
     def test_q_is_literal_and_case_insensitive(self, svc, needle):
-        hit = log(svc, message=f"BEFORE {needle.upper()} after")
-        log(svc, message="abbb aab x y z C:/temp")
+        hit = make_log(svc, message=f"BEFORE {needle.upper()} after")
+        make_log(svc, message="abbb aab x y z C:/temp")
         assert listed(service.list_logs(q=needle)) == [hit.id]
 
-    def test_project_and_service_filters(self, svc, other_svc):
-        sibling = make_service(project=Project.objects.get(id=svc.project_id))
-        own, sib, other = log(svc, timestamp=at(1)), log(sibling, timestamp=at(2)), log(other_svc)
+    def test_project_and_service_filters(self, svc, sibling, other_svc):
+        own, sib = make_log(svc, timestamp=at(1)), make_log(sibling, timestamp=at(2))
+        other = make_log(other_svc)
         assert listed(service.list_logs(project_id=svc.project_id)) == [sib.id, own.id]
         assert listed(service.list_logs(service_id=svc.id)) == [own.id]
         assert listed(service.list_project_logs(other_svc.project_id)) == [other.id]
@@ -358,44 +341,20 @@ class TestList:
 
 
 class TestCascades:
-    def test_deleting_a_service_deletes_its_logs(self, svc):
+    """The logs of a deleted service or project go with it (``on_services_deleting``)."""
+
+    def test_deleting_a_service_deletes_its_logs(self, svc, sibling):
         from polymicro.services import service as services
 
-        sibling = make_service(project=Project.objects.get(id=svc.project_id))
-        log(svc)
-        kept = log(sibling)
+        make_log(svc)
+        kept = make_log(sibling)
         services.delete_service(svc.id)
         assert [e.id for e in LogEntry.objects] == [kept.id]
 
     def test_deleting_a_project_deletes_its_logs(self, svc, other_svc):
         from polymicro.projects import service as projects
 
-        log(svc)
-        kept = log(other_svc)
+        make_log(svc)
+        kept = make_log(other_svc)
         projects.delete_project(svc.project_id)
         assert [e.id for e in LogEntry.objects] == [kept.id]
-
-
-class TestIndexes:
-    @pytest.mark.parametrize(
-        ("filters", "leading"),
-        [
-            ({}, "timestamp"),
-            ({"since": T0}, "timestamp"),
-            ({"project_id": ObjectId()}, "project_id"),
-            ({"service_id": ObjectId()}, "service_id"),
-            ({"severity": ["error"]}, "level"),
-            ({"min_severity": "warn"}, "level"),
-            ({"source": "a"}, "source"),
-            ({"test_id": "a"}, "test_id"),
-            ({"func_id": "a"}, "func_id"),
-        ],
-    )
-    def test_every_filter_has_an_index_that_also_sorts(self, svc, filters, leading):
-        log(svc)  # the collection and its indexes exist once something is written
-        keys = [spec["key"] for spec in LogEntry._get_collection().index_information().values()]
-        first_field = next(iter(database_query(service.list_logs(**filters))._query), "timestamp")
-        assert first_field == leading
-        assert any(
-            key[0][0] == leading and key[-2:] == [("timestamp", -1), ("_id", -1)] for key in keys
-        ), keys

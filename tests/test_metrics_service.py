@@ -12,31 +12,25 @@ from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput, NotFound
 from polymicro.metrics import service as metrics
 from polymicro.metrics.models import CpuMetric, CpuPoint
+from polymicro.projects import service as projects
 from polymicro.services import service as services
-from tests.factories import make_project, make_service
+from tests.factories import (
+    T0,
+    at,
+    hour_of_points,
+    make_metric,
+    make_project,
+    make_service,
+    metric_data,
+    minute_points,
+)
 
-BASE = datetime(2026, 1, 1)
 UNKNOWN_ID = ObjectId("0123456789abcdef01234567")
-
-
-def at(minutes: float) -> datetime:
-    return BASE + timedelta(minutes=minutes)
-
-
-def minute_points(count: int, start: int = 0) -> list[dict]:
-    return [{"time": at(start + i), "load": float(start + i)} for i in range(count)]
 
 
 @pytest.fixture
 def svc(ctx):
-    return make_service(make_project(), name="Checkout")
-
-
-def new_metric(svc, points=None):
-    data = {"project_id": svc.project_id, "service_name": svc.name}
-    if points is not None:
-        data["data"] = points
-    return metrics.create_metric(data)
+    return make_service(name="Checkout")
 
 
 def loads(metric) -> list[float]:
@@ -47,7 +41,7 @@ def loads(metric) -> list[float]:
 
 
 def test_create_stores_the_service_id_and_canonical_name(svc):
-    metric = metrics.create_metric({"project_id": svc.project_id, "service_name": "CHECKOUT"})
+    metric = metrics.create_metric(metric_data(svc, service_name="CHECKOUT"))
 
     stored = CpuMetric.objects.get(id=metric.id)
     assert (stored.project_id, stored.service_id) == (svc.project_id, svc.id)
@@ -57,7 +51,7 @@ def test_create_stores_the_service_id_and_canonical_name(svc):
 
 
 def test_create_stores_initial_points_and_returns_them_oldest_first(svc):
-    metric = new_metric(svc, [{"time": at(5), "load": 5.0}, {"time": at(1), "load": 1.0}])
+    metric = make_metric(svc, [{"time": at(5), "load": 5.0}, {"time": at(1), "load": 1.0}])
 
     assert loads(metric) == [1.0, 5.0]
     assert metric.data[0] == {"time": at(1), "load": 1.0, "memory": None, "threads": None}
@@ -65,15 +59,15 @@ def test_create_stores_initial_points_and_returns_them_oldest_first(svc):
 
 
 def test_create_twice_for_one_service_raises_conflict(svc):
-    new_metric(svc)
+    make_metric(svc)
 
     with pytest.raises(Conflict):
-        new_metric(svc)
+        make_metric(svc)
     assert CpuMetric.objects.count() == 1
 
 
 def test_the_unique_index_rejects_a_duplicate_that_skipped_the_check(svc):
-    metric = new_metric(svc)
+    metric = make_metric(svc)
     duplicate = CpuMetric(
         project_id=metric.project_id,
         service_id=metric.service_id,
@@ -87,7 +81,7 @@ def test_the_unique_index_rejects_a_duplicate_that_skipped_the_check(svc):
 
 def test_create_with_an_unknown_project_raises_invalid_input_on_project_id(svc):
     with pytest.raises(InvalidInput) as caught:
-        metrics.create_metric({"project_id": UNKNOWN_ID, "service_name": svc.name})
+        metrics.create_metric(metric_data(svc, project_id=UNKNOWN_ID))
 
     assert "project_id" in caught.value.errors["json"]
 
@@ -96,7 +90,7 @@ def test_create_with_a_service_of_another_project_raises_invalid_input_on_servic
     other = make_project()
 
     with pytest.raises(InvalidInput) as caught:
-        metrics.create_metric({"project_id": other.id, "service_name": svc.name})
+        metrics.create_metric(metric_data(svc, project_id=other.id))
 
     assert "service_name" in caught.value.errors["json"]
     assert CpuMetric.objects.count() == 0
@@ -106,7 +100,7 @@ def test_create_with_a_service_of_another_project_raises_invalid_input_on_servic
 
 
 def test_get_returns_the_latest_points_of_the_window_oldest_first(svc):
-    metric = new_metric(svc, minute_points(30))
+    metric = make_metric(svc, minute_points(30))
 
     latest = metrics.get_metric(metric.id, points=4)
     window = metrics.get_metric(metric.id, since=at(10), until=at(20), points=3)
@@ -124,7 +118,7 @@ def test_get_of_an_unknown_entry_raises_not_found(ctx):
 
 def test_lists_are_paged_queries_that_load_points_for_the_page_only(ctx, monkeypatch):
     project = make_project()
-    created = [new_metric(make_service(project), minute_points(3)) for _ in range(5)]
+    created = [make_metric(make_service(project), minute_points(3)) for _ in range(5)]
     loaded = []
     real = metrics.latest_points
     monkeypatch.setattr(
@@ -147,9 +141,9 @@ def test_list_project_metrics_needs_an_existing_project(ctx):
 
 def test_list_service_metrics_matches_names_case_insensitively(ctx):
     first, second = make_project(), make_project()
-    a = new_metric(make_service(first, name="Billing"))
-    b = new_metric(make_service(second, name="BILLING"))
-    new_metric(make_service(first, name="Search"))
+    a = make_metric(make_service(first, name="Billing"))
+    b = make_metric(make_service(second, name="BILLING"))
+    make_metric(make_service(first, name="Search"))
 
     assert [m.id for m in metrics.list_service_metrics("billing")] == [a.id, b.id]
     assert [m.id for m in metrics.list_service_metrics("bIlLiNg", project_id=second.id)] == [b.id]
@@ -160,10 +154,10 @@ def test_list_service_metrics_matches_names_case_insensitively(ctx):
 
 
 def test_append_stores_each_point_as_its_own_document_without_touching_the_entry(svc):
-    metric = new_metric(svc)
+    metric = make_metric(svc)
     collection = CpuMetric._get_collection()
     # An old updated_at, so that a bump within the same millisecond would still show.
-    collection.update_one({"_id": metric.id}, {"$set": {"updated_at": BASE}})
+    collection.update_one({"_id": metric.id}, {"$set": {"updated_at": T0}})
     before = collection.find_one({"_id": metric.id})
 
     inserted = metrics.append_cpu_points(metric.id, minute_points(50))
@@ -174,7 +168,7 @@ def test_append_stores_each_point_as_its_own_document_without_touching_the_entry
 
 
 def test_append_normalises_times_to_naive_utc_and_defaults_to_now(svc):
-    metric = new_metric(svc)
+    metric = make_metric(svc)
     aware = datetime(2026, 1, 1, 2, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
     before = utcnow()
 
@@ -187,7 +181,7 @@ def test_append_normalises_times_to_naive_utc_and_defaults_to_now(svc):
 
 @pytest.mark.parametrize("count", [0, metrics.MAX_POINTS_PER_WRITE + 1])
 def test_append_refuses_an_empty_or_oversized_batch(svc, count):
-    metric = new_metric(svc)
+    metric = make_metric(svc)
 
     with pytest.raises(InvalidInput):
         metrics.append_cpu_points(metric.id, minute_points(count))
@@ -201,7 +195,7 @@ def test_append_to_an_unknown_entry_raises_not_found(ctx):
 
 
 def test_replace_points_replaces_every_point(svc):
-    metric = new_metric(svc, minute_points(10))
+    metric = make_metric(svc, minute_points(10))
 
     replaced = metrics.replace_points(metric.id, {"data": minute_points(2, start=50)})
 
@@ -210,7 +204,7 @@ def test_replace_points_replaces_every_point(svc):
 
 
 def test_replace_points_without_data_changes_nothing(svc):
-    metric = new_metric(svc, minute_points(3))
+    metric = make_metric(svc, minute_points(3))
     updated_at = metric.updated_at
 
     same = metrics.replace_points(metric.id, {})
@@ -222,7 +216,7 @@ def test_replace_points_without_data_changes_nothing(svc):
 def test_replace_points_inserts_before_deleting_so_a_crash_never_empties_the_entry(
     svc, monkeypatch
 ):
-    metric = new_metric(svc, minute_points(3))
+    metric = make_metric(svc, minute_points(3))
 
     class Crash(Exception):
         pass
@@ -247,8 +241,8 @@ def find_metric(metric_id):
 
 
 def test_delete_metric_removes_the_entry_and_its_points_only(ctx):
-    kept = new_metric(make_service(), minute_points(2))
-    gone = new_metric(make_service(), minute_points(3))
+    kept = make_metric(make_service(), minute_points(2))
+    gone = make_metric(make_service(), minute_points(3))
 
     metrics.delete_metric(gone.id)
 
@@ -260,8 +254,8 @@ def test_delete_metric_removes_the_entry_and_its_points_only(ctx):
 def test_delete_metrics_by_service_and_by_project(ctx):
     project = make_project()
     one, two = make_service(project), make_service(project)
-    first, second = new_metric(one, minute_points(2)), new_metric(two, minute_points(2))
-    elsewhere = new_metric(make_service(), minute_points(2))
+    first, second = make_metric(one, minute_points(2)), make_metric(two, minute_points(2))
+    elsewhere = make_metric(make_service(), minute_points(2))
 
     assert metrics.delete_metrics(project.id, service_id=one.id) == 1
     assert find_metric(first.id) is None
@@ -271,17 +265,31 @@ def test_delete_metrics_by_service_and_by_project(ctx):
     assert CpuPoint.objects(metric_id=elsewhere.id).count() == 2
 
 
-def test_deleting_a_service_cascades_to_its_metrics(svc):
-    metric = new_metric(svc, minute_points(2))
+def test_deleting_a_service_cascades_to_its_metrics_only(svc):
+    metric = make_metric(svc, minute_points(2))
+    sibling = make_metric(make_service(project_id=svc.project_id), minute_points(3))
 
     services.delete_service(svc.id)
 
     assert find_metric(metric.id) is None
     assert CpuPoint.objects(metric_id=metric.id).count() == 0
+    assert CpuPoint.objects(metric_id=sibling.id).count() == 3
+
+
+def test_deleting_a_project_cascades_to_the_metrics_of_its_services_only(svc):
+    sibling = make_metric(make_service(project_id=svc.project_id), minute_points(2))
+    metric = make_metric(svc, minute_points(2))
+    elsewhere = make_metric(make_service(), minute_points(2))
+
+    projects.delete_project(svc.project_id)
+
+    assert [m.id for m in CpuMetric.objects] == [elsewhere.id]
+    assert CpuPoint.objects(metric_id__in=[sibling.id, metric.id]).count() == 0
+    assert CpuPoint.objects(metric_id=elsewhere.id).count() == 2
 
 
 def test_renaming_a_service_renames_its_entry(svc):
-    metric = new_metric(svc)
+    metric = make_metric(svc)
 
     services.update_service(svc.id, {"name": "Payments"})
 
@@ -295,15 +303,9 @@ def test_renaming_a_service_renames_its_entry(svc):
 
 @pytest.fixture
 def hour_metric(svc):
-    """60 points a minute apart: load = minute, memory = minute % 10 (absent in minutes
-    10-14), threads = minute // 2."""
-    points = []
-    for minute in range(60):
-        point = {"time": at(minute), "load": float(minute), "threads": minute // 2}
-        if not 10 <= minute <= 14:
-            point["memory"] = float(minute % 10)
-        points.append(point)
-    return new_metric(svc, points)
+    """An entry with ``hour_of_points()``: load = minute, memory = minute % 10 (none in
+    minutes 10-14), threads = minute // 2."""
+    return make_metric(svc, hour_of_points())
 
 
 def test_series_returns_buckets_computed_by_the_database(hour_metric):
@@ -330,7 +332,7 @@ def test_series_window_is_inclusive_and_buckets_are_aligned(hour_metric):
 
 def test_series_default_window_is_the_last_24_hours(svc):
     now = utcnow()
-    metric = new_metric(
+    metric = make_metric(
         svc,
         [
             {"time": now - timedelta(hours=25), "load": 9.0},

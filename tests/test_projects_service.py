@@ -1,4 +1,8 @@
-"""Project rules at the service layer (no HTTP)."""
+"""Project rules at the service layer (no HTTP).
+
+What a project's deletion does to the logs and metrics of its services is tested where
+that reaction lives, in ``test_logs_service.py`` and ``test_metrics_service.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import pytest
 from bson import ObjectId
 
 from polymicro.errors import Conflict, NotFound
-from polymicro.logs.models import LogEntry
 from polymicro.projects import service
 from polymicro.projects.models import Project
 from polymicro.services.models import Service
@@ -88,11 +91,11 @@ def test_rename_onto_another_name_raises_conflict():
     assert Project.objects.get(id=project.id).name == "mine"
 
 
-def test_delete_cascades():
-    project = make_project()
-    svc = make_service(project)
-    LogEntry(project_id=project.id, service_id=svc.id, severity="info", level=1, message="m").save()
-    service.delete_project(project.id)
-    assert Project.objects.count() == 0
-    assert Service.objects.count() == 0
-    assert LogEntry.objects.count() == 0
+def test_delete_removes_the_project_and_its_services_only():
+    doomed, kept = make_project(), make_project()
+    make_service(doomed)
+    make_service(doomed)
+    survivor = make_service(kept)
+    service.delete_project(doomed.id)
+    assert [p.id for p in Project.objects] == [kept.id]
+    assert [s.id for s in Service.objects] == [survivor.id]

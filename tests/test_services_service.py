@@ -1,4 +1,8 @@
-"""Service rules at the service layer (no HTTP)."""
+"""Service rules at the service layer (no HTTP).
+
+What a service's deletion or rename does to its logs and metrics is tested where that
+reaction lives, in ``test_logs_service.py`` and ``test_metrics_service.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import pytest
 from bson import ObjectId
 
 from polymicro.errors import Conflict, InvalidInput, NotFound
-from polymicro.metrics.models import CpuMetric
 from polymicro.services import service
 from polymicro.services.models import Service
 from tests.factories import make_project, make_service
@@ -61,16 +64,6 @@ def test_same_project_id_is_accepted_as_noop():
     svc = make_service()
     before = svc.updated_at
     assert service.update_service(svc.id, {"project_id": svc.project_id}).updated_at == before
-
-
-def test_rename_renames_the_metrics_entry():
-    svc = make_service(name="old")
-    CpuMetric(
-        project_id=svc.project_id, service_id=svc.id, service_name="old", service_key="old"
-    ).save()
-    service.update_service(svc.id, {"name": "New"})
-    metric = CpuMetric.objects.get(service_id=svc.id)
-    assert (metric.service_name, metric.service_key) == ("New", "new")
 
 
 def test_rename_to_taken_name_raises_conflict():
