@@ -102,6 +102,22 @@ def mongodb_uri():
         ).uri
 
 
+@pytest.fixture(scope="module")
+def wire_uri(mongodb_uri):
+    """A wire-protocol database for tests that need one on every run (concurrency,
+    pymongo spans): the session's real server, else a SecantusDB of the module's own."""
+    if mongodb_uri:
+        yield mongodb_uri
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="polymicro-module-secantus-") as storage,
+        Processes() as procs,
+    ):
+        yield start_secantus(
+            procs, Path(storage) / "db", Path(storage), database="polymicro_module_test"
+        ).uri
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     if not TEST_REDIS_URL:

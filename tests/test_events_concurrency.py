@@ -14,11 +14,9 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +24,6 @@ from polymicro import create_app
 from polymicro.common import caching
 from polymicro.events import service as events
 from polymicro.extensions import close_db
-from polymicro_dev import Processes, start_secantus
 from tests.conftest import INSTANCE_DIR, _empty_database, make_config
 
 THREADS = 6
@@ -34,22 +31,6 @@ PER_THREAD = 25
 PROCESSES = 3
 PER_PROCESS = 30
 DEADLINE_SECONDS = 120
-
-
-@pytest.fixture(scope="module")
-def wire_uri(mongodb_uri):
-    """The session's real server, or a SecantusDB of this module's own."""
-    if mongodb_uri:
-        yield mongodb_uri
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="polymicro-events-secantus-") as storage,
-        Processes() as procs,
-    ):
-        server = start_secantus(
-            procs, Path(storage) / "db", Path(storage), database="polymicro_test"
-        )
-        yield server.uri
 
 
 @pytest.fixture

@@ -11,15 +11,11 @@ the other tests run untraced.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import mongoengine
 import pytest
@@ -36,35 +32,10 @@ from polymicro.common import caching
 from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
 from polymicro.observability import logs, tracing
-from tests.conftest import INSTANCE_DIR, _secantus_binary, _wait_for_port, client_as, free_port
+from tests.conftest import INSTANCE_DIR, client_as, free_port
 from tests.test_observability import LIVE, gunicorn, stderr_lines
 
 OTLP_ENDPOINT = "http://127.0.0.1:9"  # never contacted: the in-memory exporter is used
-
-
-@pytest.fixture(scope="module")
-def wire_uri(mongodb_uri) -> Iterator[str]:
-    """A wire-protocol database: the session's, else a SecantusDB for this module."""
-    if mongodb_uri:
-        yield mongodb_uri
-        return
-    storage = tempfile.mkdtemp(prefix="polymicro-tracing-")
-    port = free_port()
-    argv = [_secantus_binary(), "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--storage-path", str(Path(storage) / "db"), "--log-level", "WARNING"]
-    with open(Path(storage) / "secantus.log", "wb") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)  # noqa: S603
-    try:
-        _wait_for_port(port, proc)
-        yield f"mongodb://127.0.0.1:{port}/polymicro_tracing_test"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(storage, ignore_errors=True)
 
 
 MEMORY = InMemorySpanExporter()
