@@ -477,7 +477,9 @@ def test_gunicorn_workers_metrics_are_summed_on_every_scrape(tmp_path):
     (directory / "counter_999999.db").write_bytes(b"stale file of an earlier run")
     with gunicorn(tmp_path, PROMETHEUS_MULTIPROC_DIR=str(directory)) as (base, _log):
         assert not (directory / "counter_999999.db").exists()  # emptied at start
-        sent = 1  # the readiness poll's request
+        # The readiness wait's requests to this path (one, or more on a loaded machine).
+        sent = _live_count(_get(base + "/metrics")[1])
+        assert sent >= 1
         with ThreadPoolExecutor(8) as pool:
             for _ in range(10):  # until both workers have answered some
                 statuses = list(pool.map(lambda _: _get(base + LIVE)[0], range(40)))
