@@ -10,8 +10,10 @@ import logging
 from urllib.parse import urlsplit
 
 from flask import Flask, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from polymicro import errors
+from polymicro.common import versioning
 from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
 from polymicro.docs import init_docs
@@ -24,7 +26,9 @@ __version__ = "0.1.0"
 log = logging.getLogger(__name__)
 
 JSON_BODY_METHODS = {"POST", "PUT", "PATCH"}
-FORM_PATHS = {"/api/auth/login"}  # the dashboard logs in with form fields
+# The dashboard logs in with form fields (its register form sends JSON).  Unversioned
+# paths: /api/v1/… is matched through versioning.unversioned_path.
+FORM_PATHS = {"/api/auth/login"}
 OWN_MEDIA_PREFIXES = ("/otlp/", "/loki/")  # ingest reads protobuf, snappy, gzip itself
 
 
@@ -44,6 +48,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     register_request_guards(app)
     init_observability(app)
     register_cli(app)
+    trust_proxies(app)
     return app
 
 
@@ -62,45 +67,104 @@ def connect_domains() -> None:
     domains.connect()
 
 
-def register_api(app: Flask) -> None:
+def api_blueprints() -> list:
+    """Every blueprint of the JSON API (``url_prefix`` under ``/api``), in the order of
+    the OpenAPI document; each is served under ``/api/v1`` and ``/api``."""
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
     from polymicro.events.resources import blp as events_blp
-    from polymicro.ingest.resources import blp as ingest_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
     from polymicro.operations.resources import blp as operations_blp
     from polymicro.projects.resources import blp as projects_blp
     from polymicro.services.resources import blp as services_blp
 
+    blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
+    return [*blueprints, events_blp, operations_blp]
+
+
+def register_api(app: Flask) -> None:
+    """The JSON API under ``/api/v1`` (canonical) and ``/api`` (aliases: the dashboard's
+    paths), one view per endpoint (common/versioning.py); the ingest paths outside both.
+
+    Security schemes of the document: ``bearerAuth`` (a user's JWT, or a project API key
+    on the operations that take keys), ``apiKey`` (``X-API-Key``) and ``basicAuth`` (a
+    key as the password: some shippers can send nothing else).  Each operation lists
+    the ones it accepts (security/policy.py)."""
+    from polymicro.ingest.resources import blp as ingest_blp
+
     app.config["API_VERSION"] = __version__
-    api.init_app(app)
+    api.init_app(
+        app,
+        spec_kwargs={
+            "extra_plugins": [versioning.AliasDocs()],
+            "info": {"description": versioning.DOCUMENT_NOTE},
+        },
+    )
     api.register_converter(
         ObjectIdConverter, lambda _: {"type": "string", "pattern": ObjectIdConverter.regex}
     )
     api.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        "bearerAuth",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A user's access token (`POST /api/v1/auth/login`). On the "
+            "operations that take API keys, also a project API key (`pmk_…`).",
+        },
     )
     api.spec.components.security_scheme(
-        "apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        "apiKey",
+        {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "A project API key (`pmk_…`).",
+        },
     )
-    blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
-    for blueprint in (*blueprints, operations_blp):
-        api.register_blueprint(blueprint)
+    api.spec.components.security_scheme(
+        "basicAuth",
+        {
+            "type": "http",
+            "scheme": "basic",
+            "description": "A project API key (`pmk_…`) as the password, any username: "
+            "for log shippers that can send nothing else. Users log in for a bearer token.",
+        },
+    )
+    versioning.register_versioned(api, api_blueprints())
     app.register_blueprint(ingest_blp)  # OTLP and Loki bodies: outside the OpenAPI document
-    api.register_blueprint(events_blp)
 
 
 def register_request_guards(app: Flask) -> None:
     @app.before_request
     def require_json_body():
         """A write whose body is not JSON gets 415 instead of being read as empty."""
-        if request.path.rstrip("/") in FORM_PATHS or request.path.startswith(OWN_MEDIA_PREFIXES):
+        if request.method not in JSON_BODY_METHODS or request.content_length == 0:
             return
-        if request.method in JSON_BODY_METHODS and request.content_length != 0:
-            has_body = request.content_length or request.headers.get("Transfer-Encoding")
-            if has_body and not request.is_json:
-                errors.raise_unsupported_media_type()
+        path = request.path
+        if path.startswith(OWN_MEDIA_PREFIXES):
+            return
+        if versioning.unversioned_path(path).rstrip("/") in FORM_PATHS:
+            return
+        has_body = request.content_length or request.headers.get("Transfer-Encoding")
+        if has_body and not request.is_json:
+            errors.raise_unsupported_media_type()
+
+
+def trust_proxies(app: Flask) -> None:
+    """Behind ``TRUSTED_PROXIES`` reverse proxies (the Kubernetes Ingress, the compose
+    nginx), take the client's address, scheme and host from the ``X-Forwarded-*`` headers
+    those proxies set (werkzeug's ``ProxyFix``, the outermost layer: every hook, the rate
+    limiter's per-address budgets included, sees the client, not the proxy).  It trusts
+    exactly that many hops, counted from the right of each header: values a client put
+    further left are ignored.  0 (the default, for a server reached directly): the
+    headers are ignored, so nobody can choose the address the limits count."""
+    hops = app.config["TRUSTED_PROXIES"]
+    if hops < 0:
+        raise RuntimeError(f"invalid POLYMICRO_TRUSTED_PROXIES: {hops} (a number of hops, >= 0)")
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
 
 def register_cli(app: Flask) -> None:

@@ -99,6 +99,11 @@ class Config:
     CACHE_DEFAULT_TIMEOUT = 60
     CACHE_KEY_PREFIX = "polymicro:"
     # --- HTTP -----------------------------------------------------------------------
+    # Reverse proxies in front of the app (the Kubernetes Ingress, the compose nginx):
+    # the client's address, scheme and host are taken from X-Forwarded-For/-Proto/-Host,
+    # trusting this many hops from the right.  0: the headers are ignored (a server
+    # reached directly), else anyone could choose the address the rate limits count.
+    TRUSTED_PROXIES = 0
     # Largest request body accepted (bytes); larger bodies get 413.  A full log batch
     # (1000 × 16 KiB messages) fits.
     MAX_CONTENT_LENGTH = 20 * 1024 * 1024

@@ -3,7 +3,8 @@
 Callers: nobody (no credentials), a viewer, an editor, an admin, and an API key of the
 project the request is about.  A caller below the endpoint's role gets 403, nobody gets
 401, and everyone allowed gets the endpoint's success status on a valid request (so a
-"pass" is a real success, not a 404 or a 422).  The last tests make sure no API route
+"pass" is a real success, not a 404 or a 422).  Every row runs under both paths of the
+route, ``/api/…`` and its twin ``/api/v1/…``.  The last tests make sure no API route
 escapes the table and every view declares its access.
 """
 
@@ -19,6 +20,7 @@ from tests.conftest import token_for
 from tests.factories import make_project, make_service
 
 CALLERS = ("nobody", "viewer", "editor", "admin", "key")
+VERSIONS = ("/api", "/api/v1")  # every route answers under both
 RANK = {"viewer": 0, "editor": 1, "admin": 2}
 
 LOG = {"severity": "info", "message": "hello"}
@@ -152,15 +154,20 @@ def _expected(caller, role, keys, success) -> int:
     return success if RANK[caller] >= RANK[role] else 403
 
 
+def _under(prefix: str, path: str) -> str:
+    return prefix + path.removeprefix("/api")
+
+
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize(
     ("method", "path", "body", "role", "keys", "success"),
     ENDPOINTS,
     ids=[f"{e[0]} {e[1]}" for e in ENDPOINTS],
 )
-def test_matrix(app, world, caller, method, path, body, role, keys, success):
+@pytest.mark.parametrize("prefix", VERSIONS)
+def test_matrix(app, world, prefix, caller, method, path, body, role, keys, success):
     response = app.test_client().open(
-        _fill(path, world),
+        _fill(_under(prefix, path), world),
         method=method,
         json=_fill(body, world),
         headers=_headers(app, caller, world),
@@ -173,17 +180,19 @@ def test_matrix(app, world, caller, method, path, body, role, keys, success):
 
 
 @pytest.mark.parametrize("caller", CALLERS)
-def test_register_is_an_admin_call_while_registration_is_closed(app, world, caller):
+@pytest.mark.parametrize("prefix", VERSIONS)
+def test_register_is_an_admin_call_while_registration_is_closed(app, world, prefix, caller):
     body = {"username": f"new-{caller}", "email": f"{caller}@new.example", "password": "longpass1"}
     response = app.test_client().post(
-        "/api/auth/register", json=body, headers=_headers(app, caller, world)
+        _under(prefix, "/api/auth/register"), json=body, headers=_headers(app, caller, world)
     )
     assert response.status_code == (201 if caller == "admin" else 403)
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(PUBLIC))
-def test_health_is_public(anon_client, method, path):
-    assert anon_client.open(path, method=method).status_code in (200, 503)
+@pytest.mark.parametrize("prefix", VERSIONS)
+def test_health_is_public(anon_client, prefix, method, path):
+    assert anon_client.open(_under(prefix, path), method=method).status_code in (200, 503)
 
 
 def _api_routes(app) -> set[tuple[str, str]]:
@@ -198,9 +207,11 @@ def _api_routes(app) -> set[tuple[str, str]]:
 
 
 def _normalise(path: str) -> str:
-    """/api/projects/{pid} and /api/projects/<objectid:project_id> → one shape."""
+    """/api/projects/{pid}, /api/projects/<objectid:project_id> and their /api/v1 twins →
+    one shape (the matrix runs each row under both prefixes)."""
     import re
 
+    path = re.sub(r"^/api/v1(?=/|$)", "/api", path)
     path = re.sub(r"<[^>]+>", "*", path)
     path = re.sub(r"\{[a-z]+\}", "*", path)
     return path.replace("/service/api", "/service/*")
@@ -211,6 +222,14 @@ def test_every_api_route_is_in_the_matrix(app):
     covered |= {(m, _normalise(p)) for m, p in SPECIAL | PUBLIC}
     routes = {(m, _normalise(p)) for m, p in _api_routes(app)}
     assert routes - covered == set(), "routes without a row in the access matrix"
+
+
+def test_every_route_is_served_under_both_prefixes(app):
+    routes = _api_routes(app)
+    v1 = {(m, p.removeprefix("/api/v1")) for m, p in routes if p.startswith("/api/v1/")}
+    unversioned = {(m, p.removeprefix("/api")) for m, p in routes if not p.startswith("/api/v1/")}
+    assert v1 == unversioned
+    assert len(v1) >= len(ENDPOINTS) + len(SPECIAL) + len(PUBLIC)
 
 
 def test_every_api_view_declares_its_access(app):

@@ -21,6 +21,7 @@ from polymicro.common import caching
 from polymicro.common.converters import query_object_id
 from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from polymicro.common.parser import StrictJsonParser
+from polymicro.common.versioning import unversioned_path
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -58,9 +59,11 @@ class Blueprint(flask_smorest.Blueprint):
         invalidates the response, and the resource never chooses a namespace.  A scoped
         namespace takes its scope from the path parameter of that name, else from the
         query parameter (a malformed one counts as no scope).  The key is the path and
-        the whole query string.  Place it under ``access()`` (authorization first) and
-        above ``arguments``.  With ``etag`` (item endpoints under ``@blp.etag``), a
-        cached ETag still answers 304.
+        the whole query string, the path taken without its version (``/api/v1/x`` and
+        ``/api/x`` are one view, common/versioning.py), so the twins share entries.
+        Place it under ``access()`` (authorization first) and above ``arguments``.
+        With ``etag`` (item endpoints under ``@blp.etag``), a cached ETag still
+        answers 304.
         """
         declared = caching.namespace_of(read)
 
@@ -69,7 +72,9 @@ class Blueprint(flask_smorest.Blueprint):
             def wrapper(*args, **kwargs):
                 namespace = declared.key(_scope_value(declared.scope, kwargs))
                 key = caching.make_key(
-                    "response", request.path.rstrip("/"), sorted(request.args.items(multi=True))
+                    "response",
+                    unversioned_path(request.path).rstrip("/"),
+                    sorted(request.args.items(multi=True)),
                 )
                 reader = caching.Reader(namespace)
                 hit = reader.peek(key)

@@ -83,7 +83,7 @@ def _apidoc(func, role: str | None, keys: bool, public: bool) -> dict:
     who = f"role {role}" + (f" or a project API key ({KEY_FORMS})" if keys else "")
     described = load_info_from_docstring(func.__doc__ or "").get("description", "")
     return {
-        "security": [{"bearerAuth": []}] + ([{"apiKey": []}] if keys else []),
+        "security": [{"bearerAuth": []}] + ([{"apiKey": []}, {"basicAuth": []}] if keys else []),
         "description": f"{described}\n\nRequires {who}.".strip(),
         "responses": AUTH_RESPONSES | (INGEST_RESPONSES if keys else {}),
     }
