@@ -54,6 +54,10 @@ class Config:
     REDIS_URL = ""
     CACHE_DEFAULT_TIMEOUT = 60
     CACHE_KEY_PREFIX = "polymicro:"
+    # How long (ms) a cached log or CPU-point list may be served after a write by someone
+    # else changed it (each list is then recomputed at most about once per window per
+    # worker under continuous writes); a caller always sees its own writes.  0: exact.
+    LIST_STALENESS_MS = 1000
     # --- HTTP -----------------------------------------------------------------------
     # Largest request body accepted (bytes); larger bodies get 413.  A full log batch
     # (1000 × 16 KiB messages) fits.

@@ -27,7 +27,7 @@ from polymicro.projects import service as projects
 from polymicro.security import ensure_project
 from polymicro.services import service as services
 
-LOGS = caching.Namespace("logs", scope="project_id", unscoped=True)
+LOGS = caching.Namespace("logs", scope="project_id", unscoped=True, bounded_staleness=True)
 
 ORDER = ("-timestamp", "-id")
 IMMUTABLE = ("project_id", "service_id")
