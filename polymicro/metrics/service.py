@@ -43,9 +43,7 @@ from polymicro.projects import service as projects
 from polymicro.security import ensure_project
 from polymicro.services import service as services
 
-METRICS = caching.Namespace(
-    "metrics", scope="project_id", unscoped=False, bounded_staleness=True
-)
+METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False, bounded_staleness=True)
 
 
 ORDER = ("id",)  # creation order, served by the _id index
