@@ -14,7 +14,7 @@ from flask import Flask, request
 from polymicro import errors
 from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
-from polymicro.extensions import api, init_cache, init_db, ping_db
+from polymicro.extensions import api, init_cache, init_compression, init_db, ping_db
 from polymicro.observability import configure_logging, init_observability
 from polymicro.security import init_security
 
@@ -33,6 +33,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     configure_logging(app)
     init_db(app)
     init_cache(app)
+    init_compression(app)
     init_security(app)
     connect_domains()
     register_api(app)

@@ -47,6 +47,9 @@ class Config:
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).
     MONGODB_TIMEOUT_MS = 2000
+    # Retryable writes: "auto" (off on SecantusDB, where they make every write slower as
+    # data grows; on elsewhere), "true" or "false".  A retryWrites option in the URI wins.
+    MONGODB_RETRY_WRITES = "auto"
     # Use an in-process mongomock client instead of MONGODB_URI (unit tests only).
     MONGODB_MOCK = False
     # --- cache ----------------------------------------------------------------------
@@ -62,6 +65,9 @@ class Config:
     # Largest request body accepted (bytes); larger bodies get 413.  A full log batch
     # (1000 × 16 KiB messages) fits.
     MAX_CONTENT_LENGTH = 20 * 1024 * 1024
+    # gzip responses of at least this many bytes when the client accepts it (level 1-9).
+    COMPRESS_MIN_SIZE = 500
+    COMPRESS_LEVEL = 6
     LOG_LEVEL = "INFO"
     # Where the generated development secret and the demo admin's password are kept.
     # Empty: Flask's default, the instance/ folder next to the package.

@@ -241,8 +241,8 @@ def _increment(namespaces: list[str], writer: dict[str, str], window_ms: int) ->
             key = _generation_key(ns)
             generation = (cache.get(key) or secrets.randbits(48)) + 1
             cache.set(key, generation, timeout=0)
-            if ns in writer:
-                cache.set(writer[ns], generation, timeout=math.ceil(window_ms / 1000))
+            if ns in writer:  # SimpleCache counts whole seconds from int(time()): +1
+                cache.set(writer[ns], generation, timeout=math.ceil(window_ms / 1000) + 1)
 
 
 def _replay_pending() -> None:
@@ -355,6 +355,14 @@ class Reader:
         """Keep ``value`` under ``key`` with the generation and time the last
         :meth:`peek` read (best effort; nothing is stored when it could not read)."""
         self._store(key, self._pending, value)
+
+    def put_many(self, values: dict[str, Any]) -> None:
+        """:meth:`put` for several keys (variants of one value), in one round trip."""
+        if self._pending is None:
+            return
+        entries = {_entry_key(self.namespace, k): (*self._pending, v) for k, v in values.items()}
+        with contextlib.suppress(CacheDown):
+            _guard(cache.set_many, entries)
 
 
 class CachedQuery:
