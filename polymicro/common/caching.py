@@ -66,6 +66,7 @@ import json
 import logging
 import math
 import os
+import random
 import secrets
 import threading
 import time
@@ -230,7 +231,9 @@ def _increment(namespaces: list[str], writer: dict[str, str], window_ms: int) ->
         prefix = backend._get_prefix()
         keys = [prefix + _generation_key(ns) for ns in ordered]
         keys += [prefix + writer[ns] for ns in ordered if ns in writer]
-        starts = [secrets.randbits(48) for _ in ordered]
+        # random, not secrets: a start only has to differ from earlier generations, and
+        # secrets.randbits is a getrandom() system call per namespace per write.
+        starts = [random.getrandbits(48) for _ in ordered]
         m = sum(1 for ns in ordered if ns in writer)
         _bump_script(backend._write_client)(
             keys=keys, args=[len(ordered), m, max(window_ms, 1), *starts]
@@ -239,7 +242,7 @@ def _increment(namespaces: list[str], writer: dict[str, str], window_ms: int) ->
     with _bump_lock:  # SimpleCache lives in this process: a lock makes it atomic
         for ns in ordered:
             key = _generation_key(ns)
-            generation = (cache.get(key) or secrets.randbits(48)) + 1
+            generation = (cache.get(key) or random.getrandbits(48)) + 1
             cache.set(key, generation, timeout=0)
             if ns in writer:  # SimpleCache counts whole seconds from int(time()): +1
                 cache.set(writer[ns], generation, timeout=math.ceil(window_ms / 1000) + 1)
@@ -261,6 +264,7 @@ def bump(*namespaces: str) -> None:
     namespaces = tuple(dict.fromkeys(namespaces))
     if not namespaces:
         return
+    _forget(namespaces)
     if atomic.in_transaction():
         atomic.after_commit(lambda: bump(*namespaces))
         return
@@ -284,9 +288,32 @@ def make_key(*parts: Any, **params: Any) -> str:
 # --- reads -----------------------------------------------------------------------------
 
 
+_MEMO = "_polymicro_cache_memo"
+
+
 def cached(namespace: str, key: str, producer: Callable[[], Any]) -> Any:
-    """The value under ``key`` in ``namespace``, computed by ``producer`` when missing."""
-    return Reader(namespace).get(key, producer)
+    """The value under ``key`` in ``namespace``, computed by ``producer`` when missing.
+
+    Within one request the answer is remembered (until a bump of the namespace in that
+    request): an API key is verified by the authentication and again by the rate
+    limiter's client key, and the second lookup was a Redis round trip of its own.
+    """
+    if not has_request_context():
+        return Reader(namespace).get(key, producer)
+    memo = g.get(_MEMO)
+    if memo is None:
+        memo = {}
+        setattr(g, _MEMO, memo)
+    if (namespace, key) not in memo:
+        memo[(namespace, key)] = Reader(namespace).get(key, producer)
+    return memo[(namespace, key)]
+
+
+def _forget(namespaces: tuple[str, ...]) -> None:
+    memo = g.get(_MEMO) if has_request_context() else None
+    if memo:
+        for entry in [k for k in memo if k[0] in namespaces]:
+            del memo[entry]
 
 
 class Reader:

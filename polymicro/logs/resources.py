@@ -36,7 +36,7 @@ class Logs(MethodView):
         return service.list_logs(**args)
 
     @access("editor", keys=True)
-    @blp.arguments(LogEntrySchema)
+    @blp.arguments(LogEntrySchema())  # an instance: a class is instantiated per request
     @blp.response(201, LogEntrySchema)
     def post(self, data):
         """Store a log entry of a service of a project."""

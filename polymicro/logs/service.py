@@ -15,8 +15,8 @@ from datetime import datetime
 
 from bson import ObjectId
 
-from polymicro.common import caching
-from polymicro.common.atomic import insert_all_or_nothing
+from polymicro.common import atomic, caching
+from polymicro.common.atomic import insert_all_or_nothing, insert_row
 from polymicro.common.models import contains_literally, row_view, to_row
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
@@ -173,11 +173,14 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     (errors,) = _check_references([data])
     if errors:
         raise InvalidInput("Invalid log entry: see `errors`.", {"json": errors})
-    entry = LogEntry(**_new_entry(data, utcnow()))
-    entry.save(force_insert=True)
-    record_ingest("logs", 1)
-    LOGS.bump(entry.project_id)
-    return entry
+    row = to_row(LogEntry, _new_entry(data, utcnow()))
+    row["_id"] = ObjectId()
+    # A plain row, as in create_logs: the schema validated it, and a mongoengine save
+    # (a second validation, to_mongo) was a fifth of the Python time of a single POST.
+    insert_row(LogEntry._get_collection(), row)
+    atomic.after_commit(lambda: record_ingest("logs", 1))
+    LOGS.bump(row["project_id"])
+    return LogEntry._from_son(row)
 
 
 @LOGS.writes
@@ -206,7 +209,7 @@ def create_logs(entries: list[dict], scope: ObjectId | None = None) -> list[Obje
     received = utcnow()
     rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
     ids = insert_all_or_nothing(LogEntry._get_collection(), rows)
-    record_ingest("logs", len(ids))
+    atomic.after_commit(lambda: record_ingest("logs", len(ids)))
     LOGS.bump(*(row["project_id"] for row in rows))
     return ids
 

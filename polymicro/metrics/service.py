@@ -21,7 +21,7 @@ from functools import partial
 
 from bson import ObjectId
 
-from polymicro.common import caching
+from polymicro.common import atomic, caching
 from polymicro.common.atomic import insert_all_or_nothing
 from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
@@ -166,7 +166,7 @@ def _insert_points(metric_id: ObjectId, points: list[dict]) -> list[ObjectId]:
         doc.update((k, point[k]) for k in ("load", "memory", "threads") if point.get(k) is not None)
         docs.append(doc)
     ids = insert_all_or_nothing(CpuPoint._get_collection(), docs)
-    record_ingest("cpu_points", len(ids))
+    atomic.after_commit(lambda: record_ingest("cpu_points", len(ids)))
     return ids
 
 
