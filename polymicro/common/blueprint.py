@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import wraps
 
 import flask_smorest
-from flask import Response, current_app, request
+from flask import Response, copy_current_request_context, current_app, request
 from flask_smorest.etag import _get_etag_ctx
 from flask_smorest.exceptions import NotModified, PreconditionFailed
 from flask_smorest.utils import get_appcontext, resolve_schema_instance
@@ -96,11 +96,13 @@ class Blueprint(flask_smorest.Blueprint):
                 gzip_ok = not etag and request.accept_encodings["gzip"] > 0
                 variant = f"{key}:gzip" if gzip_ok else key
                 reader = caching.Reader(namespace)
-                hit = reader.peek(variant)
-                if hit is not None:
-                    return self._cached_hit(hit, etag)
-                response = func(*args, **kwargs)
-                if response.status_code == 200:
+                hit = reader.peek(variant, background=True)
+
+                def compute():
+                    with reader.computing():
+                        response = func(*args, **kwargs)
+                    if response.status_code != 200:
+                        return response
                     body = response.get_data()
                     pagination = response.headers.get("X-Pagination")
                     etag_value = None
@@ -112,9 +114,13 @@ class Blueprint(flask_smorest.Blueprint):
                         level = current_app.config["COMPRESS_LEVEL"]
                         packed = (gzip.compress(body, level, mtime=0), "gzip", pagination, None)
                     reader.put_many({key: plain, f"{key}:gzip": packed})
-                    if gzip_ok and packed[1] == "gzip":
-                        return _response(packed)
-                return response
+                    return _response(packed) if gzip_ok and packed[1] == "gzip" else response
+
+                if hit is not None:
+                    if reader.refresh_due:  # served stale; refreshed without making it wait
+                        caching.refresh_later(copy_current_request_context(compute))
+                    return self._cached_hit(hit, etag)
+                return compute()
 
             return wrapper
 
