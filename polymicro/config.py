@@ -61,6 +61,8 @@ class Config:
     # else changed it (each list is then recomputed at most about once per window per
     # worker under continuous writes); a caller always sees its own writes.  0: exact.
     LIST_STALENESS_MS = 1000
+    # How long an Idempotency-Key and its answer are kept (IETF draft: 24 hours).
+    IDEMPOTENCY_KEY_HOURS = 24
     # --- HTTP -----------------------------------------------------------------------
     # Largest request body accepted (bytes); larger bodies get 413.  A full log batch
     # (1000 × 16 KiB messages) fits.

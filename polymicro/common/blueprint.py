@@ -23,7 +23,7 @@ from flask_smorest.etag import _get_etag_ctx
 from flask_smorest.exceptions import NotModified, PreconditionFailed
 from flask_smorest.utils import get_appcontext, resolve_schema_instance
 
-from polymicro.common import caching
+from polymicro.common import caching, idempotency
 from polymicro.common.converters import query_object_id
 from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from polymicro.common.parser import StrictJsonParser
@@ -61,6 +61,12 @@ class Blueprint(flask_smorest.Blueprint):
         doc = super()._prepare_etag_doc(doc, doc_info, **kwargs)
         doc.get("responses", {}).pop(428, None)
         return doc
+
+    @staticmethod
+    def idempotent(func: Callable) -> Callable:
+        """Honour an ``Idempotency-Key`` header (``polymicro/common/idempotency.py``);
+        place it under ``access()`` and above ``arguments``."""
+        return idempotency.idempotent(func)
 
     def cached_response(self, read: Callable, etag: bool = False):
         """Serve this GET from the cache: body, ``X-Pagination`` and ETag, as sent.

@@ -36,6 +36,7 @@ class Logs(MethodView):
         return service.list_logs(**args)
 
     @access("editor", keys=True)
+    @blp.idempotent
     @blp.arguments(LogEntrySchema())  # an instance: a class is instantiated per request
     @blp.response(201, LogEntrySchema)
     def post(self, data):
@@ -46,6 +47,7 @@ class Logs(MethodView):
 @blp.route("/batch")
 class LogBatch(MethodView):
     @access("editor", keys=True)
+    @blp.idempotent
     @blp.arguments(LogBatchSchema(many=True))
     @blp.response(201, LogBatchResultSchema)
     def post(self, entries):
