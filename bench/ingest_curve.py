@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "PASS" if versus >= TARGET_VS_RAW else "MISS"
         print(
             f"POST / raw insert_one over the run: {versus:.0%} ({verdict} ≥ {TARGET_VS_RAW:.0%}); "
-            f"load average {result['load_average_at_start'][0]} → {result['load_average_at_end'][0]}"
+            f"load average {load_at_start[0]:.2f} → {result['load_average_at_end'][0]}"
         )
         print(f"curve: JSON in {out}")
         return 0
