@@ -7,10 +7,11 @@ Needs only pymongo and SecantusDB (``pip install pymongo SecantusDB``)::
     python bench/repro_secantus_retryable.py --count 5000
     python bench/repro_secantus_retryable.py --uri mongodb://127.0.0.1:27018/  # your server
 
-For each mode (``retryWrites=true``, pymongo's default, then ``retryWrites=false``) a fresh
-``secantusd-py`` is started in a temporary directory (unless ``--uri`` is given), and one
-client inserts ``--count`` small documents one ``insert_one`` at a time (write concern
-``j: true``), printing the rate of each block of 1,000.
+Two fresh ``secantusd-py`` are started in temporary directories (with ``--uri``, both
+modes use that server), one per mode: ``retryWrites=true`` (pymongo's default) and
+``retryWrites=false``.  One client per mode inserts ``--count`` small documents one
+``insert_one`` at a time (write concern ``j: true``), the two modes taking turns block by
+block (1,000 documents), so both see the same machine; the rate of each block is printed.
 
 What it shows (SecantusDB 0.7.0b3): SecantusDB presents itself as a replica set, so
 pymongo sends each write with an ``lsid`` and a ``txnNumber`` (a retryable write).  The
@@ -66,25 +67,11 @@ def start_server() -> tuple[subprocess.Popen, str, Path]:
     raise SystemExit("secantusd-py did not start")
 
 
-def run(uri: str, retry_writes: bool, count: int) -> list[float]:
-    client = pymongo.MongoClient(uri, retryWrites=retry_writes, journal=True)
-    collection = client["repro"][f"docs_retry_{str(retry_writes).lower()}"]
-    collection.drop()
-    collection.create_index([("group", 1), ("at", -1)])
-    rates = []
-    for block in range(count // BLOCK):
-        started = time.perf_counter()
-        for i in range(BLOCK):
-            collection.insert_one({"group": i % 5, "at": time.time(), "text": "x" * 100})
-        rates.append(BLOCK / (time.perf_counter() - started))
-        print(
-            f"retryWrites={str(retry_writes).lower():<5} {(block + 1) * BLOCK:>7,} docs: "
-            f"{rates[-1]:7.1f} inserts/s",
-            flush=True,
-        )
-    collection.drop()
-    client.close()
-    return rates
+def block_rate(collection) -> float:
+    started = time.perf_counter()
+    for i in range(BLOCK):
+        collection.insert_one({"group": i % 5, "at": time.time(), "text": "x" * 100})
+    return BLOCK / (time.perf_counter() - started)
 
 
 def main() -> int:
@@ -92,28 +79,41 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--uri", help="an existing server (otherwise one is started per mode)")
     args = parser.parse_args()
-    summary = {}
-    for retry in (True, False):
-        proc = storage = None
-        uri = args.uri
-        if uri is None:
-            proc, uri, storage = start_server()
-        try:
-            build = pymongo.MongoClient(uri).admin.command("buildInfo")
-            print(f"server: SecantusDB {build.get('secantusVersion', '(not SecantusDB)')}")
-            summary[retry] = run(uri, retry, args.count)
-        finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(timeout=30)
-                shutil.rmtree(storage, ignore_errors=True)
-    print()
-    for retry, rates in summary.items():
-        print(
-            f"retryWrites={str(retry).lower():<5} first 1,000: {rates[0]:.1f}/s, "
-            f"last 1,000: {rates[-1]:.1f}/s, last/first {rates[-1] / rates[0]:.0%}"
-        )
-    return 0
+    started, collections, rates = [], {}, {True: [], False: []}
+    try:
+        for retry in (True, False):
+            uri = args.uri
+            if uri is None:
+                proc, uri, storage = start_server()
+                started.append((proc, storage))
+            client = pymongo.MongoClient(uri, retryWrites=retry, journal=True)
+            build = client.admin.command("buildInfo")
+            print(f"retryWrites={str(retry).lower()}: SecantusDB {build.get('secantusVersion')}")
+            collection = client["repro"][f"docs_retry_{str(retry).lower()}"]
+            collection.drop()
+            collection.create_index([("group", 1), ("at", -1)])
+            collections[retry] = collection
+        for block in range(args.count // BLOCK):
+            line = f"{(block + 1) * BLOCK:>7,} docs:"
+            for retry, collection in collections.items():
+                rates[retry].append(block_rate(collection))
+                line += f"  retryWrites={str(retry).lower():<5} {rates[retry][-1]:7.1f}/s"
+            print(line, flush=True)
+        print()
+        for retry, series in rates.items():
+            print(
+                f"retryWrites={str(retry).lower():<5} first 1,000: {series[0]:.1f}/s, "
+                f"last 1,000: {series[-1]:.1f}/s, last/first {series[-1] / series[0]:.0%}"
+            )
+        return 0
+    finally:
+        for collection in collections.values():
+            collection.drop()
+            collection.database.client.close()
+        for proc, storage in started:
+            proc.terminate()
+            proc.wait(timeout=30)
+            shutil.rmtree(storage, ignore_errors=True)
 
 
 if __name__ == "__main__":
