@@ -61,6 +61,9 @@ class Config:
     # else changed it (each list is then recomputed at most about once per window per
     # worker under continuous writes); a caller always sees its own writes.  0: exact.
     LIST_STALENESS_MS = 1000
+    # Group commit of single log POSTs: concurrent ones in a worker are written in one
+    # insert_many, each answered once its row is durable (see polymicro/common/atomic.py).
+    LOG_GROUP_COMMIT = False
     # How long an Idempotency-Key and its answer are kept (IETF draft: 24 hours).
     IDEMPOTENCY_KEY_HOURS = 24
     # --- HTTP -----------------------------------------------------------------------

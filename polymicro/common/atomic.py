@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextvars import ContextVar
 
 from pymongo import MongoClient
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
-from pymongo.errors import OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +109,94 @@ def supports_transactions(client) -> bool:
     return known
 
 
-def insert_row(collection: Collection, row: dict) -> None:
-    """Insert one row (its ``_id`` set by the caller or pymongo), in the current
-    transaction if there is one."""
+def insert_row(collection: Collection, row: dict, grouped: bool = False) -> None:
+    """Insert one row (its ``_id`` set by the caller), in the current transaction if
+    there is one.  With ``grouped`` (and no transaction), rows that threads of this
+    process insert into the same collection at the same time go in one ``insert_many``
+    (a group commit, see :class:`GroupCommit`)."""
+    if grouped and not in_transaction():
+        _group_for(collection).insert(row)
+        return
     collection.insert_one(row, session=current_session())
+
+
+class GroupCommit:
+    """Concurrent single-row inserts into one collection, written together.
+
+    A thread that finds no insert in progress becomes the leader: it writes everything
+    queued so far in one ordered=False ``insert_many`` (the collection's write concern:
+    ``j: true``), then again whatever queued meanwhile, until the queue is empty.  Every
+    thread returns only when the insert holding its row has been acknowledged, so each
+    request is answered after its row is durable; a row that failed (a duplicate ``_id``)
+    raises in its own thread only, any other error in every thread of that insert.
+    No waiting is added: a lone request is written at once.
+    """
+
+    def __init__(self, collection: Collection):
+        self.collection = collection
+        self.lock = threading.Lock()
+        self.queue: list[tuple[dict, Future]] = []
+        self.busy = False
+
+    def insert(self, row: dict) -> None:
+        done: Future = Future()
+        with self.lock:
+            self.queue.append((row, done))
+            leader = not self.busy
+            self.busy = True
+        if leader:
+            self._drain()
+        done.result()
+
+    def _drain(self) -> None:
+        while True:
+            with self.lock:
+                batch, self.queue = self.queue, []
+                if not batch:
+                    self.busy = False
+                    return
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[dict, Future]]) -> None:
+        try:
+            self.collection.insert_many([row for row, _ in batch], ordered=False)
+        except BulkWriteError as exc:
+            failed = {error["index"]: error for error in exc.details.get("writeErrors", [])}
+            for index, (_row, done) in enumerate(batch):
+                if index in failed:
+                    done.set_exception(_row_error(failed[index]))
+                else:
+                    done.set_result(None)
+            if exc.details.get("writeConcernErrors"):
+                for _row, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            return
+        except BaseException as exc:
+            for _row, done in batch:
+                done.set_exception(exc)
+            return
+        for _row, done in batch:
+            done.set_result(None)
+
+
+def _row_error(error: dict) -> Exception:
+    if error.get("code") == 11000:
+        return DuplicateKeyError(error.get("errmsg", "duplicate key"), 11000, error)
+    return OperationFailure(error.get("errmsg", "write failed"), error.get("code"), error)
+
+
+_groups: dict[tuple[int, str], GroupCommit] = {}
+_groups_lock = threading.Lock()
+
+
+def _group_for(collection: Collection) -> GroupCommit:
+    key = (id(collection.database.client), collection.full_name)
+    group = _groups.get(key)
+    if group is None:
+        with _groups_lock:
+            group = _groups.setdefault(key, GroupCommit(collection))
+    return group
 
 
 def _transactions(client) -> bool | None:

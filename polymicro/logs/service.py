@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from bson import ObjectId
+from flask import current_app
 
 from polymicro.common import atomic, caching
 from polymicro.common.atomic import insert_all_or_nothing, insert_row
@@ -177,7 +178,7 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     row["_id"] = ObjectId()
     # A plain row, as in create_logs: the schema validated it, and a mongoengine save
     # (a second validation, to_mongo) was a fifth of the Python time of a single POST.
-    insert_row(LogEntry._get_collection(), row)
+    insert_row(LogEntry._get_collection(), row, grouped=current_app.config["LOG_GROUP_COMMIT"])
     atomic.after_commit(lambda: record_ingest("logs", 1))
     LOGS.bump(row["project_id"])
     return LogEntry._from_son(row)
