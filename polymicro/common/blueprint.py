@@ -105,8 +105,14 @@ class Blueprint(flask_smorest.Blueprint):
                 hit = reader.peek(variant, background=True)
 
                 def compute():
-                    with reader.computing():
-                        response = func(*args, **kwargs)
+                    try:
+                        with reader.computing():
+                            response = func(*args, **kwargs)
+                        return store(response)
+                    finally:
+                        reader.release()
+
+                def store(response):
                     if response.status_code != 200:
                         return response
                     body = response.get_data()
