@@ -122,23 +122,24 @@ def test_service_the_catalog_never_lags(app, clock):
 
 
 @pytest.mark.usefixtures("ctx")
-def test_service_past_half_the_window_one_reader_refreshes(app, clock):
+def test_service_one_reader_refreshes_ahead_by_three_computations(app, clock):
     svc = make_service()
     calls = []
 
     def producer():
         calls.append(1)
+        clock.advance_ms(100)  # this computation takes 100 ms
         return len(calls)
 
     namespace = logs.LOGS.key(svc.project_id)
     assert caching.cached(namespace, "k", producer) == 1
     as_someone_else(app, lambda: logs.create_log(_entry(svc)))
-    clock.advance_ms(WINDOW_MS / 2 - 1)
-    assert caching.cached(namespace, "k", producer) == 1  # young enough: served
-    clock.advance_ms(2)
+    clock.advance_ms(WINDOW_MS - 3 * 100 - 100 - 1)  # the entry is 699 ms old
+    assert caching.cached(namespace, "k", producer) == 1  # served; no refresh yet
+    clock.advance_ms(2)  # 701 ms: less than three computations left of the window
     assert caching.cached(namespace, "k", producer) == 2  # took the lease: recomputed
     as_someone_else(app, lambda: logs.create_log(_entry(svc)))
-    clock.advance_ms(WINDOW_MS / 2)
+    clock.advance_ms(WINDOW_MS - 300)
     assert caching.cached(namespace, "k", producer) == 3
 
 
@@ -218,7 +219,10 @@ def test_api_cpu_points_follow_the_same_promise(app, api, clock):
     assert [p["load"] for p in viewer.get(path).json[0]["data"]] == [2.0]
 
 
-def test_api_a_stale_read_past_half_the_window_is_refreshed_in_the_background(app, api, clock):
+def test_api_a_stale_read_near_the_end_of_the_window_is_refreshed_in_the_background(
+    app, api, clock, monkeypatch
+):
+    monkeypatch.setattr(caching, "_took", lambda stamp: WINDOW_MS / 6)  # refresh from W/2
     path = f"/api/logs/project/{api['project']['id']}"
     viewer = client_as(app, "viewer")
     assert _api_messages(viewer, path) == []
