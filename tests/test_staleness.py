@@ -222,7 +222,7 @@ def test_api_cpu_points_follow_the_same_promise(app, api, clock):
 def test_api_a_stale_read_near_the_end_of_the_window_is_refreshed_in_the_background(
     app, api, clock, monkeypatch
 ):
-    monkeypatch.setattr(caching, "_took", lambda stamp: WINDOW_MS / 6)  # refresh from W/2
+    monkeypatch.setattr(caching.Reader, "_took", lambda self: WINDOW_MS / 6)  # refresh at W/2
     path = f"/api/logs/project/{api['project']['id']}"
     viewer = client_as(app, "viewer")
     assert _api_messages(viewer, path) == []

@@ -347,12 +347,6 @@ LEASE_MS = 10_000
 _stale_inputs: ContextVar[list[float] | None] = ContextVar("polymicro_stale", default=None)
 
 
-def _took(stamp: tuple[int, float]) -> float:
-    """Milliseconds since the lookup that missed (how long a computation took, with the
-    wait for a background thread: what a refresh has to fit in)."""
-    return max(0.0, _now_ms() - stamp[1])
-
-
 def _note_stale(started: float) -> None:
     inputs = _stale_inputs.get()
     if inputs is not None:
@@ -399,7 +393,13 @@ class Reader:
         self._writer = _writer_key(namespace, caller()) if self.window_ms else None
         self._pending: tuple[int, float] | None = None  # (generation, started) of a miss
         self._leased: list[str] = []
+        self._looked_up = 0.0
         self.refresh_due = False
+
+    def _took(self) -> float:
+        """Milliseconds since the lookup that missed: how long the computation took
+        (with the wait for a background thread), what a refresh has to fit in."""
+        return max(0.0, _now_ms() - self._looked_up)
 
     def _read(self, entry_key: str) -> list:
         keys = [_generation_key(self.namespace), entry_key]
@@ -424,7 +424,9 @@ class Reader:
             generation, entry, last_write, lease = self._read(entry_key)
         except CacheDown:
             return False, None, None
-        now = _now_ms()
+        now = self._looked_up = _now_ms()
+        if entry is not None and len(entry) != 4:
+            entry = None  # not an entry of this format
         if entry is not None:
             entry_generation, started, value, took = entry
             if entry_generation == generation:
@@ -454,7 +456,7 @@ class Reader:
             waited = self._wait_for(entry_key, lease)
             if waited is not None:
                 return True, waited, None
-            now = _now_ms()
+            now = self._looked_up = _now_ms()
         return False, None, (generation, now)
 
     def _may_serve(self, entry: tuple, last_write: int | None, now: float | None) -> bool:
@@ -510,7 +512,7 @@ class Reader:
         if stamp is None:
             return  # the cache could not be read: do not write either
         with contextlib.suppress(CacheDown):  # not cached this time; still correct
-            _guard(cache.set, _entry_key(self.namespace, key), (*stamp, value, _took(stamp)))
+            _guard(cache.set, _entry_key(self.namespace, key), (*stamp, value, self._took()))
         self.release()
 
     @contextlib.contextmanager
@@ -560,7 +562,7 @@ class Reader:
         """:meth:`put` for several keys (variants of one value), in one round trip."""
         if self._pending is None:
             return
-        took = _took(self._pending)
+        took = self._took()
         entries = {
             _entry_key(self.namespace, k): (*self._pending, v, took) for k, v in values.items()
         }
