@@ -46,6 +46,13 @@ _shared_cache = bool(os.environ.get("POLYMICRO_REDIS_URL", "").strip())
 workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2 if _shared_cache else 1)
 threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
 
+# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
+# connections over them.  With one shared socket, whichever worker woke first accepted:
+# in 5 of 40 bench runs every keep-alive connection of the load landed on one of the two
+# workers, leaving a core idle (cached reads at a third of their rate).  bench/mixed.py
+# reports the requests served per worker.
+reuse_port = True
+
 # Log filters (a `q` of up to 1,000 characters, several of them) can make a request line
 # longer than gunicorn's default 4,094 bytes, which gunicorn would answer itself (414).
 limit_request_line = 8190

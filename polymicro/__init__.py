@@ -17,7 +17,7 @@ from polymicro.common import versioning
 from polymicro.common.converters import ObjectIdConverter
 from polymicro.config import Config, load_config
 from polymicro.docs import init_docs
-from polymicro.extensions import api, init_cache, init_db, ping_db
+from polymicro.extensions import api, init_cache, init_compression, init_db, ping_db
 from polymicro.observability import configure_logging, init_observability, init_tracing
 from polymicro.security import init_security
 
@@ -40,6 +40,7 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     init_tracing(app)  # off unless OTEL_EXPORTER_OTLP_ENDPOINT; before the database client
     init_db(app)
     init_cache(app)
+    init_compression(app)
     init_security(app)
     connect_domains()
     init_docs(app)

@@ -91,6 +91,9 @@ class Config:
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).
     MONGODB_TIMEOUT_MS = 2000
+    # Retryable writes: "auto" (off on SecantusDB, where they make every write slower as
+    # data grows; on elsewhere), "true" or "false".  A retryWrites option in the URI wins.
+    MONGODB_RETRY_WRITES = "auto"
     # Use an in-process mongomock client instead of MONGODB_URI (unit tests only).
     MONGODB_MOCK = False
     # --- cache ----------------------------------------------------------------------
@@ -98,6 +101,15 @@ class Config:
     REDIS_URL = ""
     CACHE_DEFAULT_TIMEOUT = 60
     CACHE_KEY_PREFIX = "polymicro:"
+    # How long (ms) a cached log or CPU-point list may be served after a write by someone
+    # else changed it (each list is then recomputed at most about once per window per
+    # worker under continuous writes); a caller always sees its own writes.  0: exact.
+    LIST_STALENESS_MS = 1000
+    # Group commit of single log POSTs: concurrent ones in a worker are written in one
+    # insert_many, each answered once its row is durable (see polymicro/common/atomic.py).
+    LOG_GROUP_COMMIT = False
+    # How long an Idempotency-Key and its answer are kept (IETF draft: 24 hours).
+    IDEMPOTENCY_KEY_HOURS = 24
     # --- HTTP -----------------------------------------------------------------------
     # Reverse proxies in front of the app (the Kubernetes Ingress, the compose nginx):
     # the client's address, scheme and host are taken from X-Forwarded-For/-Proto/-Host,
@@ -107,6 +119,9 @@ class Config:
     # Largest request body accepted (bytes); larger bodies get 413.  A full log batch
     # (1000 × 16 KiB messages) fits.
     MAX_CONTENT_LENGTH = 20 * 1024 * 1024
+    # gzip responses of at least this many bytes when the client accepts it (level 1-9).
+    COMPRESS_MIN_SIZE = 500
+    COMPRESS_LEVEL = 6
     LOG_LEVEL = "INFO"
     # Where the generated development secret and the demo admin's password are kept.
     # Empty: Flask's default, the instance/ folder next to the package.

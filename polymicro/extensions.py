@@ -11,12 +11,15 @@ import marshmallow as ma
 import mongoengine
 from flask import Flask
 from flask_caching import Cache
+from flask_compress import Compress
 from flask_smorest import Api
 from flask_smorest import etag as fs_etag
 from flask_smorest.pagination import PaginationMetadataSchema
-from pymongo import uri_parser
+from pymongo import MongoClient, uri_parser
+from pymongo.errors import PyMongoError
 from werkzeug.exceptions import MethodNotAllowed
 
+from polymicro.common.atomic import is_secantus
 from polymicro.errors import add_default_message
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ def _document_request_body(doc, doc_info, **kwargs):
 
 api = PolymicroApi()
 cache = Cache()
+compress = Compress()
 
 
 def init_db(app: Flask) -> None:
@@ -110,34 +114,102 @@ def init_db(app: Flask) -> None:
     With ``MONGODB_MOCK`` the connection is an in-process mongomock client (tests).
     Writes wait for the database's journal (``j: true``) unless the URI says otherwise.
     The server-selection timeout bounds how long a request can wait for a database
-    that is down; that error is answered with 503 (see ``errors.py``).
+    that is down; that error is answered with 503 (see ``errors.py``).  Retryable writes
+    follow ``MONGODB_RETRY_WRITES`` (see :func:`_retry_writes`).
     """
     timeout = app.config["MONGODB_TIMEOUT_MS"]
+    uri = app.config["MONGODB_URI"]
     kwargs = {
-        "host": app.config["MONGODB_URI"],
+        "host": uri,
         "alias": DB_ALIAS,
         "uuidRepresentation": "standard",
         "serverSelectionTimeoutMS": timeout,
         "connectTimeoutMS": timeout,
         "tz_aware": False,
     }
+    mongoengine.disconnect(DB_ALIAS)
     if app.config["MONGODB_MOCK"]:
         import mongomock  # test-only dependency, imported only when asked for
 
         kwargs["mongo_client_class"] = mongomock.MongoClient
-    elif not _sets_write_concern(app.config["MONGODB_URI"]):
+        mongoengine.connect(**kwargs)
+        return
+    options = _uri_options(uri)
+    if not options & {"w", "journal", "j"}:
         # An acknowledged write must survive a crash of the database: wait for its
         # journal.  With the default (w:1, no j) a killed SecantusDB lost 30 of 100
         # acknowledged CPU points (scripts/faults.py); a URI that sets `w` or
         # `journal` itself (e.g. w=majority on a replica set) is left as it is.
         kwargs["journal"] = True
-    mongoengine.disconnect(DB_ALIAS)
-    mongoengine.connect(**kwargs)
+    setting = _retry_writes(app.config["MONGODB_RETRY_WRITES"])
+    if "retrywrites" in options:
+        pass  # the URI decides, as it does for the write concern
+    elif setting == "auto":
+        # Decided when the client is first needed (the first query, or wsgi.py's
+        # start-up ping), not here: create_app does no I/O.
+        kwargs["mongo_client_class"] = _client_deciding_retry_writes
+    else:
+        kwargs["retryWrites"] = setting == "true"
+    mongoengine.register_connection(**kwargs)
 
 
-def _sets_write_concern(uri: str) -> bool:
-    options = {key.lower() for key in uri_parser.parse_uri(uri)["options"]}
-    return bool(options & {"w", "journal", "j"})
+RETRY_WRITES_CHOICES = ("auto", "true", "false")
+
+
+def _retry_writes(value: str) -> str:
+    """``MONGODB_RETRY_WRITES``: ``true``/``false`` set pymongo's ``retryWrites``;
+    ``auto`` (the default) turns retryable writes off on SecantusDB only.
+
+    SecantusDB 0.7 presents itself as a replica set, so pymongo sends every write as a
+    retryable write (with a ``txnNumber``), and SecantusDB keeps a record of each for 30
+    minutes (at most 10,000) and rescans all of them twice per write (sorting them past
+    10,000): single-log ingest fell from 75-79 logs/s at 1,000 stored logs to 28-36 at
+    11,000-20,000, with 74-81% of the server's CPU in that pruning, and with
+    ``retryWrites=false`` it stayed flat (bench/ingest_curve.py; bench/
+    repro_secantus_retryable.py reproduces it with pymongo alone).  What retryable
+    writes protect against (a network error after the server applied a write, retried
+    once without applying it twice) matters for a replica set failing over, which an
+    embedded single-node SecantusDB never does; durability comes from ``j: true`` and
+    the transactions.  On MongoDB they stay on (pymongo's default).
+    """
+    choice = str(value).strip().lower()
+    if choice not in RETRY_WRITES_CHOICES:
+        raise RuntimeError(
+            f"invalid POLYMICRO_MONGODB_RETRY_WRITES: expected one of "
+            f"{', '.join(RETRY_WRITES_CHOICES)}, got {value!r}"
+        )
+    return choice
+
+
+def _client_deciding_retry_writes(**settings) -> MongoClient:
+    """Create the client (mongoengine calls this once, on first use) with retryable
+    writes off when the server is SecantusDB (its ``buildInfo`` has ``secantusVersion``).
+
+    The question costs one ``buildInfo`` per process and server.  When the server cannot
+    be asked (it is down), the client keeps pymongo's default (retryable writes on:
+    correct, slower on SecantusDB) and a warning says so; the next process asks again.
+    """
+    client = MongoClient(**settings)
+    try:
+        secantus = is_secantus(client.admin.command("buildInfo"))
+    except PyMongoError as exc:
+        log.warning(
+            "could not ask the database what it is (%s); retryable writes stay on "
+            "(POLYMICRO_MONGODB_RETRY_WRITES=false turns them off without asking)",
+            type(exc).__name__,
+        )
+        return client
+    if not secantus:
+        return client
+    client.close()
+    log.info("SecantusDB: retryable writes off (see POLYMICRO_MONGODB_RETRY_WRITES)")
+    client = MongoClient(**settings, retryWrites=False)
+    client.__dict__["_polymicro_flush_commits"] = True  # atomic.py asks the same question
+    return client
+
+
+def _uri_options(uri: str) -> set[str]:
+    return {key.lower() for key in uri_parser.parse_uri(uri)["options"]}
 
 
 def close_db() -> None:
@@ -163,3 +235,14 @@ def init_cache(app: Flask) -> None:
     cache_config["CACHE_DEFAULT_TIMEOUT"] = app.config["CACHE_DEFAULT_TIMEOUT"]
     cache_config["CACHE_KEY_PREFIX"] = app.config["CACHE_KEY_PREFIX"]
     cache.init_app(app, config=cache_config)
+
+
+def init_compression(app: Flask) -> None:
+    """gzip for JSON responses of ``COMPRESS_MIN_SIZE`` bytes or more when the client
+    accepts it (flask-compress).  Responses served from the response cache arrive
+    already compressed (``Blueprint.cached_response`` stores a gzipped copy), and
+    flask-compress leaves a response with a ``Content-Encoding`` alone."""
+    app.config["COMPRESS_ALGORITHM"] = ["gzip"]
+    app.config["COMPRESS_MIMETYPES"] = ["application/json"]
+    app.config["COMPRESS_STREAMS"] = False
+    compress.init_app(app)

@@ -48,6 +48,7 @@ WRITE_CALLS = {
     "insert_many",
     "insert_one",
     "insert_all_or_nothing",
+    "insert_row",
     "modify",
 }
 

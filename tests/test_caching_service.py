@@ -35,6 +35,10 @@ def counting(value):
     return producer, calls
 
 
+def _failing(*_args, **_kwargs):
+    raise ConnectionError("down")
+
+
 @in_app
 def test_cached_calls_the_producer_once():
     producer, calls = counting({"a": 1})
@@ -76,11 +80,11 @@ def test_a_lost_generation_key_never_revives_old_entries():
 def test_a_bump_that_failed_is_replayed_before_the_cache_is_used_again(monkeypatch):
     producer, calls = counting("old")
     caching.cached("ns", "k", producer)
-    real_get = cache.get
-    monkeypatch.setattr(cache, "get", lambda *a: (_ for _ in ()).throw(ConnectionError("down")))
+    real_increment = caching._increment
+    monkeypatch.setattr(caching, "_increment", _failing)
     caching.bump("ns")  # fails: remembered as pending
     assert caching._breaker.pending == {"ns"}
-    monkeypatch.setattr(cache, "get", real_get)
+    monkeypatch.setattr(caching, "_increment", real_increment)
     monkeypatch.setattr(caching, "RETRY_SECONDS", 0.0)
     caching._breaker.down_until = 0.0
     caching.cached("ns", "k", producer)
@@ -90,7 +94,8 @@ def test_a_bump_that_failed_is_replayed_before_the_cache_is_used_again(monkeypat
 
 @in_app
 def test_a_failing_cache_falls_back_to_the_producer_and_warns_once(monkeypatch, caplog):
-    monkeypatch.setattr(cache, "get", lambda *a: (_ for _ in ()).throw(ConnectionError("x")))
+    for operation in ("get", "get_many", "set"):  # every call a read or a store makes
+        monkeypatch.setattr(cache, operation, _failing)
     monkeypatch.setattr(caching, "RETRY_SECONDS", 0.0)
     producer, calls = counting(5)
     with caplog.at_level(logging.WARNING, logger="polymicro.common.caching"):

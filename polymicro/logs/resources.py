@@ -39,7 +39,8 @@ class Logs(MethodView):
         return service.list_logs(**args)
 
     @access("editor", keys=True)
-    @blp.arguments(LogEntrySchema)
+    @blp.idempotent
+    @blp.arguments(LogEntrySchema())  # an instance: a class is instantiated per request
     @blp.response(201, LogEntrySchema)
     def post(self, data):
         """Store a log entry of a service of a project."""
@@ -49,6 +50,7 @@ class Logs(MethodView):
 @blp.route("/batch")
 class LogBatch(MethodView):
     @access("editor", keys=True)
+    @blp.idempotent
     @blp.arguments(LogBatchSchema(many=True))
     @blp.response(201, LogBatchResultSchema)
     def post(self, entries):

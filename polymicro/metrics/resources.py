@@ -98,7 +98,8 @@ class MetricItem(MethodView):
 @blp.route("/<objectid:metric_id>/data")
 class MetricData(MethodView):
     @access("editor", keys=True)
-    @blp.arguments(PointsBodySchema)
+    @blp.idempotent
+    @blp.arguments(PointsBodySchema())  # an instance: a class is instantiated per request
     @blp.response(201, InsertedSchema)
     @blp.alt_response(404, description="No such entry.")
     def post(self, points, metric_id):

@@ -21,7 +21,7 @@ from functools import partial
 
 from bson import ObjectId
 
-from polymicro.common import caching
+from polymicro.common import atomic, caching
 from polymicro.common.atomic import insert_all_or_nothing
 from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
@@ -43,7 +43,7 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False)
+METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False, bounded_staleness=True)
 
 
 ORDER = ("id",)  # creation order, served by the _id index
@@ -166,7 +166,7 @@ def _insert_points(metric_id: ObjectId, points: list[dict]) -> list[ObjectId]:
         doc.update((k, point[k]) for k in ("load", "memory", "threads") if point.get(k) is not None)
         docs.append(doc)
     ids = insert_all_or_nothing(CpuPoint._get_collection(), docs)
-    record_ingest("cpu_points", len(ids))
+    atomic.after_commit(lambda: record_ingest("cpu_points", len(ids)))
     return ids
 
 

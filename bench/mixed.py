@@ -1,0 +1,556 @@
+"""Dashboard reads while logs stream in: each read idle, then under two kinds of ingest.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/mixed.py            # about 4 minutes on 2 cores
+    .venv/bin/python bench/mixed.py --quick    # about 1.5 minutes
+    .venv/bin/python bench/mixed.py --app-env POLYMICRO_LIST_STALENESS_MS=0   # exact lists
+
+One run, everything on 127.0.0.1 and stopped at the end:
+
+1. Redis (``--redis-url``, db 9, flushed), a fresh SecantusDB, and polymicro under gunicorn
+   (2 workers x 4 threads unless ``--workers``/``--threads``; ``bench/gunicorn_conf.py``)
+   with **authentication on** (unlike bench/run.py): the dashboard reads with a viewer's
+   token, the writer sends logs with the project's API key (as services do), so a write
+   and a read have different callers, as in production.  Rate limiting is off (one
+   client address).  ``PROMETHEUS_MULTIPROC_DIR`` is a directory of this run, so the
+   requests each worker served can be counted (per-process files of prometheus_client).
+2. Seeding through the API, as bench/run.py does (5 projects x 10 services, 2,000 logs
+   per project, 96 CPU points per service).
+3. For each phase, every dashboard read of the first project is warmed, then measured with
+   wrk (2 threads, 8 connections, ``--duration`` s, ``Accept-Encoding: gzip`` as a browser
+   sends it).  The phases:
+
+   - ``idle``: nothing else runs;
+   - ``20 POST/s``: a writer thread sends single ``POST /api/logs`` into the same project at
+     20 requests/s (paced: request *i* is due at start + i/20 s) for the whole phase;
+   - ``batch 100/s``: a writer sends ``POST /api/logs/batch`` of 100 entries once a second.
+
+   Each read under ingest is printed as a fraction of its idle rate, with its p99; each
+   writer with its achieved rate, its non-2xx count and its p99.  The requests served by
+   each gunicorn worker during each read are counted: a run where one worker served
+   (nearly) everything says so (``spread`` column: the busiest worker's share).
+4. Compression: ``GET /api/metrics/cpu/project/{id}`` idle, with and without
+   ``Accept-Encoding: gzip``: req/s and bytes per response.
+
+Targets (PASS/MISS at the end): every read under ingest >= 50% of its idle rate with a p99
+< 100 ms; each writer keeps its rate (>= 95% of it) with no non-2xx response.
+
+Exit status: 0 when the measurement completed (targets met or not), 1 when something
+broke.  Figures from one run are comparable with each other only (shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import load  # noqa: E402
+import run  # noqa: E402  (bench/run.py: seed data, the same as make bench)
+from load import HttpClient, WrkResult, ensure_wrk, parse_wrk  # noqa: E402
+from servers import (  # noqa: E402
+    HOST,
+    ROOT,
+    BenchError,
+    GunicornSettings,
+    Processes,
+    ensure_redis,
+    start_gunicorn,
+    start_secantus,
+)
+
+SECRET = "mixed-bench-secret-" + "x" * 32
+TARGET_FRACTION = 0.50
+TARGET_P99_MS = 100.0
+TARGET_WRITER_RATE = 0.95
+SINGLE_RATE = 20.0
+BATCH_SIZE = 100
+BATCH_EVERY_S = 1.0
+
+
+def say(text: str) -> None:
+    print(f"mixed: {text}", flush=True)
+
+
+# --- credentials ---------------------------------------------------------------------------
+
+
+def tokens() -> dict[str, str]:
+    """Access tokens signed with the app's secret (claims only, as tests/conftest.py)."""
+    from bson import ObjectId
+    from flask_jwt_extended import create_access_token
+
+    from polymicro import create_app
+
+    app = create_app(
+        {
+            "SECRET_KEY": SECRET,
+            "ACCESS_TOKEN_MINUTES": 24 * 60,
+            "INSTANCE_PATH": tempfile.gettempdir(),
+        }
+    )
+    out = {}
+    with app.app_context():
+        for role in ("admin", "viewer"):
+            out[role] = create_access_token(
+                identity=str(ObjectId()),
+                additional_claims={"role": role, "username": f"bench-{role}"},
+            )
+    return out
+
+
+_HEADERS: dict[str, str] = {}
+_original_request = HttpClient.request
+
+
+def _request_with_headers(self, method, path, body=None):
+    """HttpClient.request with this run's credentials (load.py's sends none)."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    headers.update(getattr(self, "headers", None) or _HEADERS)
+    for attempt in (1, 2):
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            response = self.conn.getresponse()
+            return response.status, response.read()
+        except load.RETRYABLE:
+            self.conn.close()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+HttpClient.request = _request_with_headers
+
+
+# --- wrk with headers ----------------------------------------------------------------------
+
+
+def warm(wrk: str, url: str, headers: dict[str, str], args) -> None:
+    """A short discarded wrk run (it may complete nothing when responses are slow)."""
+    with contextlib.suppress(BenchError):
+        run_wrk(wrk, url, args.warmup, headers, args)
+
+
+def run_wrk(wrk: str, url: str, duration: float, headers: dict[str, str], args) -> WrkResult:
+    argv = [wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{duration:g}s"]
+    argv += ["--latency", "--timeout=10s"]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 40, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed on {url}:\n{done.stderr}")
+    result = parse_wrk(url, done.stdout)
+    if result.requests == 0:
+        raise BenchError(f"wrk completed no request on {url}:\n{done.stdout}")
+    result.transfer_per_s = _transfer(done.stdout)
+    return result
+
+
+def _transfer(output: str) -> float:
+    """wrk's ``Transfer/sec`` in bytes."""
+    for line in output.splitlines():
+        if line.startswith("Transfer/sec:"):
+            value = line.split()[1]
+            units = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+            for unit in ("GB", "MB", "KB", "B"):
+                if value.endswith(unit):
+                    return float(value[: -len(unit)]) * units[unit]
+    return 0.0
+
+
+# --- per-worker request counts -------------------------------------------------------------
+
+
+def worker_counts(metrics_dir: Path) -> Counter:
+    """Requests answered so far by each worker process (prometheus_client's multiprocess
+    files are per process: ``counter_<pid>.db``)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    counts: Counter = Counter()
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = path.stem.split("_", 1)[1]
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            if '"polymicro_http_requests_total"' in key or "polymicro_http_requests_total" in key:
+                counts[pid] += value
+    return counts
+
+
+def spread(before: Counter, after: Counter) -> dict:
+    served = {pid: after[pid] - before.get(pid, 0) for pid in after}
+    served = {pid: n for pid, n in served.items() if n > 0}
+    total = sum(served.values()) or 1
+    return {"per_worker": served, "busiest_share": max(served.values(), default=0) / total}
+
+
+# --- writers ---------------------------------------------------------------------------------
+
+
+class Writer:
+    """Open-loop load: request *i* is due at start + i*every, whoever sends it (``SENDERS``
+    keep-alive connections, as a fleet of services would, so one slow answer does not
+    hold the next request back); a request is sent as soon as it is due and a sender is
+    free.  Records statuses and latencies until stopped."""
+
+    SENDERS = 4
+
+    def __init__(self, port: int, key: str, make_body, path: str, every: float, items: int):
+        self.port, self.key, self.make_body, self.path = port, key, make_body, path
+        self.every, self.items = every, items
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.next_slot = 0
+        self.statuses: Counter = Counter()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.started = self.stopped = 0.0
+        self.threads = [
+            threading.Thread(target=self._send, daemon=True) for _ in range(self.SENDERS)
+        ]
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self) -> HttpClient:
+        client = HttpClient(self.port, timeout=30)
+        client.headers = {"X-API-Key": self.key}
+        return client
+
+    def _send(self) -> None:
+        client = self._client()
+        while not self.stop_event.is_set():
+            with self.lock:
+                slot = self.next_slot
+                self.next_slot += 1
+                body = self.make_body()
+            delay = self.started + slot * self.every - time.perf_counter()
+            if delay > 0 and self.stop_event.wait(delay):
+                break
+            t0 = time.perf_counter()
+            try:
+                status, _data = client.request("POST", self.path, body)
+            except Exception as exc:  # counted, never fatal: the point is to measure
+                status = 0
+                client.close()
+                client = self._client()
+                with self.lock:
+                    self.errors.append(repr(exc))
+            with self.lock:
+                self.latencies.append(time.perf_counter() - t0)
+                self.statuses[status] += 1
+        client.close()
+
+    def stop(self) -> dict:
+        self.stop_event.set()
+        self.stopped = time.perf_counter()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        sent = sum(self.statuses.values())
+        seconds = max(self.stopped - self.started, 1e-9)
+        lat = sorted(self.latencies) or [0.0]
+        return {
+            "path": self.path,
+            "target_per_s": 1 / self.every,
+            "achieved_per_s": sent / seconds,
+            "items_per_s": sent * self.items / seconds,
+            "requests": sent,
+            "non_2xx": sum(n for s, n in self.statuses.items() if not 200 <= s < 300),
+            "statuses": dict(self.statuses),
+            "p50_ms": lat[len(lat) // 2] * 1000,
+            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+            "errors": self.errors[:5],
+        }
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def read_paths(seeded: run.Seeded) -> list[tuple[str, str]]:
+    p = seeded.project_ids[0]
+    return [
+        ("projects list", "/api/projects"),
+        ("services of a project", f"/api/services/project/{p}"),
+        ("CPU metrics of a project", f"/api/metrics/cpu/project/{p}"),
+        ("logs of a project", f"/api/logs/project/{p}"),
+        ("logs ?project_id=…&severity=error", f"/api/logs?project_id={p}&severity=error"),
+    ]
+
+
+def measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, phase: str) -> list[dict]:
+    headers = {"Authorization": f"Bearer {tokens_['viewer']}", "Accept-Encoding": "gzip"}
+    rows = []
+    for label, path in read_paths(seeded):
+        url = app.url + path
+        client = HttpClient(app.port)
+        client.headers = headers
+        for _ in range(3):  # one at a time first: a cold entry is computed once
+            status, _body = client.request("GET", path)
+            if status != 200:
+                raise BenchError(f"GET {path} answered {status}")
+        client.close()
+        warm(wrk, url, headers, args)
+        before = worker_counts(metrics_dir)
+        result = run_wrk(wrk, url, args.duration, headers, args)
+        after = worker_counts(metrics_dir)
+        app.check_alive()
+        if result.non_2xx:
+            raise BenchError(f"{phase}: {label}: {result.non_2xx} non-2xx responses")
+        row = {
+            "phase": phase,
+            "read": label,
+            "path": path,
+            **result.as_dict(),
+            "bytes_per_response": result.transfer_per_s / result.rps if result.rps else 0,
+            "spread": spread(before, after),
+        }
+        rows.append(row)
+        say(
+            f"{phase:<12} {label:<36} {result.rps:8.1f} req/s  p99 {result.p99_ms:7.1f} ms  "
+            f"busiest worker {row['spread']['busiest_share']:.0%}"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/mixed.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per read instead of 10")
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
+    args = parser.parse_args(argv)
+    args.duration = args.duration or (3.0 if args.quick else 10.0)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
+    procs = Processes()
+    workdir = Path(tempfile.mkdtemp(prefix="polymicro-mixed-"))
+    redis_client = None
+    began = time.monotonic()
+    try:
+        load_at_start = os.getloadavg()
+        wrk = ensure_wrk()
+        redis_client, _ = ensure_redis(args.redis_url)
+        db = start_secantus(procs, workdir / "db", workdir)
+        mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro"
+        metrics_dir = workdir / "prometheus"
+        metrics_dir.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLYMICRO_")}
+        env.update(
+            POLYMICRO_MONGODB_URI=mongo_uri,
+            POLYMICRO_REDIS_URL=args.redis_url,
+            POLYMICRO_SECRET_KEY=SECRET,
+            POLYMICRO_AUTH_ENABLED="true",
+            POLYMICRO_RATELIMIT_ENABLED="false",
+            POLYMICRO_LOG_LEVEL="WARNING",
+            POLYMICRO_GUNICORN_LOGLEVEL="warning",
+            POLYMICRO_INSTANCE_PATH=str(workdir / "instance"),
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        )
+        env.update(item.split("=", 1) for item in args.app_env)
+        settings = GunicornSettings(args.workers, args.threads, "gthread")
+        app = start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
+        tokens_ = tokens()
+        _HEADERS["Authorization"] = f"Bearer {tokens_['admin']}"
+        maker = run.DataMaker(1)
+        seeded = run.seed(app.port, run.FULL, maker, 2)
+        project = seeded.project_ids[0]
+        admin = HttpClient(app.port)
+        key = admin.call("POST", f"/api/projects/{project}/keys", {"name": "writer"}, 201)["key"]
+        admin.close()
+
+        def single():
+            return run.encode(maker.log(project, seeded.service_ids[project]))
+
+        def batch():
+            return run.encode(
+                [maker.log(project, seeded.service_ids[project]) for _ in range(BATCH_SIZE)]
+            )
+
+        phases = {}
+        writers = {}
+        phases["idle"] = measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, "idle")
+        for phase, (path, make, every, items) in {
+            f"{SINGLE_RATE:g} POST/s": ("/api/logs", single, 1 / SINGLE_RATE, 1),
+            f"batch {BATCH_SIZE}/s": ("/api/logs/batch", batch, BATCH_EVERY_S, BATCH_SIZE),
+        }.items():
+            writer = Writer(app.port, key, make, path, every, items)
+            writer.start()
+            time.sleep(1.0)  # the writer is in its stride before the reads start
+            phases[phase] = measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, phase)
+            writers[phase] = writer.stop()
+            w = writers[phase]
+            say(
+                f"{phase}: writer {w['achieved_per_s']:.1f}/s of {w['target_per_s']:.1f}/s, "
+                f"non-2xx {w['non_2xx']}, p99 {w['p99_ms']:.0f} ms"
+            )
+        compression = measure_compression(wrk, app, seeded, tokens_, args)
+        result = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "commit": run.commit(),
+            "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "gunicorn": settings.__dict__,
+            "app_env": args.app_env,
+            "duration_s": args.duration,
+            "phases": phases,
+            "writers": writers,
+            "compression": compression,
+        }
+        result["targets"] = evaluate(result)
+        result["elapsed_s"] = round(time.monotonic() - began, 1)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        out = args.out_dir / f"mixed-{result['date'].replace(':', '').replace('-', '')}.json"
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print()
+        print(render(result))
+        print()
+        say(f"took {result['elapsed_s']:.0f} s; JSON in {out}")
+        return 0
+    except BenchError as exc:
+        print(f"mixed: FAILED: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        procs.stop_all()
+        if redis_client is not None:
+            with contextlib.suppress(Exception):
+                redis_client.flushdb()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_compression(wrk, app, seeded, tokens_, args) -> list[dict]:
+    path = read_paths(seeded)[2][1]
+    rows = []
+    for label, extra in (("identity", {}), ("gzip", {"Accept-Encoding": "gzip"})):
+        headers = {"Authorization": f"Bearer {tokens_['viewer']}", **extra}
+        conn = http.client.HTTPConnection(HOST, app.port, timeout=30)
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        size = len(response.read())
+        encoding = response.getheader("Content-Encoding") or "identity"
+        conn.close()
+        warm(wrk, app.url + path, headers, args)
+        result = run_wrk(wrk, app.url + path, args.duration, headers, args)
+        rows.append(
+            {
+                "accept": label,
+                "content_encoding": encoding,
+                "body_bytes": size,
+                "rps": result.rps,
+                "p99_ms": result.p99_ms,
+                "transfer_per_s": result.transfer_per_s,
+            }
+        )
+        say(f"CPU metrics, {label}: {size:,} bytes, {result.rps:.0f} req/s")
+    return rows
+
+
+def evaluate(result: dict) -> list[dict]:
+    idle = {r["read"]: r for r in result["phases"]["idle"]}
+    targets = []
+    for phase, rows in result["phases"].items():
+        if phase == "idle":
+            continue
+        for r in rows:
+            fraction = r["rps"] / idle[r["read"]]["rps"]
+            r["fraction_of_idle"] = fraction
+            targets.append(
+                {
+                    "target": f"{phase}: {r['read']} ≥ {TARGET_FRACTION:.0%} of idle, "
+                    f"p99 < {TARGET_P99_MS:.0f} ms",
+                    "value": f"{fraction:.0%}, p99 {r['p99_ms']:.1f} ms",
+                    "pass": fraction >= TARGET_FRACTION and r["p99_ms"] < TARGET_P99_MS,
+                }
+            )
+    for phase, w in result["writers"].items():
+        kept = w["achieved_per_s"] / w["target_per_s"]
+        targets.append(
+            {
+                "target": f"{phase}: writer keeps its rate (≥ {TARGET_WRITER_RATE:.0%}), "
+                "no non-2xx",
+                "value": f"{w['achieved_per_s']:.2f}/s of {w['target_per_s']:.2f}/s, "
+                f"{w['non_2xx']} non-2xx",
+                "pass": kept >= TARGET_WRITER_RATE and w["non_2xx"] == 0,
+            }
+        )
+    spreads = [r["spread"]["busiest_share"] for rows in result["phases"].values() for r in rows]
+    workers = result["gunicorn"]["workers"]
+    if workers > 1:
+        worst = max(spreads)
+        targets.append(
+            {
+                "target": f"every read spread over the {workers} workers (busiest ≤ 80%)",
+                "value": f"busiest worker served at most {worst:.0%} of a read's requests",
+                "pass": worst <= 0.80,
+            }
+        )
+    return targets
+
+
+def render(result: dict) -> str:
+    phases = list(result["phases"])
+    idle = {r["read"]: r for r in result["phases"]["idle"]}
+    lines = [
+        f"## Dashboard reads under ingest — {result['date']} ({result['commit']})",
+        "",
+        f"gunicorn {result['gunicorn']['workers']}×{result['gunicorn']['threads']} gthread, "
+        f"SecantusDB + Redis, auth on, wrk 8 connections × {result['duration_s']:g} s per read, "
+        f"load average {result['load_average_at_start'][0]} at start, "
+        f"{result['load_average_at_end'][0]} at end; app env {result['app_env'] or 'default'}",
+        "",
+        "| read | idle req/s (p99 ms) | "
+        + " | ".join(f"{p}: req/s (p99 ms), of idle" for p in phases[1:])
+        + " | busiest worker |",
+        "|---|---:|" + "---:|" * (len(phases) - 1) + "---:|",
+    ]
+    for label, base in idle.items():
+        cells = [f"{base['rps']:,.0f} ({base['p99_ms']:.1f})"]
+        worst = base["spread"]["busiest_share"]
+        for phase in phases[1:]:
+            r = next(x for x in result["phases"][phase] if x["read"] == label)
+            cells.append(f"{r['rps']:,.0f} ({r['p99_ms']:.1f}), {r['fraction_of_idle']:.0%}")
+            worst = max(worst, r["spread"]["busiest_share"])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {worst:.0%} |")
+    lines += ["", "| writer | target/s | achieved/s | non-2xx | p50 ms | p99 ms |"]
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for phase, w in result["writers"].items():
+        lines.append(
+            f"| {phase} (`{w['path']}`) | {w['target_per_s']:.1f} | {w['achieved_per_s']:.2f} | "
+            f"{w['non_2xx']} | {w['p50_ms']:.0f} | {w['p99_ms']:.0f} |"
+        )
+    lines += ["", "| CPU metrics of a project | Content-Encoding | body bytes | req/s | p99 ms |"]
+    lines.append("|---|---|---:|---:|---:|")
+    for c in result["compression"]:
+        lines.append(
+            f"| Accept-Encoding: {c['accept']} | {c['content_encoding']} | {c['body_bytes']:,} | "
+            f"{c['rps']:,.0f} | {c['p99_ms']:.1f} |"
+        )
+    lines += ["", "### Targets", ""]
+    for t in result["targets"]:
+        lines.append(f"- {'PASS' if t['pass'] else 'MISS'} {t['target']} — {t['value']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
