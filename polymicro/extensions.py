@@ -6,6 +6,7 @@ Nothing connects at import time: ``create_app`` binds these to an app.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import marshmallow as ma
 import mongoengine
@@ -147,7 +148,9 @@ def init_db(app: Flask) -> None:
     elif setting == "auto":
         # Decided when the client is first needed (the first query, or wsgi.py's
         # start-up ping), not here: create_app does no I/O.
-        kwargs["mongo_client_class"] = _client_deciding_retry_writes
+        global _registration
+        _registration = object()
+        kwargs["mongo_client_class"] = partial(_client_deciding_retry_writes, _registration)
     else:
         kwargs["retryWrites"] = setting == "true"
     mongoengine.register_connection(**kwargs)
@@ -181,24 +184,37 @@ def _retry_writes(value: str) -> str:
     return choice
 
 
-def _client_deciding_retry_writes(**settings) -> MongoClient:
+# Identifies the current registration: a client whose creation outlived it (a thread
+# still asking a dead server while the app was closed or replaced) is dropped.
+_registration: object | None = None
+
+
+def _client_deciding_retry_writes(registration: object, **settings) -> MongoClient:
     """Create the client (mongoengine calls this once, on first use) with retryable
     writes off when the server is SecantusDB (its ``buildInfo`` has ``secantusVersion``).
 
     The question costs one ``buildInfo`` per process and server.  When the server cannot
     be asked (it is down), the client keeps pymongo's default (retryable writes on:
-    correct, slower on SecantusDB) and a warning says so; the next process asks again.
+    correct, slower on SecantusDB; a debug line says so); the next process asks again.
     """
     client = MongoClient(**settings)
     try:
         secantus = is_secantus(client.admin.command("buildInfo"))
     except PyMongoError as exc:
-        log.warning(
+        if registration is not _registration:
+            client.close()
+            raise RuntimeError("the connection was closed while it was being opened") from exc
+        # DEBUG: the database being down is reported by whatever needed it (a 503, the
+        # start-up check, a CLI error in one line); this only explains the outcome.
+        log.debug(
             "could not ask the database what it is (%s); retryable writes stay on "
             "(POLYMICRO_MONGODB_RETRY_WRITES=false turns them off without asking)",
             type(exc).__name__,
         )
         return client
+    if registration is not _registration:
+        client.close()
+        raise RuntimeError("the connection was closed while it was being opened")
     if not secantus:
         return client
     client.close()
@@ -213,6 +229,8 @@ def _uri_options(uri: str) -> set[str]:
 
 
 def close_db() -> None:
+    global _registration
+    _registration = None
     mongoengine.disconnect(DB_ALIAS)
 
 

@@ -36,6 +36,14 @@ Bounded staleness (``LIST_STALENESS_MS``, default 1000; 0 = exact)
       or may not be in the list, and two reads in a row may come from different moments
       of that window.
 
+    How it holds under load: once less than three times an entry's last computation
+    is left of its window, one reader of the whole cluster takes a Redis lease and
+    recomputes it (in the background for a cached response, so nobody waits for it)
+    while the others keep serving the entry; a reader that finds nothing it may serve
+    waits for the reader holding the lease instead of computing the same entry again;
+    and a value computed from entries served stale is stored as old as the oldest of
+    them (and never as current), so nothing outlives the window.
+
     With authentication off every caller is the same anonymous admin, so everyone
     "wrote" every write and lists are exact.  Times are wall-clock milliseconds from
     :data:`clock` (``time.time`` unless a test replaces it; across machines, their clock
