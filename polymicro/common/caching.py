@@ -84,7 +84,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
 
-from flask import current_app, g, has_app_context, has_request_context
+from flask import current_app, g, has_app_context, has_request_context, request
 
 from polymicro.common import atomic
 from polymicro.extensions import cache
@@ -370,17 +370,26 @@ def cached(namespace: str, key: str, producer: Callable[[], Any]) -> Any:
     """
     if not has_request_context():
         return Reader(namespace).get(key, producer)
-    memo = g.get(_MEMO)
-    if memo is None:
-        memo = {}
-        setattr(g, _MEMO, memo)
+    memo = _request_memo()
     if (namespace, key) not in memo:
         memo[(namespace, key)] = Reader(namespace).get(key, producer)
     return memo[(namespace, key)]
 
 
+def _request_memo() -> dict:
+    """This request's memo.  It lives on ``g`` together with the request it belongs
+    to: an app context held open around several requests (tests do) shares one ``g``,
+    and a memo must never outlive its request."""
+    current = request._get_current_object()
+    owner, memo = g.get(_MEMO, (None, None))
+    if owner is not current:
+        memo = {}
+        setattr(g, _MEMO, (current, memo))
+    return memo
+
+
 def _forget(namespaces: tuple[str, ...]) -> None:
-    memo = g.get(_MEMO) if has_request_context() else None
+    memo = _request_memo() if has_request_context() else None
     if memo:
         for entry in [k for k in memo if k[0] in namespaces]:
             del memo[entry]
