@@ -67,6 +67,7 @@ def register_api(app: Flask) -> None:
     from polymicro.auth.resources import keys_blp
     from polymicro.events.resources import blp as events_blp
     from polymicro.ingest.resources import blp as ingest_blp
+    from polymicro.liveness.resources import blp as liveness_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
     from polymicro.operations.resources import blp as operations_blp
@@ -89,6 +90,7 @@ def register_api(app: Flask) -> None:
         api.register_blueprint(blueprint)
     app.register_blueprint(ingest_blp)  # OTLP and Loki bodies: outside the OpenAPI document
     api.register_blueprint(events_blp)
+    api.register_blueprint(liveness_blp)
 
 
 def register_request_guards(app: Flask) -> None:

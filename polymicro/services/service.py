@@ -65,7 +65,7 @@ def _views(services: list[Service]) -> list[dict]:
     if views:
         for _receiver, returned in service_views_extras.send([v["id"] for v in views]):
             for view in views:
-                view.update((returned or {}).get(view["id"], {}))
+                view |= (returned or {}).get(view["id"], {})
     return views
 
 
