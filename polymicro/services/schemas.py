@@ -24,7 +24,14 @@ from polymicro.services.models import (
     STATUSES,
 )
 
-STRICT_BOOLEAN = {"truthy": {True}, "falsy": {False}}  # JSON true/false only, never "1"
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only (marshmallow's Boolean also takes ``"yes"``, ``1``)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class ServiceSchema(BaseSchema):
@@ -66,8 +73,7 @@ class ServiceSchema(BaseSchema):
         validate=validate.Range(min=1, max=MAX_HEARTBEAT_FAILURES),
         metadata={"description": "Consecutive failed heartbeats before critical; null: 1."},
     )
-    heartbeat_from_ingest = fields.Boolean(
-        **STRICT_BOOLEAN,
+    heartbeat_from_ingest = StrictBoolean(
         metadata={"description": "Stored logs and CPU points count as heartbeats."},
     )
     liveness = fields.String(
