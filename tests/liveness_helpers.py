@@ -66,11 +66,10 @@ def liveness_events(service_id=None) -> list[dict]:
 
 
 def changes(service_id) -> list[tuple[str | None, str]]:
-    """``(before, after)`` of a service's liveness events, oldest first."""
-    return [
-        (e["changes"]["liveness"]["before"], e["changes"]["liveness"]["after"])
-        for e in liveness_events(service_id)
-    ]
+    """``(before, after)`` of a service's liveness events in the order of their
+    ``version`` (two writers may publish back-to-back changes in the other order)."""
+    found = sorted(liveness_events(service_id), key=lambda e: e["changes"]["liveness"]["version"])
+    return [(e["changes"]["liveness"]["before"], e["changes"]["liveness"]["after"]) for e in found]
 
 
 def state_row(service_id) -> dict | None:

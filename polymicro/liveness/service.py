@@ -19,8 +19,12 @@ Heartbeats (:func:`heartbeat`)
     the derived state is computed from the new row, and when it differs from the state
     last recorded the same write records it.  Only then is the catalog cache bumped, a
     transition stored and an event ``service.liveness_changed`` published (with
-    ``before``, ``after``, ``reason`` and ``at``).  A row changed meanwhile by another
-    writer fails the compare-and-set: the heartbeat reads again and retries.
+    ``before``, ``after``, ``reason``, ``at`` and ``version``).  A row changed meanwhile
+    by another writer fails the compare-and-set: the heartbeat reads again and retries.
+    Two changes of one service recorded within milliseconds by two writers may be
+    published in the other order; ``version`` (the row's, growing with every write)
+    orders them, and each event's ``before`` is the ``after`` of the one before it in
+    that order.
 
 Deadlines with no request (:func:`record_due`)
     The worker's job (``flask worker``), and catalog reads at most once per
@@ -74,7 +78,7 @@ log = logging.getLogger(__name__)
 
 CATALOG = services.CATALOG  # the views show liveness: a recorded change bumps the catalog
 EVENT = "service.liveness_changed"
-CAS_ATTEMPTS = 10
+CAS_ATTEMPTS = 100  # a loser retries; each loss is another writer's success
 DUE_BATCH = 500  # rows the worker derives per query
 DUE_BATCHES = 20  # queries per round at most (the rest waits for the next round)
 HISTORY_MAX = 10_000  # transitions read for 30 days of uptime at most
@@ -248,7 +252,13 @@ def _announce(transitions: list[_Transition]) -> None:
             name = services.require_service(t.service_id)["name"]
         except NotFound:  # deleted meanwhile: its liveness goes with it
             continue
-        change = {"before": t.before, "after": t.after, "reason": t.reason, "at": format_time(t.at)}
+        change = {
+            "before": t.before,
+            "after": t.after,
+            "reason": t.reason,
+            "at": format_time(t.at),
+            "version": t.version,
+        }
         events.publish(
             EVENT,
             {"id": t.service_id, "name": name},
