@@ -358,3 +358,23 @@ def test_each_change_is_one_event_with_before_after_and_reason(client, world, ti
     change = event["changes"]["liveness"]
     assert (change["before"], change["after"]) == ("passing", "critical")
     assert change["reason"].startswith("no heartbeat since")
+
+
+def test_a_read_never_fails_because_the_changes_could_not_be_recorded(
+    client, world, timeline, monkeypatch, caplog
+):
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    assert client.get(world["path"]).status_code == 200  # cached now
+
+    def database_away():
+        raise ServerSelectionTimeoutError("no server")
+
+    monkeypatch.setattr(liveness, "record_due", database_away)
+    timeline.advance(5, worker=False)
+    response = client.get(world["path"])
+    assert response.status_code == 200
+    assert response.json["name"] == world["svc"].name
+    assert (
+        "liveness changes not recorded before a read (ServerSelectionTimeoutError)" in caplog.text
+    )

@@ -62,7 +62,7 @@ from datetime import datetime, timedelta
 from bson import ObjectId
 from flask import current_app
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from polymicro.common import clock
 from polymicro.common.timeutil import format_time
@@ -408,6 +408,8 @@ def catch_up() -> None:
         memory.caught_up = now
     try:
         record_due()
+    except PyMongoError as exc:  # the database is away: the read answers as it can
+        log.warning("liveness changes not recorded before a read (%s)", type(exc).__name__)
     except Exception:
         log.exception("recording the liveness changes before a read failed")
 
