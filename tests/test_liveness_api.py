@@ -378,3 +378,17 @@ def test_a_read_never_fails_because_the_changes_could_not_be_recorded(
     assert (
         "liveness changes not recorded before a read (ServerSelectionTimeoutError)" in caplog.text
     )
+
+
+def test_the_etag_covers_liveness(client, world):
+    before = client.get(world["path"]).headers["ETag"]
+    client.post(world["path"] + "/heartbeat")
+    stale = client.patch(world["path"], json={"version": "2"}, headers={"If-Match": before})
+    assert stale.status_code == 412
+    fresh = client.get(world["path"]).headers["ETag"]
+    assert (
+        client.patch(world["path"], json={"version": "2"}, headers={"If-Match": fresh}).json[
+            "liveness"
+        ]
+        == "passing"
+    )
