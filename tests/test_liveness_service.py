@@ -508,6 +508,7 @@ def test_the_page_shows_the_settings_in_effect_and_the_open_runs(timeline):
     svc = make_service(heartbeat_ttl=300)
     liveness.heartbeat(svc.id, START, {"run_id": "r", "note": "nightly"})
     page = liveness.get_liveness(svc.id)
+    assert page["note"] == "nightly"
     assert (page["heartbeat_ttl"], page["heartbeat_grace"], page["heartbeat_failures"]) == (
         300,
         300,
@@ -544,3 +545,46 @@ def test_the_worker_runs_the_liveness_job_on_its_interval(app, timeline):
     result = app.test_cli_runner().invoke(args=["worker", "--once"])
     assert result.exit_code == 0, result.output
     assert changes(svc.id)[-1] == ("passing", "critical")
+
+
+# --- indexes --------------------------------------------------------------------------------
+
+
+def _index_scans(collection, query: dict, sort=None) -> list[str]:
+    cursor = collection.find(query)
+    if sort:
+        cursor = cursor.sort(sort)
+    plan = cursor.limit(10).explain()["queryPlanner"]["winningPlan"]
+    stages = []
+    while plan:
+        if plan.get("stage") == "IXSCAN":
+            stages.append(next(iter(plan["keyPattern"])))
+        plan = plan.get("inputStage")
+    return stages
+
+
+def _liveness_queries(now) -> list[tuple]:
+    passing = rules.state_query("passing", now, None, timedelta(hours=1))
+    return [
+        (LivenessState, {"next_check": {"$lte": now}}, [("next_check", 1)], "next_check"),
+        (LivenessState, {"project_id": ObjectId()}, None, "project_id"),
+        (LivenessState, passing, None, "due"),
+        (
+            LivenessTransition,
+            {"service_id": ObjectId(), "at": {"$gte": now}},
+            [("at", -1), ("version", -1)],
+            "service_id",
+        ),
+    ]
+
+
+def test_the_worker_the_filters_and_the_history_read_through_indexes(timeline):
+    from tests.conftest import USES_REAL_DB
+
+    for document, query, sort, leading in _liveness_queries(timeline.now()):
+        document.ensure_indexes()
+        collection = document._get_collection()
+        keys = [next(iter(spec["key"]))[0] for spec in collection.index_information().values()]
+        assert leading in keys, (document.__name__, leading)
+        if USES_REAL_DB:
+            assert _index_scans(collection, query, sort), (document.__name__, query)

@@ -132,6 +132,7 @@ def apply(row: dict | None, signal: Signal, policy: Policy, now: datetime) -> di
         runs = [run for run in runs if run["id"] != run_id]
         runs.append({"id": run_id, "started": now})
         runs = runs[-MAX_OPEN_RUNS:]
+        new["note"] = signal.note
         if previous is None:
             reason = _with_note(f"run {run_id!r} started", signal.note)
     elif signal.kind in (BEAT, FAIL):
