@@ -15,7 +15,7 @@ from polymicro.common import caching
 from polymicro.errors import Forbidden, NotFound
 from polymicro.liveness import rules
 from polymicro.liveness import service as liveness
-from polymicro.liveness.models import LivenessState, LivenessTransition, Observer
+from polymicro.liveness.models import REPORTED, LivenessState, LivenessTransition, Observer
 from polymicro.liveness.rules import FAIL, START, Outage
 from polymicro.logs import service as logs
 from polymicro.metrics import service as metrics
@@ -318,7 +318,7 @@ def _rows_for_every_case(now, project_id) -> list[dict]:
     heard before or after the recovery, short and long windows."""
     rows = []
     for reported, due_offset, seen_offset, window in itertools.product(
-        rules.REPORTED, (-5000, -700, -450, -250, -50, 0, 30), (-900, -400, -150), (20, 200, 600)
+        REPORTED, (-5000, -700, -450, -250, -50, 0, 30), (-900, -400, -150), (20, 200, 600)
     ):
         rows.append(
             {
@@ -340,20 +340,33 @@ def _rows_for_every_case(now, project_id) -> list[dict]:
 
 
 @pytest.mark.parametrize("with_outage", [False, True])
-def test_the_state_query_matches_the_derivation_for_every_case(timeline, with_outage):
+def test_the_filter_finds_exactly_the_rows_in_each_state(app, timeline, with_outage):
+    """Every combination of report, deadline, last heartbeat and interval around an
+    outage: the index ranges (``rules.candidates``) miss none of a state's rows."""
+    app.config["HEARTBEAT_OFFLINE_AFTER_SECONDS"] = 1000
     now = timeline.now()
     rows = _rows_for_every_case(now, ObjectId())
     LivenessState._get_collection().insert_many(rows)
-    outage = Outage(now - timedelta(seconds=600), now - timedelta(seconds=300))
-    outage = outage if with_outage else None
-    offline_after = timedelta(seconds=1000)
+    outage = None
+    if with_outage:
+        outage = Outage(now - timedelta(seconds=600), now - timedelta(seconds=300))
+        Observer._get_collection().insert_one(
+            {
+                "_id": "observer",
+                "last_tick": now,
+                "outage_start": outage.start,
+                "outage_end": outage.end,
+            }
+        )
+    restart(app)  # read the observer afresh
     expected = {state: set() for state in rules.STATUS}
     for row in rows:
-        expected[rules.derive(row, now, outage, offline_after).state].add(row["_id"])
+        expected[rules.derive(row, now, outage, timedelta(seconds=1000)).state].add(row["_id"])
     for state, ids in expected.items():
-        query = rules.state_query(state, now, outage, offline_after)
-        found = {r["_id"] for r in LivenessState._get_collection().find(query, {"_id": 1})}
-        assert found == ids, state
+        assert set(liveness.ids_in({state})) == ids, state
+    assert (
+        set(liveness.ids_in({"critical", "offline"})) == expected["critical"] | expected["offline"]
+    )
     assert all(expected.values()) or not with_outage  # every state occurs with an outage
 
 
@@ -564,11 +577,16 @@ def _index_scans(collection, query: dict, sort=None) -> list[str]:
 
 
 def _liveness_queries(now) -> list[tuple]:
-    passing = rules.state_query("passing", now, None, timedelta(hours=1))
+    outage = Outage(now - timedelta(minutes=10), now - timedelta(minutes=5))
+    ranges = [
+        (LivenessState, query, None, next(iter(query)))
+        for state in rules.STATUS
+        for query in rules.candidates(state, now, outage, timedelta(hours=1))
+    ]
     return [
         (LivenessState, {"next_check": {"$lte": now}}, [("next_check", 1)], "next_check"),
         (LivenessState, {"project_id": ObjectId()}, None, "project_id"),
-        (LivenessState, passing, None, "due"),
+        *ranges,
         (
             LivenessTransition,
             {"service_id": ObjectId(), "at": {"$gte": now}},

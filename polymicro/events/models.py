@@ -19,6 +19,7 @@ HOLE = "hole"
 DEFAULT_LIMIT = 100  # events per cursor read unless `limit` says otherwise
 MAX_LIMIT = 1000
 
+
 class Event(me.Document):
     seq = me.IntField(required=True, min_value=1)
     time = me.DateTimeField(required=True)

@@ -53,7 +53,9 @@ class LivenessState(me.Document):
 
     meta = {
         "collection": "liveness",
-        "indexes": ["project_id", "next_check", "due"],
+        # The worker's `next_check`, a project's services, and the filter's ranges
+        # (rules.candidates): `due`, and `reported` with `due`.
+        "indexes": ["project_id", "next_check", "due", ("reported", "due")],
     }
 
 

@@ -4,7 +4,8 @@ For other domains (alerts)
     ``liveness_of(service_ids)`` → ``{service_id: {"state", "since", "reason",
     "last_seen", "deadline", "next_change"}}`` for every id asked, and
     ``liveness_of_project(project_id)`` → the same for the project's services that have
-    liveness.  Derived at the time of the call, with no write.  ``state`` is one of
+    liveness, and ``ids_in({"critical", "offline"})`` → the ids of the services in those
+    states (through an index).  Derived at the time of the call, with no write.  ``state`` is one of
     ``passing``, ``warning``, ``critical``, ``offline``, ``unknown``, or None when the
     service never sent a heartbeat (liveness off).  ``unknown`` is what a service whose
     deadline passed while polymicro itself was not observing shows until one interval
@@ -475,25 +476,32 @@ def embed_in_service_views(service_ids: list[ObjectId]) -> dict[ObjectId, dict]:
     return extras
 
 
-def _ids_in(states: set[str]) -> list[ObjectId]:
-    if not states:
-        return []
+def ids_in(states: set[str]) -> list[ObjectId]:
+    """The services whose liveness is one of ``states`` now: the rows found through the
+    index ranges of ``rules.candidates``, each derived."""
     now = clock.now()
     outage, offline_after = _latest_outage(now), _offline_after()
-    query = {"$or": [rules.state_query(s, now, outage, offline_after) for s in sorted(states)]}
-    return [row["_id"] for row in _states().find(query, {"_id": 1})]
+    found: dict[ObjectId, dict] = {}
+    for state in sorted(states):
+        for query in rules.candidates(state, now, outage, offline_after):
+            found |= {row["_id"]: row for row in _states().find(query)}
+    return [
+        sid
+        for sid, row in found.items()
+        if rules.derive(row, now, outage, offline_after).state in states
+    ]
 
 
 def filter_service_views(
     _sender, *, status: str | None, health: str | None, liveness: str | None
 ) -> dict:
     """Receiver of ``services.service_view_filters``: a condition on services matching
-    what the views show.  ``liveness`` is an indexed query on the liveness rows with the
-    time filled in (``rules.state_query``); ``health`` and ``status`` match the stored
-    value of a service without heartbeats and the implied one of a service with them."""
+    what the views show (:func:`ids_in` for ``liveness``); ``health`` and ``status``
+    match the stored value of a service without heartbeats and the implied one of a
+    service with them."""
     conditions = []
     if liveness:
-        conditions.append({"_id": {"$in": _ids_in({liveness})}})
+        conditions.append({"_id": {"$in": ids_in({liveness})}})
     tracked = None
     for field, value, shown in (("status", status, rules.STATUS), ("health", health, rules.HEALTH)):
         if not value:
@@ -505,7 +513,7 @@ def filter_service_views(
             {
                 "$or": [
                     {"_id": {"$nin": tracked}, field: value},
-                    {"_id": {"$in": _ids_in(implied)}},
+                    {"_id": {"$in": ids_in(implied)}},
                 ]
             }
         )
