@@ -606,3 +606,9 @@ def test_the_worker_the_filters_and_the_history_read_through_indexes(timeline):
         assert leading in keys, (document.__name__, leading)
         if USES_REAL_DB:
             assert _index_scans(collection, query, sort), (document.__name__, query)
+
+
+def test_without_heartbeats_anywhere_the_health_filter_is_the_stored_field(timeline):
+    make_service(health="Critical")
+    condition = liveness.filter_service_views(None, status=None, health="Critical", liveness=None)
+    assert condition == {"$and": [{"health": "Critical"}]}  # served by the `health` index

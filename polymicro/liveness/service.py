@@ -508,6 +508,9 @@ def filter_service_views(
             continue
         if tracked is None:
             tracked = [row["_id"] for row in _states().find({}, {"_id": 1})]
+        if not tracked:  # no service has heartbeats: the stored value, as before
+            conditions.append({field: value})
+            continue
         implied = {state for state, text in shown.items() if text == value}
         conditions.append(
             {
