@@ -79,7 +79,7 @@ class RunSchema(Schema):
 class TransitionSchema(Schema):
     at = UTCDateTime()
     before = fields.String(allow_none=True, metadata=STATE)
-    after = fields.String(metadata=STATE)
+    after = fields.String(metadata={"enum": list(STATES)})
     reason = fields.String(allow_none=True)
     until = UTCDateTime(allow_none=True, metadata={"description": "null: still the state."})
     duration_seconds = fields.Float()
