@@ -74,6 +74,7 @@ def api_blueprints() -> list:
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
     from polymicro.events.resources import blp as events_blp
+    from polymicro.liveness.resources import blp as liveness_blp
     from polymicro.logs.resources import blp as logs_blp
     from polymicro.metrics.resources import blp as metrics_blp
     from polymicro.operations.resources import blp as operations_blp
@@ -81,7 +82,7 @@ def api_blueprints() -> list:
     from polymicro.services.resources import blp as services_blp
 
     blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
-    return [*blueprints, events_blp, operations_blp]
+    return [*blueprints, events_blp, liveness_blp, operations_blp]
 
 
 def register_api(app: Flask) -> None:

@@ -87,6 +87,24 @@ class Config:
     # The live log tail re-reads this many seconds behind its newest entry, so an entry
     # committed late with an older id (a batch, another worker) is still sent.
     LOG_STREAM_WINDOW_SECONDS = 3
+    # --- liveness: heartbeats (issue 12) ---------------------------------------------
+    # A service that sends heartbeats promises one at least every TTL seconds (its own
+    # `heartbeat_ttl` wins); its deadline is the last heartbeat + TTL + grace.  The grace
+    # defaults to this setting but never less than the service's TTL (one interval), so
+    # a heartbeat a little late never changes anything.
+    HEARTBEAT_TTL_SECONDS = 60
+    HEARTBEAT_GRACE_SECONDS = 60
+    # Past its deadline a service is critical; this much later it is offline.
+    HEARTBEAT_OFFLINE_AFTER_SECONDS = 3600
+    # How often the worker records the liveness changes that deadlines make (also the
+    # most a catalog read waits for them without a worker, and how often each process
+    # writes the observer's tick).
+    LIVENESS_CHECK_SECONDS = 5
+    # No observer tick (worker round, heartbeat, catalog read) for longer than this is an
+    # outage of polymicro: a deadline that passed during it gives `unknown`, not critical,
+    # until one interval (TTL + grace) after the recovery.  Keep it well above
+    # LIVENESS_CHECK_SECONDS.
+    LIVENESS_OUTAGE_SECONDS = 30
     # --- database -------------------------------------------------------------------
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).

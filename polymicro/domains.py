@@ -26,6 +26,14 @@ twice is a no-op in blinker).
   ``metrics.on_services_deleting``: a service's logs and metrics go first.
 - ``services.service_renamed`` → ``metrics.rename_service``: the dashboard matches
   CPU entries by service name.
+- ``services.services_deleting`` → ``liveness.on_services_deleting``: a service's
+  liveness and its history go with it.
+- ``services.service_views_extras`` → ``liveness.embed_in_service_views``: a service's
+  view shows its ``liveness`` and the ``health``/``status`` it implies.
+- ``services.service_view_filters`` → ``liveness.filter_service_views``: the
+  ``status``, ``health`` and ``liveness`` filters match what the views show.
+- ``logs.entries_stored`` and ``metrics.points_stored`` → ``liveness.on_ingest``:
+  stored logs and points are heartbeats of the services that opt in.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 def connect() -> None:
     from polymicro.auth import service as auth
+    from polymicro.liveness import service as liveness
     from polymicro.logs import service as logs
     from polymicro.metrics import service as metrics
     from polymicro.projects import service as projects
@@ -44,3 +53,8 @@ def connect() -> None:
     services.services_deleting.connect(logs.on_services_deleting)
     services.services_deleting.connect(metrics.on_services_deleting)
     services.service_renamed.connect(metrics.rename_service)
+    services.services_deleting.connect(liveness.on_services_deleting)
+    services.service_views_extras.connect(liveness.embed_in_service_views)
+    services.service_view_filters.connect(liveness.filter_service_views)
+    logs.entries_stored.connect(liveness.on_ingest)
+    metrics.points_stored.connect(liveness.on_ingest)

@@ -41,8 +41,24 @@ def jobs(app: Flask) -> list[Job]:
 
     Each domain that has periodic work contributes its jobs here (one line each).
     """
-    found: list[Job] = []
+    from polymicro.liveness import service as liveness
+
+    found: list[Job] = [
+        Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
+    ]
     return found
+
+
+def in_context(app: Flask, func: Callable[[], object]) -> Callable[[], object]:
+    """``func`` run inside an application context of ``app`` (a job may run in a thread
+    of its own, outside the command's context)."""
+
+    def run():
+        with app.app_context():
+            return func()
+
+    run.__name__ = getattr(func, "__name__", "job")
+    return run
 
 
 @dataclass

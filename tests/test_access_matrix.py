@@ -76,6 +76,10 @@ ENDPOINTS = [
     ("GET", "/api/events/stream", None, "viewer", False, 200),
     ("POST", "/api/events/stream-token", {"stream": "events"}, "viewer", False, 201),
     ("GET", "/api/logs/stream", None, "viewer", False, 200),
+    ("POST", "/api/services/{sid}/heartbeat", None, "editor", True, 200),
+    ("POST", "/api/services/{sid}/heartbeat/start", {"run_id": "r1"}, "editor", True, 200),
+    ("POST", "/api/services/{sid}/heartbeat/fail", {"note": "exit 1"}, "editor", True, 200),
+    ("GET", "/api/services/{sid}/liveness", None, "viewer", False, 200),
 ]
 
 # Routes with their own rules, tested below and in test_auth_api.py.

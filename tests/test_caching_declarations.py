@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from polymicro.auth import service as auth
-from polymicro.common import caching
+from polymicro.common import caching, clock
+from polymicro.liveness import service as liveness
 from polymicro.logs import service as logs
 from polymicro.metrics import service as metrics
 from polymicro.projects import service as projects
@@ -27,7 +28,7 @@ from polymicro.services import service as services
 from tests.factories import make_project, make_service
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE_MODULES = (projects, services, logs, metrics, auth)
+SERVICE_MODULES = (projects, services, logs, metrics, auth, liveness)
 
 # Writes that change nothing any cached read returns (so they bump nothing), and why.
 UNCACHED_WRITES = {
@@ -36,6 +37,8 @@ UNCACHED_WRITES = {
     "auth.admin_update_user": "users are never cached",
     "auth.create_admin": "users are never cached",
     "auth.authenticate": "users are never cached (a login may rehash the password)",
+    "liveness.on_services_deleting": "the liveness of services being deleted; their "
+    "deletion bumps the catalog",
 }
 # Calls that write to the database.
 WRITE_CALLS = {
@@ -161,6 +164,29 @@ def _metric(svc):
     return metrics.create_metric({"project_id": svc.project_id, "service_name": svc.name})
 
 
+class _Clocked:
+    """A service whose liveness scenario runs on a clock of its own."""
+
+    def __init__(self, **fields):
+        self.clock = clock.ManualClock()
+        self.svc = self.run(lambda: make_service(**fields))
+
+    def run(self, func):
+        with clock.use(self.clock):
+            return func()
+
+    def beat(self):
+        self.run(lambda: liveness.heartbeat(self.svc.id))
+        return self
+
+    def liveness(self):
+        return self.run(lambda: services.get_service(self.svc.id)["liveness"])
+
+    def later(self, seconds: float, func):
+        self.clock.advance(seconds)
+        return self.run(func)
+
+
 # name → (set-up returning state, the write, a cached read of the namespace that must
 # see the write: returns something that differs before and after)
 SCENARIOS = {
@@ -260,6 +286,21 @@ SCENARIOS = {
         lambda: (make_service(),),
         lambda st: services.update_service(st[0].id, {"name": "renamed"}) and _metric_names(st[0]),
         lambda st: _metric_names(st[0]),
+    ),
+    "liveness.heartbeat": (
+        lambda: _Clocked(),
+        lambda st: st.beat(),
+        lambda st: st.liveness(),
+    ),
+    "liveness.record_due": (
+        lambda: _Clocked(heartbeat_ttl=1, heartbeat_grace=1).beat(),
+        lambda st: st.later(3, liveness.record_due),
+        lambda st: st.liveness(),
+    ),
+    "liveness.on_ingest": (
+        lambda: _Clocked(heartbeat_from_ingest=True),
+        lambda st: st.run(lambda: logs.create_log(_log(st.svc))),
+        lambda st: st.liveness(),
     ),
     "auth.create_api_key": (
         lambda: make_project(),

@@ -6,6 +6,9 @@ Lists are read as raw rows (no mongoengine document per row) and cached per proj
 log write bumps both, so a list never outlives a write that changes it.  References
 are checked through the services and projects domains' ``require_*`` functions
 (cached), never by reading their documents.
+
+After entries are stored, :data:`entries_stored` names their services (the liveness
+domain, above this one, counts them as heartbeats of the services that opt in).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from blinker import Namespace as Signals
 from bson import ObjectId
 from flask import current_app
 
@@ -29,6 +33,12 @@ from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
 LOGS = caching.Namespace("logs", scope="project_id", unscoped=True, bounded_staleness=True)
+
+_signals = Signals()
+entries_stored = _signals.signal(
+    "log-entries-stored",
+    doc="Sent with service_ids= after log entries of those services were stored.",
+)
 
 ORDER = ("-timestamp", "-id")
 IMMUTABLE = ("project_id", "service_id")
@@ -182,6 +192,7 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     insert_row(LogEntry._get_collection(), row, grouped=current_app.config["LOG_GROUP_COMMIT"])
     atomic.after_commit(lambda: record_ingest("logs", 1))
     LOGS.bump(row["project_id"])
+    entries_stored.send(None, service_ids=[row["service_id"]])
     return LogEntry._from_son(row)
 
 
@@ -217,6 +228,7 @@ def create_logs(
     ids = insert_all_or_nothing(LogEntry._get_collection(), rows)
     atomic.after_commit(lambda: record_ingest("logs", len(ids)))
     LOGS.bump(*(row["project_id"] for row in rows))
+    entries_stored.send(None, service_ids=list(dict.fromkeys(row["service_id"] for row in rows)))
     return ids
 
 

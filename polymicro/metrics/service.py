@@ -12,6 +12,9 @@ The entries of a project (the dashboard's hot read) are cached in the namespace
 ``metrics:<project id>``; every write to an entry or its points bumps it.  Projects
 and services are looked up through their domains' ``require_*``/``find_service``
 functions (cached), never by reading their documents.
+
+After points are stored, :data:`points_stored` names their services (the liveness
+domain, above this one, counts them as heartbeats of the services that opt in).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import partial
 
+from blinker import Namespace as Signals
 from bson import ObjectId
 
 from polymicro.common import atomic, caching
@@ -44,6 +48,12 @@ from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
 METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False, bounded_staleness=True)
+
+_signals = Signals()
+points_stored = _signals.signal(
+    "cpu-points-stored",
+    doc="Sent with service_ids= after CPU points of those services were stored.",
+)
 
 
 ORDER = ("id",)  # creation order, served by the _id index
@@ -198,7 +208,8 @@ def create_metric(data: dict, scope: ObjectId | None = None) -> dict:
         service_key=name_key(svc["name"]),
     )
     metric.save(force_insert=True)
-    _insert_points(metric.id, data.get("data") or [])
+    if _insert_points(metric.id, data.get("data") or []):
+        points_stored.send(None, service_ids=[metric.service_id])
     METRICS.bump(project_id)
     return metric_views([metric])[0]
 
@@ -222,6 +233,8 @@ def replace_points(metric_id: ObjectId, data: dict, scope: ObjectId | None = Non
         metric.updated_at = utcnow()
         metric.save()
         METRICS.bump(metric.project_id)
+        if new_ids:
+            points_stored.send(None, service_ids=[metric.service_id])
     return metric_views([metric])[0]
 
 
@@ -236,13 +249,15 @@ def append_cpu_points(
     if not 1 <= len(points) <= MAX_POINTS_PER_WRITE:
         message = f"Send 1 to {MAX_POINTS_PER_WRITE} points (got {len(points)})."
         raise InvalidInput(message, {"json": {"_schema": [message]}})
-    project_id = CpuMetric.objects(id=metric_id).scalar("project_id").first()
-    if project_id is None:
+    owner = CpuMetric.objects(id=metric_id).scalar("project_id", "service_id").first()
+    if owner is None:
         raise NotFound(f"CPU metrics entry {metric_id} not found.")
+    project_id, service_id = owner
     ensure_project(scope, project_id)
     charge_ingest(scope, len(points))  # an API key's points count against its budget
     inserted = len(_insert_points(metric_id, points))
     METRICS.bump(project_id)
+    points_stored.send(None, service_ids=[service_id])
     return inserted
 
 
@@ -416,4 +431,6 @@ def append_ingested_points(
     ids = insert_all_or_nothing(CpuPoint._get_collection(), docs)
     record_ingest("cpu_points", len(ids))
     METRICS.bump(project_id)
+    stored = [sid for sid, points in points_by_service.items() if sid in metric_ids and points]
+    points_stored.send(None, service_ids=stored)
     return len(ids)

@@ -8,6 +8,11 @@ from polymicro.common.models import TimestampedDocument
 
 STATUSES = ("Running", "Stopped", "Starting", "Error", "Unknown")
 HEALTHS = ("Healthy", "Warning", "Degraded", "Critical", "Unknown")
+# What a service's heartbeats say about it (derived by the liveness domain, which shows
+# it in the views as `liveness` and maps it onto `health` and `status`).
+LIVENESS_STATES = ("passing", "warning", "critical", "offline", "unknown")
+MAX_HEARTBEAT_SECONDS = 30 * 86400
+MAX_HEARTBEAT_FAILURES = 100
 
 
 class Service(TimestampedDocument):
@@ -27,6 +32,12 @@ class Service(TimestampedDocument):
     tags = me.ListField(me.StringField(max_length=50), default=list)
     # Registered by ingest (OTLP/Loki) the first time a shipper named it, not by a person.
     discovered = me.BooleanField(default=False)
+    # Liveness settings (None: the defaults, POLYMICRO_HEARTBEAT_*); the state itself
+    # lives in the liveness domain's collection.
+    heartbeat_ttl = me.IntField(min_value=1, max_value=MAX_HEARTBEAT_SECONDS)
+    heartbeat_grace = me.IntField(min_value=0, max_value=MAX_HEARTBEAT_SECONDS)
+    heartbeat_failures = me.IntField(min_value=1, max_value=MAX_HEARTBEAT_FAILURES)
+    heartbeat_from_ingest = me.BooleanField(default=False)
 
     meta = {
         "collection": "services",

@@ -16,7 +16,22 @@ from polymicro.common.fields import (
     UTCDateTime,
 )
 from polymicro.common.schemas import BaseQuerySchema, BaseSchema
-from polymicro.services.models import HEALTHS, STATUSES
+from polymicro.services.models import (
+    HEALTHS,
+    LIVENESS_STATES,
+    MAX_HEARTBEAT_FAILURES,
+    MAX_HEARTBEAT_SECONDS,
+    STATUSES,
+)
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only (marshmallow's Boolean also takes ``"yes"``, ``1``)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class ServiceSchema(BaseSchema):
@@ -37,6 +52,40 @@ class ServiceSchema(BaseSchema):
         dump_only=True,
         metadata={"description": "Registered by ingest (OTLP/Loki) when a shipper first named it."},
     )
+    heartbeat_ttl = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(min=1, max=MAX_HEARTBEAT_SECONDS),
+        metadata={
+            "description": "Seconds between two heartbeats at most; null: the default "
+            "(POLYMICRO_HEARTBEAT_TTL_SECONDS). Takes effect at the next heartbeat."
+        },
+    )
+    heartbeat_grace = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(min=0, max=MAX_HEARTBEAT_SECONDS),
+        metadata={
+            "description": "Seconds a heartbeat may be late before the service is critical; "
+            "null: the default, never less than one TTL."
+        },
+    )
+    heartbeat_failures = StrictInteger(
+        allow_none=True,
+        validate=validate.Range(min=1, max=MAX_HEARTBEAT_FAILURES),
+        metadata={"description": "Consecutive failed heartbeats before critical; null: 1."},
+    )
+    heartbeat_from_ingest = StrictBoolean(
+        metadata={"description": "Stored logs and CPU points count as heartbeats."},
+    )
+    liveness = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "What the heartbeats say: passing, warning, critical, offline or "
+            "unknown; null until the first heartbeat. When set, `health` and `status` show "
+            "it (see the README, Liveness).",
+            "enum": [*LIVENESS_STATES, None],
+        },
+    )
     created_at = UTCDateTime(dump_only=True)
     updated_at = UTCDateTime(dump_only=True)
 
@@ -52,6 +101,10 @@ class ServiceQueryArgsSchema(BaseQuerySchema):
     project_id = ObjectIdString()
     status = CaseInsensitiveChoice(STATUSES)
     health = CaseInsensitiveChoice(HEALTHS)
+    liveness = CaseInsensitiveChoice(
+        LIVENESS_STATES,
+        metadata={"description": "Services whose heartbeats say this now (derived)."},
+    )
     q = SearchText(
         metadata={"description": "Name contains this text (case-insensitive, literal)."},
     )

@@ -8,6 +8,12 @@ Other domains ask for a service with :func:`require_service` or :func:`find_serv
 (its logs and CPU metrics) lives in domains above this one: they subscribe to
 :data:`services_deleting` and :data:`service_renamed` (see ``polymicro/domains.py``),
 so this module imports neither of them.
+
+The liveness domain (above this one) adds to the views: every view goes through
+:data:`service_views_extras` (``liveness``, and the ``health``/``status`` it implies),
+and the ``status``, ``health`` and ``liveness`` filters ask :data:`service_view_filters`
+for a condition that matches what the views show.  Without a receiver, ``status`` and
+``health`` match the stored values and ``liveness`` matches nothing.
 """
 
 from __future__ import annotations
@@ -38,19 +44,37 @@ service_renamed = _signals.signal(
     doc="Sent with project_id=, service_id= and name= after a service was renamed.",
 )
 
+service_views_extras = _signals.signal(
+    "service-views",
+    doc="Sent with a list of service ids; a receiver returns {service_id: {field: value}} "
+    "to merge into the views (liveness: `liveness`, and the `health`/`status` it implies).",
+)
+service_view_filters = _signals.signal(
+    "service-view-filters",
+    doc="Sent with status=, health= and liveness= (None when not asked); a receiver returns "
+    "a raw condition on services that matches the values the views show (or None).",
+)
+
 ORDER = ("name_key", "id")
 
 
 def _views(services: list[Service]) -> list[dict]:
-    return [as_view(svc) for svc in services]
+    """Views of stored services with what other domains add to them (one query per
+    receiver for the whole list)."""
+    views = [as_view(svc) for svc in services]
+    if views:
+        for _receiver, returned in service_views_extras.send([v["id"] for v in views]):
+            for view in views:
+                view |= (returned or {}).get(view["id"], {})
+    return views
 
 
 def services_by_project(project_ids: list[ObjectId]) -> dict[ObjectId, list[dict]]:
     """Views of the services of several projects, fetched in one query."""
     grouped: dict[ObjectId, list[dict]] = defaultdict(list)
     if project_ids:
-        for svc in Service.objects(project_id__in=project_ids).order_by(*ORDER):
-            grouped[svc.project_id].append(as_view(svc))
+        for view in _views(list(Service.objects(project_id__in=project_ids).order_by(*ORDER))):
+            grouped[view["project_id"]].append(view)
     return grouped
 
 
@@ -66,19 +90,33 @@ def list_services(
     status: str | None = None,
     health: str | None = None,
     q: str | None = None,
+    liveness: str | None = None,
 ) -> caching.CachedQuery:
     query = Service.objects
     if project_id is not None:
         query = query.filter(project_id=project_id)
-    if status:
-        query = query.filter(status=status)
-    if health:
-        query = query.filter(health=health)
+    raw = _view_filters(status, health, liveness)
     if q:
-        query = query.filter(__raw__=contains_literally("name_key", name_key(q)))
+        raw.append(contains_literally("name_key", name_key(q)))
+    if raw:
+        query = query.filter(__raw__={"$and": raw})
     paged = PagedQuery(query.order_by(*ORDER), per_page=_views)
-    key = caching.make_key("services", project_id=project_id, status=status, health=health, q=q)
+    key = caching.make_key(
+        "services", project_id=project_id, status=status, health=health, q=q, liveness=liveness
+    )
     return caching.CachedQuery(CATALOG.key(), key, paged)
+
+
+def _view_filters(status: str | None, health: str | None, liveness: str | None) -> list[dict]:
+    """Conditions matching the shown ``status``, ``health`` and ``liveness``."""
+    if not (status or health or liveness):
+        return []
+    asked = {"status": status, "health": health, "liveness": liveness}
+    found = [c for _r, c in service_view_filters.send(None, **asked) if c]
+    if found:
+        return found
+    stored = [{field: asked[field]} for field in ("status", "health") if asked[field]]
+    return stored + ([{"_id": {"$in": []}}] if liveness else [])
 
 
 @CATALOG.reads
@@ -140,7 +178,7 @@ def find_service(project_id: ObjectId, name: str) -> dict | None:
 def get_service(service_id: ObjectId) -> dict:
     """A service (cached)."""
     key = caching.make_key("service", service_id)
-    return caching.cached(CATALOG.key(), key, lambda: as_view(load_service(service_id)))
+    return caching.cached(CATALOG.key(), key, lambda: _views([load_service(service_id)])[0])
 
 
 def _ensure_name_free(project_id: ObjectId, name: str, exclude: ObjectId | None = None) -> None:
@@ -162,7 +200,7 @@ def create_service(data: dict) -> dict:
     svc.save(force_insert=True)
     CATALOG.bump()
     events.publish("service.created", svc, project_id=svc.project_id)
-    return as_view(svc)
+    return _views([svc])[0]
 
 
 @CATALOG.writes
@@ -186,7 +224,7 @@ def update_service(service_id: ObjectId, data: dict) -> dict:
             service_renamed.send(
                 svc.id, project_id=svc.project_id, service_id=svc.id, name=svc.name
             )
-    return as_view(svc)
+    return _views([svc])[0]
 
 
 @CATALOG.writes

@@ -1,0 +1,1 @@
+"""Liveness: heartbeats, liveness derived at read time, transitions recorded once."""

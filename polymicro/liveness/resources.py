@@ -1,0 +1,89 @@
+"""/api/services/{id}/heartbeat (…/start, …/fail) and /api/services/{id}/liveness"""
+
+from flask import request
+from flask.views import MethodView
+
+from polymicro.common.blueprint import Blueprint
+from polymicro.liveness import service
+from polymicro.liveness.rules import BEAT, FAIL, START
+from polymicro.liveness.schemas import (
+    HeartbeatSchema,
+    LivenessQueryArgsSchema,
+    LivenessSummarySchema,
+    RunSignalSchema,
+    ServiceLivenessSchema,
+)
+from polymicro.security import access, project_scope
+
+blp = Blueprint(
+    "liveness",
+    __name__,
+    url_prefix="/api/services",
+    description="Heartbeats of services, and the liveness derived from them.",
+)
+
+# Reads that show liveness: before them, the changes that deadlines made are recorded
+# (at most once per LIVENESS_CHECK_SECONDS per process), so they are right with no worker.
+SHOWS_LIVENESS = {"services", "projects", "liveness"}
+
+
+@blp.before_app_request
+def catch_up():
+    # ``unversioned.services`` is the /api twin of ``services`` (/api/v1): one view.
+    blueprint = (request.blueprint or "").rpartition(".")[2]
+    if request.method == "GET" and blueprint in SHOWS_LIVENESS:
+        service.catch_up()
+
+
+@blp.route("/<objectid:service_id>/heartbeat")
+class Heartbeat(MethodView):
+    @access("editor", keys=True)
+    @blp.arguments(HeartbeatSchema)
+    @blp.response(200, LivenessSummarySchema)
+    @blp.alt_response(404, description="No such service.")
+    def post(self, data, service_id):
+        """I am alive (and closes the run `run_id`, when one was started).
+
+        The body is optional: `status` (passing, warning or critical; default passing),
+        `note`, `run_id`. Answers the service's liveness after it.
+        """
+        return service.heartbeat(service_id, BEAT, data, scope=project_scope())
+
+
+@blp.route("/<objectid:service_id>/heartbeat/start")
+class HeartbeatStart(MethodView):
+    @access("editor", keys=True)
+    @blp.arguments(RunSignalSchema)
+    @blp.response(200, LivenessSummarySchema)
+    @blp.alt_response(404, description="No such service.")
+    def post(self, data, service_id):
+        """A job run starts: it must finish (heartbeat or fail) within the grace.
+
+        Runs that overlap are told apart by `run_id`.
+        """
+        return service.heartbeat(service_id, START, data, scope=project_scope())
+
+
+@blp.route("/<objectid:service_id>/heartbeat/fail")
+class HeartbeatFail(MethodView):
+    @access("editor", keys=True)
+    @blp.arguments(RunSignalSchema)
+    @blp.response(200, LivenessSummarySchema)
+    @blp.alt_response(404, description="No such service.")
+    def post(self, data, service_id):
+        """A job run (or a check) failed: a failed heartbeat.
+
+        Critical at once, or after the service's `heartbeat_failures` in a row.
+        """
+        return service.heartbeat(service_id, FAIL, data, scope=project_scope())
+
+
+@blp.route("/<objectid:service_id>/liveness")
+class ServiceLiveness(MethodView):
+    @access("viewer")
+    @blp.arguments(LivenessQueryArgsSchema, location="query")
+    @blp.response(200, ServiceLivenessSchema)
+    @blp.alt_response(404, description="No such service.")
+    def get(self, args, service_id):
+        """The liveness of a service: now, the last transitions, and the uptime."""
+        return service.get_liveness(service_id, **args)
