@@ -317,6 +317,19 @@ def stream_access(stream: str):
     return decorator
 
 
+# One Server-Sent Events message as a client parses it (what the stream's schema says each
+# message is): `data` is the JSON text of the item, `id` the resume point, `event` set on
+# `reset`, `retry` once, first.
+SSE_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
 STREAM_DOC = {
     "responses": {
         "200": {
@@ -324,7 +337,7 @@ STREAM_DOC = {
             "(`id:` to resume from with `Last-Event-ID`, `data:` its JSON); `event: reset` "
             "when the resume point is gone; a comment line at least every 15 s. The stream "
             "ends after `POLYMICRO_STREAM_MAX_SECONDS`: reconnect to resume.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_MESSAGE}},
         },
         "503": {
             "description": "Every stream slot of this server is taken (`Retry-After`), or "
