@@ -398,7 +398,13 @@ def generate_logs(
             )
         t = slot_end
 
-    entries.extend(_lifecycle_logs(maker, timeline, start, until))
+    # a lifecycle message lands a few seconds after its anchor (start-up lines after the
+    # deployment, a restart after its crash): near ``now`` that would be the future
+    entries.extend(
+        entry
+        for entry in _lifecycle_logs(maker, timeline, start, until)
+        if start <= entry["timestamp"] <= until
+    )
     for point in hot_points:
         when = point["time"] + timedelta(seconds=rng.uniform(1, 60))
         if start <= when < until:

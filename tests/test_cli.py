@@ -504,3 +504,24 @@ def test_create_admin_refuses_a_short_password(app):
     result = app.test_cli_runner().invoke(args=["create-admin", "--password", "short"])
     assert result.exit_code == 2
     assert "at least 8 characters" in result.output
+
+
+@pytest.mark.parametrize("status", ["Running", "Error"])
+def test_lifecycle_logs_near_now_are_never_in_the_future(status):
+    """A deployment a moment ago (start-up lines follow it by seconds) or a crash just
+    before now (its restart follows by 5-20 s) must not write logs dated after now."""
+    now = datetime(2026, 11, 20, 9, 41, 7, 123000)
+    project = demo.catalog()[0]
+    spec = project.services[0]
+    timeline = demo.Timeline(
+        deployed_at=now - timedelta(milliseconds=500),
+        failing_since=(now - timedelta(seconds=1)) if status == "Error" else None,
+    )
+    maker = demo.LogMaker(None, None, project, spec, demo.service_rng(1, project, spec, "logs"))
+    logs = demo.generate_logs(maker, timeline, now - timedelta(days=1), now)
+    assert logs, "the day before the deployment still has logs"
+    assert max(entry["timestamp"] for entry in logs) <= now
+    if status == "Error":
+        assert any(
+            "crash" in entry["message"].lower() or entry["severity"] == "critical" for entry in logs
+        )
