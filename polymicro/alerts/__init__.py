@@ -1,0 +1,2 @@
+"""Alerts: rules over stored logs, metrics and liveness; alert instances; receivers,
+the outbox and webhook delivery."""
