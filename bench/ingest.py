@@ -8,7 +8,7 @@ Usage (from the repository root)::
 
 One run, everything on 127.0.0.1 and stopped at the end:
 
-1. Redis at ``--redis-url`` (flushed) and a fresh SecantusDB in a temporary directory;
+1. Redis and a fresh SecantusDB in a temporary directory;
    polymicro under gunicorn with the repository's settings (``bench/gunicorn_conf.py``),
    authentication ON (both paths are called with the same project API key, as shippers
    do) and the per-client rate limit off.
@@ -22,42 +22,26 @@ One run, everything on 127.0.0.1 and stopped at the end:
 4. Entries/s of each path, the ratio OTLP / batch (target: at least 70%), and a check
    that the database holds every entry sent.
 
-The servers come from ``bench/servers.py`` (the same starters ``bench/run.py`` uses);
-switch the import below when they move into one importable module.
+The servers are started (and stopped, also on Ctrl-C) by polymicro_dev through
+bench/common.py, as for ``make bench``; Redis is a private redis-server unless
+``--redis-url`` names a database (flushed before and after).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 
-from servers import (  # the starters bench/run.py uses
-    HOST,
-    ROOT,
-    BenchError,
-    GunicornSettings,
-    Processes,
-    ensure_redis,
-    start_gunicorn,
-    start_secantus,
-    stop_redis,
-)
+from common import count_logs, start_app, start_backends, tenant
+from load import run_parallel
+
+from polymicro_dev import DevError, GunicornSettings, Processes, run_main
 
 BATCH = 512
 TARGET_RATIO = 0.70
-APP_ENV = {
-    "POLYMICRO_LOG_LEVEL": "WARNING",
-    "POLYMICRO_GUNICORN_LOGLEVEL": "warning",
-    "POLYMICRO_RATELIMIT_ENABLED": "false",
-    "POLYMICRO_AUTH_ENABLED": "true",
-}
 
 
 def say(text: str) -> None:
@@ -148,159 +132,67 @@ def batch_body(entries: list[dict], project_id: str, service_id: str) -> bytes:
     return json.dumps(rows).encode()
 
 
-# --- sending ------------------------------------------------------------------------------
+# --- the run ------------------------------------------------------------------------------
 
 
 def send_all(port: int, path: str, headers: dict, bodies: list[bytes], expect: int, clients: int):
     """Every body, round-robin over ``clients`` keep-alive connections; wall seconds."""
-    errors: list[str] = []
-    conns = [http.client.HTTPConnection(HOST, port, timeout=300) for _ in range(clients)]
-    for conn in conns:
-        conn.connect()
-    start = threading.Barrier(clients + 1)
-
-    def work(index: int) -> None:
-        conn = conns[index]
-        start.wait()
-        for body in bodies[index::clients]:
-            conn.request("POST", path, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            if response.status != expect:
-                errors.append(f"{path} answered {response.status}: {data[:300]!r}")
-                return
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    for conn in conns:
-        conn.close()
-    if errors:
-        raise BenchError(errors[0])
-    return elapsed
+    jobs = [("POST", path, body) for body in bodies]
+    return run_parallel(port, clients, jobs, expect=expect, headers=headers)
 
 
-# --- the run ------------------------------------------------------------------------------
+def run(procs: Processes, args) -> dict:
+    backends = start_backends(procs, "bench-ingest", args.redis_url, args.keep)
+    settings = GunicornSettings(args.workers, args.threads, "gthread")
+    say(f"gunicorn {settings.label}, {args.clients} clients, batches of {BATCH}")
+    app = start_app(procs, backends, settings, auth=True)
+    project_id, service_id, key = tenant(backends.mongo_uri, backends.redis_url, "bench-ingest")
+
+    total = args.batches * BATCH
+    otlp_headers = {"Content-Type": "application/x-protobuf", "X-API-Key": key}
+    json_headers = {"Content-Type": "application/json", "X-API-Key": key}
+    timings = {"otlp": 0.0, "batch": 0.0}
+    sent = 0
+    # Warm-up (imports, connection pools, first service lookups): not measured.
+    warm = make_entries(BATCH, time.time_ns() - 3_600_000_000_000)
+    send_all(app.port, "/otlp/v1/logs", otlp_headers, [otlp_body(warm)], 200, 1)
+    send_all(
+        app.port, "/api/logs/batch", json_headers,
+        [batch_body(warm, project_id, service_id)], 201, 1,
+    )  # fmt: skip
+    sent += 2 * BATCH
+    for round_no in range(args.rounds):
+        base = time.time_ns() - 3_000_000_000_000 + round_no * 10**12
+        entries = make_entries(total, base)
+        chunks = [entries[i : i + BATCH] for i in range(0, total, BATCH)]
+        otlp = [otlp_body(chunk) for chunk in chunks]
+        batch = [batch_body(chunk, project_id, service_id) for chunk in chunks]
+        order = ("batch", "otlp") if round_no % 2 == 0 else ("otlp", "batch")
+        for path in order:
+            if path == "otlp":
+                seconds = send_all(app.port, "/otlp/v1/logs", otlp_headers, otlp, 200, args.clients)
+            else:
+                seconds = send_all(
+                    app.port, "/api/logs/batch", json_headers, batch, 201, args.clients
+                )
+            timings[path] += seconds
+            sent += total
+            say(f"round {round_no + 1}: {path:5} {total / seconds:8.0f} entries/s")
+    app.check_alive()
+    stored = count_logs(backends.mongo_uri)
+    if stored != sent:
+        raise DevError(f"{sent} entries acknowledged, {stored} in the database")
+    measured = total * args.rounds
+    result = {
+        "entries_per_path": measured,
+        "otlp_entries_per_s": measured / timings["otlp"],
+        "batch_entries_per_s": measured / timings["batch"],
+    }
+    result["ratio"] = result["otlp_entries_per_s"] / result["batch_entries_per_s"]
+    return result
 
 
-def tenant(mongo_uri: str, redis_url: str) -> tuple[str, str, str]:
-    """A project, its service and an API key, made through the service layer."""
-    os.environ.update(POLYMICRO_MONGODB_URI=mongo_uri, POLYMICRO_REDIS_URL=redis_url)
-    from polymicro import create_app
-    from polymicro.auth import service as auth
-    from polymicro.extensions import close_db
-    from polymicro.projects import service as projects
-    from polymicro.services import service as services
-
-    app = create_app()
-    with app.app_context():
-        project = projects.create_project({"name": "bench-ingest"})
-        svc = services.create_service({"project_id": project["id"], "name": "checkout"})
-        key = auth.create_api_key(project["id"], "bench", None)["key"]
-    close_db()
-    return str(project["id"]), str(svc["id"]), key
-
-
-def count_logs(mongo_uri: str) -> int:
-    import pymongo
-
-    client = pymongo.MongoClient(mongo_uri)
-    try:
-        return client.get_default_database()["logs"].count_documents({})
-    finally:
-        client.close()
-
-
-def run(args) -> dict:
-    procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="polymicro-bench-ingest-"))
-    redis_client, started_redis = ensure_redis(args.redis_url)
-    try:
-        db = start_secantus(procs, workdir / "db", workdir)
-        mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro_bench"
-        env = dict(os.environ)
-        env.pop("POLYMICRO_GUNICORN_BIND", None)
-        env.update(APP_ENV, POLYMICRO_MONGODB_URI=mongo_uri, POLYMICRO_REDIS_URL=args.redis_url)
-        settings = GunicornSettings(args.workers, args.threads, "gthread")
-        say(f"gunicorn {settings.label}, {args.clients} clients, batches of {BATCH}")
-        app = start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
-        project_id, service_id, key = tenant(mongo_uri, args.redis_url)
-
-        total = args.batches * BATCH
-        otlp_headers = {"Content-Type": "application/x-protobuf", "X-API-Key": key}
-        json_headers = {"Content-Type": "application/json", "X-API-Key": key}
-        timings = {"otlp": 0.0, "batch": 0.0}
-        sent = 0
-        # Warm-up (imports, connection pools, first service lookups): not measured.
-        warm = make_entries(BATCH, time.time_ns() - 3_600_000_000_000)
-        send_all(app.port, "/otlp/v1/logs", otlp_headers, [otlp_body(warm)], 200, 1)
-        send_all(
-            app.port, "/api/logs/batch", json_headers,
-            [batch_body(warm, project_id, service_id)], 201, 1,
-        )  # fmt: skip
-        sent += 2 * BATCH
-        for round_no in range(args.rounds):
-            base = time.time_ns() - 3_000_000_000_000 + round_no * 10**12
-            entries = make_entries(total, base)
-            chunks = [entries[i : i + BATCH] for i in range(0, total, BATCH)]
-            otlp = [otlp_body(chunk) for chunk in chunks]
-            batch = [batch_body(chunk, project_id, service_id) for chunk in chunks]
-            order = ("batch", "otlp") if round_no % 2 == 0 else ("otlp", "batch")
-            for path in order:
-                if path == "otlp":
-                    seconds = send_all(
-                        app.port, "/otlp/v1/logs", otlp_headers, otlp, 200, args.clients
-                    )
-                else:
-                    seconds = send_all(
-                        app.port, "/api/logs/batch", json_headers, batch, 201, args.clients
-                    )
-                timings[path] += seconds
-                sent += total
-                say(f"round {round_no + 1}: {path:5} {total / seconds:8.0f} entries/s")
-        app.check_alive()
-        stored = count_logs(mongo_uri)
-        if stored != sent:
-            raise BenchError(f"{sent} entries acknowledged, {stored} in the database")
-        measured = total * args.rounds
-        result = {
-            "entries_per_path": measured,
-            "otlp_entries_per_s": measured / timings["otlp"],
-            "batch_entries_per_s": measured / timings["batch"],
-        }
-        result["ratio"] = result["otlp_entries_per_s"] / result["batch_entries_per_s"]
-        return result
-    finally:
-        procs.stop_all()
-        if started_redis:
-            stop_redis(redis_client)
-        if not args.keep:
-            import shutil
-
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=20, help="requests of 512 per round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=4)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/6")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args(argv)
-    say(f"load average at start: {os.getloadavg()[0]:.1f}")
-    try:
-        result = run(args)
-    except BenchError as exc:
-        say(f"FAILED: {exc}")
-        return 1
+def report(result: dict) -> int:
     print()
     print("| path | entries/s |")
     print("|---|---:|")
@@ -314,6 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/ingest.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=20, help="requests of 512 per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 batches, 1 round")
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.rounds = 4, 1
+    say(f"load average at start: {os.getloadavg()[0]:.1f}")
+    return run_main(lambda procs: report(run(procs, args)), "bench/ingest")
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     sys.exit(main())

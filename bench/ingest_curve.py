@@ -4,11 +4,13 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/ingest_curve.py                 # up to 50,000 logs
     .venv/bin/python bench/ingest_curve.py --max 10000     # shorter
+    .venv/bin/python bench/ingest_curve.py --quick         # smoke run: 2,000 logs
     .venv/bin/python bench/ingest_curve.py --app-env POLYMICRO_MONGODB_RETRY_WRITES=true
 
-One run: a fresh SecantusDB, Redis db 9 (flushed), polymicro under gunicorn (2 workers x 4
-threads, authentication and rate limiting off, as bench/run.py), one project with 10
-services.  Then, block after block of 1,000 documents until ``--max``:
+One run: a fresh SecantusDB, a private Redis (or ``--redis-url``, flushed), polymicro
+under gunicorn (2 workers x 4 threads, authentication and rate limiting off, as
+bench/run.py), one project with 10 services.  Then, block after block of 1,000
+documents until ``--max``:
 
 - 1,000 single ``POST /api/logs`` from ``--clients`` keep-alive connections, timed;
 - 1,000 raw pymongo ``insert_one`` of the same documents as the app stores them, from as
@@ -27,30 +29,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import pymongo  # noqa: E402
-import run  # noqa: E402  (bench/run.py: the same data as make bench)
-from load import HttpClient, run_parallel  # noqa: E402
-from servers import (  # noqa: E402
-    HOST,
-    ROOT,
-    BenchError,
-    GunicornSettings,
-    Processes,
-    ensure_redis,
-    start_gunicorn,
-    start_secantus,
+import pymongo
+from common import (
+    DataMaker,
+    commit,
+    copy_log_indexes,
+    parse_app_env,
+    start_app,
+    start_backends,
+    stored_log,
 )
+from load import run_parallel
+
+from polymicro_dev import ROOT, DevError, GunicornSettings, HttpClient, Processes, encode, run_main
 
 BLOCK = 1000
 TARGET_FLAT = 0.80
@@ -65,15 +62,6 @@ def raw_client(uri: str, app_env: dict) -> pymongo.MongoClient:
     probe.close()
     retry = {"true": True, "false": False}.get(setting, not secantus)
     return pymongo.MongoClient(uri, journal=True, retryWrites=retry)
-
-
-def copy_indexes(db) -> None:
-    scratch = db["bench_raw_logs"]
-    scratch.drop()
-    for name, spec in db["logs"].index_information().items():
-        if name != "_id_":
-            options = {k: v for k, v in spec.items() if k not in ("key", "v", "ns")}
-            scratch.create_index(spec["key"], name=name, **options)
 
 
 def insert_raw(collection, docs: list[dict], clients: int) -> float:
@@ -97,7 +85,7 @@ def insert_raw(collection, docs: list[dict], clients: int) -> float:
     for thread in threads:
         thread.join()
     if failures:
-        raise BenchError(f"insert_one failed: {failures[0]!r}")
+        raise DevError(f"insert_one failed: {failures[0]!r}")
     return time.perf_counter() - started
 
 
@@ -106,101 +94,95 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/ingest_curve.py", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--max", type=int, default=50_000, help="documents in the end (50,000)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: --max {2 * BLOCK}")
     parser.add_argument("--clients", type=int, default=4, help="connections / threads (4)")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
+    )
     parser.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.max = 2 * BLOCK
     if args.max < BLOCK:
         parser.error(f"--max must be at least {BLOCK}")
-    procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="polymicro-curve-"))
-    redis_client = None
-    try:
-        load_at_start = os.getloadavg()
-        redis_client, _ = ensure_redis(args.redis_url)
-        db_server = start_secantus(procs, workdir / "db", workdir)
-        uri = f"mongodb://{HOST}:{db_server.port}/polymicro"
-        app_env = dict(item.split("=", 1) for item in args.app_env)
-        env = run.app_env(uri, args.redis_url, args.app_env)
-        settings = GunicornSettings(2, 4, "gthread")
-        app = start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
-        client = HttpClient(app.port)
-        maker = run.DataMaker(1)
+    if any("=" not in item for item in args.app_env):
+        parser.error("--app-env takes KEY=VALUE")
+    return run_main(lambda procs: run(procs, args), "curve")
+
+
+def run(procs: Processes, args) -> int:
+    load_at_start = os.getloadavg()
+    backends = start_backends(procs, "curve", args.redis_url, args.keep)
+    app_env = parse_app_env(args.app_env)
+    app = start_app(procs, backends, GunicornSettings(2, 4, "gthread"), env=app_env)
+    maker = DataMaker(1)
+    with HttpClient(app.port) as client:
         project = client.call("POST", "/api/projects", maker.project(0), expect=201)["id"]
         services = [
             client.call("POST", "/api/services", maker.service(project, s), expect=201)["id"]
             for s in range(10)
         ]
-        client.close()
-        # The logs collection and its indexes exist after the first POST.
-        first = run.encode(maker.log(project, services))
-        run_parallel(app.port, 1, [("POST", "/api/logs", first)], expect=201)
-        mongo = raw_client(uri, {**dict(os.environ), **app_env})
-        db = mongo.get_default_database()
-        copy_indexes(db)
-        raw = db["bench_raw_logs"]
-        retry = mongo.options.retry_writes
-        print(f"curve: raw insert_one with j:true, retryWrites={str(retry).lower()}", flush=True)
-        rows = []
-        for block in range(args.max // BLOCK):
-            entries = [maker.log(project, services) for _ in range(BLOCK)]
-            jobs = [("POST", "/api/logs", run.encode(e)) for e in entries]
-            post_s = run_parallel(app.port, args.clients, jobs, expect=201)
-            raw_s = insert_raw(raw, [run.stored_log(e) for e in entries], args.clients)
-            app.check_alive()
-            row = {
-                "docs": (block + 1) * BLOCK,
-                "post_per_s": BLOCK / post_s,
-                "raw_per_s": BLOCK / raw_s,
-            }
-            rows.append(row)
-            versus = row["post_per_s"] / row["raw_per_s"]
-            print(
-                f"curve: {row['docs']:>7,} docs  POST {row['post_per_s']:7.1f}/s  "
-                f"raw insert_one {row['raw_per_s']:7.1f}/s  POST/raw {versus:.0%}",
-                flush=True,
-            )
-        total_post = sum(BLOCK / r["post_per_s"] for r in rows)
-        total_raw = sum(BLOCK / r["raw_per_s"] for r in rows)
-        result = {
-            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "commit": run.commit(),
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "clients": args.clients,
-            "app_env": args.app_env,
-            "raw_retry_writes": retry,
-            "blocks": rows,
-            "post_last_over_first": rows[-1]["post_per_s"] / rows[0]["post_per_s"],
-            "raw_last_over_first": rows[-1]["raw_per_s"] / rows[0]["raw_per_s"],
-            "post_over_raw": total_raw / total_post,
+    # The logs collection and its indexes exist after the first POST.
+    first = encode(maker.log(project, services))
+    run_parallel(app.port, 1, [("POST", "/api/logs", first)], expect=201)
+    mongo = raw_client(backends.mongo_uri, {**dict(os.environ), **app_env})
+    procs.on_stop(mongo.close)
+    raw = copy_log_indexes(mongo.get_default_database())
+    retry = mongo.options.retry_writes
+    print(f"curve: raw insert_one with j:true, retryWrites={str(retry).lower()}", flush=True)
+    rows = []
+    for block in range(args.max // BLOCK):
+        entries = [maker.log(project, services) for _ in range(BLOCK)]
+        jobs = [("POST", "/api/logs", encode(e)) for e in entries]
+        post_s = run_parallel(app.port, args.clients, jobs, expect=201)
+        raw_s = insert_raw(raw, [stored_log(e) for e in entries], args.clients)
+        app.check_alive()
+        row = {
+            "docs": (block + 1) * BLOCK,
+            "post_per_s": BLOCK / post_s,
+            "raw_per_s": BLOCK / raw_s,
         }
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        out = args.out_dir / f"curve-{result['date'].replace(':', '').replace('-', '')}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        flat = result["post_last_over_first"]
-        versus = result["post_over_raw"]
-        print()
+        rows.append(row)
+        versus = row["post_per_s"] / row["raw_per_s"]
         print(
-            f"POST last/first block: {flat:.0%} ({'PASS' if flat >= TARGET_FLAT else 'MISS'} "
-            f"≥ {TARGET_FLAT:.0%}); raw insert_one last/first: {result['raw_last_over_first']:.0%}"
+            f"curve: {row['docs']:>7,} docs  POST {row['post_per_s']:7.1f}/s  "
+            f"raw insert_one {row['raw_per_s']:7.1f}/s  POST/raw {versus:.0%}",
+            flush=True,
         )
-        verdict = "PASS" if versus >= TARGET_VS_RAW else "MISS"
-        print(
-            f"POST / raw insert_one over the run: {versus:.0%} ({verdict} ≥ {TARGET_VS_RAW:.0%}); "
-            f"load average {load_at_start[0]:.2f} → {result['load_average_at_end'][0]}"
-        )
-        print(f"curve: JSON in {out}")
-        return 0
-    except BenchError as exc:
-        print(f"curve: FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        procs.stop_all()
-        if redis_client is not None:
-            redis_client.flushdb()
-        shutil.rmtree(workdir, ignore_errors=True)
+    total_post = sum(BLOCK / r["post_per_s"] for r in rows)
+    total_raw = sum(BLOCK / r["raw_per_s"] for r in rows)
+    result = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit(),
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "clients": args.clients,
+        "app_env": args.app_env,
+        "raw_retry_writes": retry,
+        "blocks": rows,
+        "post_last_over_first": rows[-1]["post_per_s"] / rows[0]["post_per_s"],
+        "raw_last_over_first": rows[-1]["raw_per_s"] / rows[0]["raw_per_s"],
+        "post_over_raw": total_raw / total_post,
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"curve-{result['date'].replace(':', '').replace('-', '')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    flat = result["post_last_over_first"]
+    versus = result["post_over_raw"]
+    print()
+    print(
+        f"POST last/first block: {flat:.0%} ({'PASS' if flat >= TARGET_FLAT else 'MISS'} "
+        f"≥ {TARGET_FLAT:.0%}); raw insert_one last/first: {result['raw_last_over_first']:.0%}"
+    )
+    verdict = "PASS" if versus >= TARGET_VS_RAW else "MISS"
+    print(
+        f"POST / raw insert_one over the run: {versus:.0%} ({verdict} ≥ {TARGET_VS_RAW:.0%}); "
+        f"load average {load_at_start[0]:.2f} → {result['load_average_at_end'][0]}"
+    )
+    print(f"curve: JSON in {out}")
+    return 0
 
 
 if __name__ == "__main__":

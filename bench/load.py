@@ -59,17 +59,19 @@ def run_parallel(
     jobs: Sequence[tuple[str, str, bytes]],
     expect: int,
     check: Callable[[Any], None] | None = None,
+    headers: dict | None = None,
 ) -> float:
     """Send every ``(method, path, body)`` job with expected status ``expect``, spread
     round-robin over ``clients`` threads with one keep-alive connection each.
 
     Connections are opened before the clock starts; returns the wall time in seconds
     from the common start to the last response.  ``check`` may inspect each decoded
-    response (raise DevError to fail the run).
+    response (raise DevError to fail the run).  ``headers`` (credentials) go with every
+    request.
     """
     clients = max(1, min(clients, len(jobs)))
     shares = [jobs[i::clients] for i in range(clients)]
-    connections = [HttpClient(port, timeout=300) for _ in range(clients)]
+    connections = [HttpClient(port, timeout=300, headers=headers) for _ in range(clients)]
     for client in connections:
         client.conn.connect()
 
@@ -99,6 +101,8 @@ RE_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+)(\w+),", re.M)
 RE_PCT = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
 RE_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 RE_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+RE_TRANSFER = re.compile(r"^Transfer/sec:\s+([\d.]+)(GB|MB|KB|B)\s*$", re.M)
+BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
 
 @dataclass
@@ -112,6 +116,7 @@ class WrkResult:
     requests: int
     non_2xx: int
     socket_errors: dict[str, int]
+    transfer_per_s: float = 0.0  # bytes of responses per second (wrk's Transfer/sec)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -148,6 +153,7 @@ def parse_wrk(url: str, output: str) -> WrkResult:
         raise DevError(f"could not read wrk's output for {url}:\n{output}")
     non_2xx = RE_NON2XX.search(output)
     sockets = RE_SOCKET.search(output)
+    transfer = RE_TRANSFER.search(output)
     names = ("connect", "read", "write", "timeout")
     return WrkResult(
         url=url,
@@ -161,20 +167,31 @@ def parse_wrk(url: str, output: str) -> WrkResult:
         socket_errors=dict(zip(names, map(int, sockets.groups()), strict=True))
         if sockets
         else dict.fromkeys(names, 0),
+        transfer_per_s=float(transfer[1]) * BYTE_UNITS[transfer[2]] if transfer else 0.0,
     )
 
 
 def run_wrk(
-    wrk: str, url: str, duration: float, connections: int, threads: int, timeout_s: int = 10
+    wrk: str,
+    url: str,
+    duration: float,
+    connections: int,
+    threads: int,
+    timeout_s: int = 10,
+    headers: dict | None = None,
 ) -> WrkResult:
-    """``wrk -t threads -c connections -d duration --latency`` against ``url``.
+    """``wrk -t threads -c connections -d duration --latency`` against ``url``, with
+    ``headers`` (``-H``) on every request.
 
     wrk's default 2 s request timeout would drop slow responses from the latency
     figures; ``timeout_s`` (10 s) keeps them in, and a request slower than that is
     reported as a socket timeout.
     """
     argv = [wrk, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration:g}s"]
-    argv += ["--latency", f"--timeout={timeout_s}s", url]
+    argv += ["--latency", f"--timeout={timeout_s}s"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=duration + timeout_s + 30, check=False

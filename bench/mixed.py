@@ -8,7 +8,8 @@ Usage (from the repository root)::
 
 One run, everything on 127.0.0.1 and stopped at the end:
 
-1. Redis (``--redis-url``, db 9, flushed), a fresh SecantusDB, and polymicro under gunicorn
+1. Redis (a private redis-server, or the database at ``--redis-url``, flushed), a fresh
+   SecantusDB, and polymicro under gunicorn
    (2 workers x 4 threads unless ``--workers``/``--threads``; ``bench/gunicorn_conf.py``)
    with **authentication on** (unlike bench/run.py): the dashboard reads with a viewer's
    token, the writer sends logs with the project's API key (as services do), so a write
@@ -44,38 +45,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from common import (
+    DataMaker,
+    Plan,
+    Seeded,
+    bearer,
+    commit,
+    parse_app_env,
+    percentile,
+    seed,
+    start_app,
+    start_backends,
+    tokens,
+)
+from load import WrkResult, ensure_wrk, run_wrk
 
-import load  # noqa: E402
-import run  # noqa: E402  (bench/run.py: seed data, the same as make bench)
-from load import HttpClient, WrkResult, ensure_wrk, parse_wrk  # noqa: E402
-from servers import (  # noqa: E402
-    HOST,
+from polymicro_dev import (
     ROOT,
-    BenchError,
+    DevError,
     GunicornSettings,
+    HttpClient,
     Processes,
-    ensure_redis,
-    start_gunicorn,
-    start_secantus,
+    encode,
+    run_main,
 )
 
-SECRET = "mixed-bench-secret-" + "x" * 32
 TARGET_FRACTION = 0.50
 TARGET_P99_MS = 100.0
 TARGET_WRITER_RATE = 0.95
@@ -88,91 +91,15 @@ def say(text: str) -> None:
     print(f"mixed: {text}", flush=True)
 
 
-# --- credentials ---------------------------------------------------------------------------
-
-
-def tokens() -> dict[str, str]:
-    """Access tokens signed with the app's secret (claims only, as tests/conftest.py)."""
-    from bson import ObjectId
-    from flask_jwt_extended import create_access_token
-
-    from polymicro import create_app
-
-    app = create_app(
-        {
-            "SECRET_KEY": SECRET,
-            "ACCESS_TOKEN_MINUTES": 24 * 60,
-            "INSTANCE_PATH": tempfile.gettempdir(),
-        }
-    )
-    out = {}
-    with app.app_context():
-        for role in ("admin", "viewer"):
-            out[role] = create_access_token(
-                identity=str(ObjectId()),
-                additional_claims={"role": role, "username": f"bench-{role}"},
-            )
-    return out
-
-
-_HEADERS: dict[str, str] = {}
-_original_request = HttpClient.request
-
-
-def _request_with_headers(self, method, path, body=None):
-    """HttpClient.request with this run's credentials (load.py's sends none)."""
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    headers.update(getattr(self, "headers", None) or _HEADERS)
-    for attempt in (1, 2):
-        try:
-            self.conn.request(method, path, body=body, headers=headers)
-            response = self.conn.getresponse()
-            return response.status, response.read()
-        except load.RETRYABLE:
-            self.conn.close()
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-HttpClient.request = _request_with_headers
-
-
 # --- wrk with headers ----------------------------------------------------------------------
 
 
-def warm(wrk: str, url: str, headers: dict[str, str], args) -> None:
-    """A short discarded wrk run (it may complete nothing when responses are slow)."""
-    with contextlib.suppress(BenchError):
-        run_wrk(wrk, url, args.warmup, headers, args)
-
-
-def run_wrk(wrk: str, url: str, duration: float, headers: dict[str, str], args) -> WrkResult:
-    argv = [wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{duration:g}s"]
-    argv += ["--latency", "--timeout=10s"]
-    for name, value in headers.items():
-        argv += ["-H", f"{name}: {value}"]
-    argv.append(url)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 40, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"wrk failed on {url}:\n{done.stderr}")
-    result = parse_wrk(url, done.stdout)
-    if result.requests == 0:
-        raise BenchError(f"wrk completed no request on {url}:\n{done.stdout}")
-    result.transfer_per_s = _transfer(done.stdout)
-    return result
-
-
-def _transfer(output: str) -> float:
-    """wrk's ``Transfer/sec`` in bytes."""
-    for line in output.splitlines():
-        if line.startswith("Transfer/sec:"):
-            value = line.split()[1]
-            units = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
-            for unit in ("GB", "MB", "KB", "B"):
-                if value.endswith(unit):
-                    return float(value[: -len(unit)]) * units[unit]
-    return 0.0
+def measure(wrk: str, url: str, headers: dict[str, str], args) -> WrkResult:
+    """A discarded warm-up run (it may complete nothing when responses are slow), then
+    the measured one."""
+    with contextlib.suppress(DevError):
+        run_wrk(wrk, url, args.warmup, args.connections, args.wrk_threads, headers=headers)
+    return run_wrk(wrk, url, args.duration, args.connections, args.wrk_threads, headers=headers)
 
 
 # --- per-worker request counts -------------------------------------------------------------
@@ -230,9 +157,7 @@ class Writer:
             thread.start()
 
     def _client(self) -> HttpClient:
-        client = HttpClient(self.port, timeout=30)
-        client.headers = {"X-API-Key": self.key}
-        return client
+        return HttpClient(self.port, timeout=30, headers={"X-API-Key": self.key})
 
     def _send(self) -> None:
         client = self._client()
@@ -246,7 +171,7 @@ class Writer:
                 break
             t0 = time.perf_counter()
             try:
-                status, _data = client.request("POST", self.path, body)
+                status = client.request("POST", self.path, body).status
             except Exception as exc:  # counted, never fatal: the point is to measure
                 status = 0
                 client.close()
@@ -265,7 +190,6 @@ class Writer:
             thread.join(timeout=60)
         sent = sum(self.statuses.values())
         seconds = max(self.stopped - self.started, 1e-9)
-        lat = sorted(self.latencies) or [0.0]
         return {
             "path": self.path,
             "target_per_s": 1 / self.every,
@@ -274,8 +198,8 @@ class Writer:
             "requests": sent,
             "non_2xx": sum(n for s, n in self.statuses.items() if not 200 <= s < 300),
             "statuses": dict(self.statuses),
-            "p50_ms": lat[len(lat) // 2] * 1000,
-            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+            "p50_ms": percentile(self.latencies, 50) * 1000,
+            "p99_ms": percentile(self.latencies, 99) * 1000,
             "errors": self.errors[:5],
         }
 
@@ -283,7 +207,7 @@ class Writer:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def read_paths(seeded: run.Seeded) -> list[tuple[str, str]]:
+def read_paths(seeded: Seeded) -> list[tuple[str, str]]:
     p = seeded.project_ids[0]
     return [
         ("projects list", "/api/projects"),
@@ -295,24 +219,20 @@ def read_paths(seeded: run.Seeded) -> list[tuple[str, str]]:
 
 
 def measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, phase: str) -> list[dict]:
-    headers = {"Authorization": f"Bearer {tokens_['viewer']}", "Accept-Encoding": "gzip"}
+    headers = {**bearer(tokens_["viewer"]), "Accept-Encoding": "gzip"}
     rows = []
     for label, path in read_paths(seeded):
-        url = app.url + path
-        client = HttpClient(app.port)
-        client.headers = headers
-        for _ in range(3):  # one at a time first: a cold entry is computed once
-            status, _body = client.request("GET", path)
-            if status != 200:
-                raise BenchError(f"GET {path} answered {status}")
-        client.close()
-        warm(wrk, url, headers, args)
+        with HttpClient(app.port, headers=headers) as client:
+            for _ in range(3):  # one at a time first: a cold entry is computed once
+                status = client.request("GET", path).status  # gzip: not decoded
+                if status != 200:
+                    raise DevError(f"GET {path} answered {status}")
         before = worker_counts(metrics_dir)
-        result = run_wrk(wrk, url, args.duration, headers, args)
+        result = measure(wrk, app.uri + path, headers, args)
         after = worker_counts(metrics_dir)
         app.check_alive()
         if result.non_2xx:
-            raise BenchError(f"{phase}: {label}: {result.non_2xx} non-2xx responses")
+            raise DevError(f"{phase}: {label}: {result.non_2xx} non-2xx responses")
         row = {
             "phase": phase,
             "read": label,
@@ -338,120 +258,95 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
+    )
     parser.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
     args = parser.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(143)))
-    procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="polymicro-mixed-"))
-    redis_client = None
+    if any("=" not in item for item in args.app_env):
+        parser.error("--app-env takes KEY=VALUE")
+    return run_main(lambda procs: run(procs, args), "mixed")
+
+
+def run(procs: Processes, args) -> int:
     began = time.monotonic()
-    try:
-        load_at_start = os.getloadavg()
-        wrk = ensure_wrk()
-        redis_client, _ = ensure_redis(args.redis_url)
-        db = start_secantus(procs, workdir / "db", workdir)
-        mongo_uri = f"mongodb://{HOST}:{db.port}/polymicro"
-        metrics_dir = workdir / "prometheus"
-        metrics_dir.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLYMICRO_")}
-        env.update(
-            POLYMICRO_MONGODB_URI=mongo_uri,
-            POLYMICRO_REDIS_URL=args.redis_url,
-            POLYMICRO_SECRET_KEY=SECRET,
-            POLYMICRO_AUTH_ENABLED="true",
-            POLYMICRO_RATELIMIT_ENABLED="false",
-            POLYMICRO_LOG_LEVEL="WARNING",
-            POLYMICRO_GUNICORN_LOGLEVEL="warning",
-            POLYMICRO_INSTANCE_PATH=str(workdir / "instance"),
-            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        )
-        env.update(item.split("=", 1) for item in args.app_env)
-        settings = GunicornSettings(args.workers, args.threads, "gthread")
-        app = start_gunicorn(procs, "polymicro", "wsgi:app", settings, workdir, env, "/api/health")
-        tokens_ = tokens()
-        _HEADERS["Authorization"] = f"Bearer {tokens_['admin']}"
-        maker = run.DataMaker(1)
-        seeded = run.seed(app.port, run.FULL, maker, 2)
-        project = seeded.project_ids[0]
-        admin = HttpClient(app.port)
+    load_at_start = os.getloadavg()
+    wrk = ensure_wrk()
+    backends = start_backends(procs, "mixed", args.redis_url, args.keep)
+    metrics_dir = backends.workdir / "prometheus"
+    metrics_dir.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **parse_app_env(args.app_env)}
+    settings = GunicornSettings(args.workers, args.threads, "gthread")
+    app = start_app(procs, backends, settings, auth=True, env=env)
+    tokens_ = tokens()
+    admin_headers = bearer(tokens_["admin"])
+    maker = DataMaker(1)
+    seeded = seed(app.port, Plan(), maker, 2, headers=admin_headers)
+    project = seeded.project_ids[0]
+    with HttpClient(app.port, headers=admin_headers) as admin:
         key = admin.call("POST", f"/api/projects/{project}/keys", {"name": "writer"}, 201)["key"]
-        admin.close()
 
-        def single():
-            return run.encode(maker.log(project, seeded.service_ids[project]))
+    def single():
+        return encode(maker.log(project, seeded.service_ids[project]))
 
-        def batch():
-            return run.encode(
-                [maker.log(project, seeded.service_ids[project]) for _ in range(BATCH_SIZE)]
-            )
+    def batch():
+        return encode([maker.log(project, seeded.service_ids[project]) for _ in range(BATCH_SIZE)])
 
-        phases = {}
-        writers = {}
-        phases["idle"] = measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, "idle")
-        for phase, (path, make, every, items) in {
-            f"{SINGLE_RATE:g} POST/s": ("/api/logs", single, 1 / SINGLE_RATE, 1),
-            f"batch {BATCH_SIZE}/s": ("/api/logs/batch", batch, BATCH_EVERY_S, BATCH_SIZE),
-        }.items():
-            writer = Writer(app.port, key, make, path, every, items)
-            writer.start()
-            time.sleep(1.0)  # the writer is in its stride before the reads start
-            phases[phase] = measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, phase)
-            writers[phase] = writer.stop()
-            w = writers[phase]
-            say(
-                f"{phase}: writer {w['achieved_per_s']:.1f}/s of {w['target_per_s']:.1f}/s, "
-                f"non-2xx {w['non_2xx']}, p99 {w['p99_ms']:.0f} ms"
-            )
-        compression = measure_compression(wrk, app, seeded, tokens_, args)
-        result = {
-            "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "commit": run.commit(),
-            "load_average_at_start": [round(x, 2) for x in load_at_start],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-            "gunicorn": settings.__dict__,
-            "app_env": args.app_env,
-            "duration_s": args.duration,
-            "phases": phases,
-            "writers": writers,
-            "compression": compression,
-        }
-        result["targets"] = evaluate(result)
-        result["elapsed_s"] = round(time.monotonic() - began, 1)
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        out = args.out_dir / f"mixed-{result['date'].replace(':', '').replace('-', '')}.json"
-        out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print()
-        print(render(result))
-        print()
-        say(f"took {result['elapsed_s']:.0f} s; JSON in {out}")
-        return 0
-    except BenchError as exc:
-        print(f"mixed: FAILED: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        procs.stop_all()
-        if redis_client is not None:
-            with contextlib.suppress(Exception):
-                redis_client.flushdb()
-        shutil.rmtree(workdir, ignore_errors=True)
+    phases = {}
+    writers = {}
+    phases["idle"] = measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, "idle")
+    for phase, (path, make, every, items) in {
+        f"{SINGLE_RATE:g} POST/s": ("/api/logs", single, 1 / SINGLE_RATE, 1),
+        f"batch {BATCH_SIZE}/s": ("/api/logs/batch", batch, BATCH_EVERY_S, BATCH_SIZE),
+    }.items():
+        writer = Writer(app.port, key, make, path, every, items)
+        writer.start()
+        time.sleep(1.0)  # the writer is in its stride before the reads start
+        phases[phase] = measure_reads(wrk, app, seeded, tokens_, metrics_dir, args, phase)
+        writers[phase] = writer.stop()
+        w = writers[phase]
+        say(
+            f"{phase}: writer {w['achieved_per_s']:.1f}/s of {w['target_per_s']:.1f}/s, "
+            f"non-2xx {w['non_2xx']}, p99 {w['p99_ms']:.0f} ms"
+        )
+    compression = measure_compression(wrk, app, seeded, tokens_, args)
+    result = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": commit(),
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "gunicorn": settings.__dict__,
+        "app_env": args.app_env,
+        "duration_s": args.duration,
+        "phases": phases,
+        "writers": writers,
+        "compression": compression,
+    }
+    result["targets"] = evaluate(result)
+    result["elapsed_s"] = round(time.monotonic() - began, 1)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"mixed-{result['date'].replace(':', '').replace('-', '')}.json"
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print()
+    print(render(result))
+    print()
+    say(f"took {result['elapsed_s']:.0f} s; JSON in {out}")
+    return 0
 
 
 def measure_compression(wrk, app, seeded, tokens_, args) -> list[dict]:
     path = read_paths(seeded)[2][1]
     rows = []
     for label, extra in (("identity", {}), ("gzip", {"Accept-Encoding": "gzip"})):
-        headers = {"Authorization": f"Bearer {tokens_['viewer']}", **extra}
-        conn = http.client.HTTPConnection(HOST, app.port, timeout=30)
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        size = len(response.read())
-        encoding = response.getheader("Content-Encoding") or "identity"
-        conn.close()
-        warm(wrk, app.url + path, headers, args)
-        result = run_wrk(wrk, app.url + path, args.duration, headers, args)
+        headers = {**bearer(tokens_["viewer"]), **extra}
+        with HttpClient(app.port, headers=headers) as client:
+            response = client.request("GET", path)
+        size = len(response.body)
+        encoding = response.headers.get("Content-Encoding") or "identity"
+        result = measure(wrk, app.uri + path, headers, args)
         rows.append(
             {
                 "accept": label,

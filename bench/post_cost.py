@@ -5,8 +5,10 @@ Usage (from the repository root)::
     .venv/bin/python bench/post_cost.py                      # this tree only
     .venv/bin/python bench/post_cost.py --base /work/wt/perf-base   # before and after, one run
     .venv/bin/python bench/post_cost.py --profile 25         # in-process cProfile's top 25
+    .venv/bin/python bench/post_cost.py --quick              # smoke run: 200 POSTs, 1 round
 
-One run starts one SecantusDB (temporary directory) and uses Redis db 9 (flushed), then,
+One run starts one SecantusDB (temporary directory) and a private Redis (or uses the
+database at ``--redis-url``, flushed), then,
 for each tree (``--base`` first, then this one, ``--rounds`` times alternating):
 
 - the figure: gunicorn (1 worker x 4 threads, ``--chdir`` the tree, so the app is that
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,19 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import redis
+from common import start_backends
+from load import run_parallel
 
-from load import HttpClient, run_parallel  # noqa: E402
-from servers import (  # noqa: E402
-    HOST,
+from polymicro_dev import (
     ROOT,
-    VENV_BIN,
+    GunicornSettings,
     Processes,
-    _wait_ready,
-    ensure_redis,
-    free_port,
-    start_secantus,
+    child_pids,
+    run_main,
+    start_gunicorn,
 )
 
 CHILD = r"""
@@ -103,11 +102,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
-
-
 SETUP = r"""
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
@@ -149,13 +143,16 @@ def measure_server(
     if done.returncode != 0:
         raise SystemExit(f"setting up {tag} failed:\n{done.stderr[-3000:]}")
     ids = json.loads(done.stdout.strip().splitlines()[-1])
-    port = free_port()
-    argv = [str(VENV_BIN / "gunicorn"), "-c", str(HERE / "gunicorn_conf.py"), "--chdir", str(root)]
-    argv += ["--bind", f"{HOST}:{port}", "--workers", "1", "--threads", "4", "wsgi:app"]
-    server = procs.start(f"gunicorn-{tag}", argv, port, workdir / f"gunicorn-{tag}.log", env)
+    server = start_gunicorn(
+        procs,
+        env,
+        workdir,
+        GunicornSettings(1, 4, "gthread"),
+        name=f"gunicorn-{tag}",
+        ready_path="/api/health/live",
+        extra_args=["--chdir", str(root)],  # that tree's app
+    )
     try:
-        procs.wait_for_port(server)
-        _wait_ready(server, "/api/health/live")
         body = json.dumps(
             {
                 "project_id": ids["project_id"],
@@ -169,17 +166,17 @@ def measure_server(
 
         def post(n: int) -> float:
             jobs = [("POST", "/api/logs", body)] * n
-            return run_parallel(port, 4, jobs, expect=201)
+            return run_parallel(server.port, 4, jobs, expect=201, headers=key)
 
-        HttpClient.request = _with_key(ids["key"])
+        key = {"X-API-Key": ids["key"]}
         post(args.warmup)
-        (worker,) = _children(server.proc.pid)
+        (worker,) = child_pids(server.proc.pid)
         spy = None
         if args.spy:
             out = workdir / f"spy-{tag}.txt"
             spy = subprocess.Popen(
                 [
-                    str(VENV_BIN / "py-spy"),
+                    str(Path(sys.executable).with_name("py-spy")),
                     "record",
                     "--pid",
                     str(worker),
@@ -207,8 +204,6 @@ def measure_server(
     finally:
         procs.stop(server)
 
-
-_plain_request = HttpClient.request
 
 GROUPS = {
     "rate limiter (flask_limiter, limits)": ("flask_limiter/", "limits/"),
@@ -258,16 +253,6 @@ def summarize(path: Path, top: int) -> str:
     return "\n".join(lines)
 
 
-def _with_key(key: str):
-    def request(self, method, path, body=None):
-        headers = {"Content-Type": "application/json", "X-API-Key": key}
-        self.conn.request(method, path, body=body, headers=headers)
-        response = self.conn.getresponse()
-        return response.status, response.read()
-
-    return request
-
-
 def measure(root: Path, mongo: str, redis_url: str, args, tag: str) -> dict:
     config = {
         "MONGODB_URI": f"{mongo}/postcost_{tag}",
@@ -288,55 +273,57 @@ def measure(root: Path, mongo: str, redis_url: str, args, tag: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/post_cost.py", description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, help="a checkout of the commit to compare with")
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2, help="alternate base/this N times")
+    parser.add_argument("--quick", action="store_true", help="200 POSTs after 50, one round")
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N")
     parser.add_argument("--no-ratelimit", action="store_true")
     parser.add_argument("--spy", type=int, default=0, help="py-spy the worker: top N frames")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
-    args = parser.parse_args()
-    procs = Processes()
-    workdir = Path(tempfile.mkdtemp(prefix="polymicro-cost-"))
-    redis_client = None
-    try:
-        redis_client, _ = ensure_redis(args.redis_url)
-        db = start_secantus(procs, workdir / "db", workdir)
-        mongo = f"mongodb://127.0.0.1:{db.port}"
-        trees = ([("before", args.base.resolve())] if args.base else []) + [("after", ROOT)]
-        results: dict[str, list[dict]] = {tag: [] for tag, _ in trees}
-        print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
-        for _ in range(args.rounds):
-            for tag, root in trees:
-                redis_client.flushdb()
-                if args.profile:
-                    result = measure(root, mongo, args.redis_url, args, tag)
-                    print(f"{tag:<6} {root}: {result['cpu_ms']:.3f} ms CPU (in-process)")
-                    print(result.pop("profile"))
-                    continue
-                result = measure_server(procs, root, mongo, args.redis_url, args, tag, workdir)
-                results[tag].append(result)
-                print(
-                    f"{tag:<6} {root}: {result['cpu_ms']:.3f} ms of worker CPU per POST, "
-                    f"{result['per_s']:.0f} POST/s",
-                    flush=True,
-                )
-        if args.profile:
-            return 0
-        best = {tag: min(r["cpu_ms"] for r in rs) for tag, rs in results.items()}
-        print(f"\nbest of {args.rounds}: " + ", ".join(f"{t} {v:.3f} ms" for t, v in best.items()))
-        if "before" in best:
-            print(f"after / before = {best['after'] / best['before']:.2f}")
-        print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    parser.add_argument(
+        "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.posts, args.warmup, args.rounds = 200, 50, 1
+    return run_main(lambda procs: run(procs, args), "post_cost")
+
+
+def run(procs: Processes, args) -> int:
+    backends = start_backends(procs, "cost", args.redis_url, args.keep)
+    workdir, redis_url = backends.workdir, backends.redis_url
+    cache = redis.Redis.from_url(redis_url)
+    mongo = backends.mongo_uri.rsplit("/", 1)[0]  # each tree gets its own database
+    trees = ([("before", args.base.resolve())] if args.base else []) + [("after", ROOT)]
+    results: dict[str, list[dict]] = {tag: [] for tag, _ in trees}
+    print(f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+    for _ in range(args.rounds):
+        for tag, root in trees:
+            cache.flushdb()
+            if args.profile:
+                result = measure(root, mongo, redis_url, args, tag)
+                print(f"{tag:<6} {root}: {result['cpu_ms']:.3f} ms CPU (in-process)")
+                print(result.pop("profile"))
+                continue
+            result = measure_server(procs, root, mongo, redis_url, args, tag, workdir)
+            results[tag].append(result)
+            print(
+                f"{tag:<6} {root}: {result['cpu_ms']:.3f} ms of worker CPU per POST, "
+                f"{result['per_s']:.0f} POST/s",
+                flush=True,
+            )
+    if args.profile:
         return 0
-    finally:
-        procs.stop_all()
-        if redis_client is not None:
-            redis_client.flushdb()
-        shutil.rmtree(workdir, ignore_errors=True)
+    best = {tag: min(r["cpu_ms"] for r in rs) for tag, rs in results.items()}
+    print(f"\nbest of {args.rounds}: " + ", ".join(f"{t} {v:.3f} ms" for t, v in best.items()))
+    if "before" in best:
+        print(f"after / before = {best['after'] / best['before']:.2f}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,23 +56,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import re
 import runpy
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
 import pymongo
 import redis
-from bson import ObjectId
+from common import (
+    DataMaker,
+    Plan,
+    Seeded,
+    commit,
+    copy_log_indexes,
+    machine,
+    seed,
+    start_backends,
+    stored_log,
+)
 from load import WrkResult, ensure_wrk, run_parallel, run_together, run_wrk
 
 from polymicro_dev import (
@@ -85,30 +91,13 @@ from polymicro_dev import (
     Server,
     app_env,
     encode,
-    ensure_redis,
     run_main,
     start_gunicorn,
-    start_secantus,
 )
 
 BENCH_DIR = ROOT / "bench"
 
 # --- what one run does --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Sizes of the seed data and of the ingest runs."""
-
-    projects: int = 5
-    services_per_project: int = 10
-    logs_per_project: int = 2_000
-    points_per_service: int = 96
-    single_posts: int = 2_000
-    log_batches: int = 20
-    batch_size: int = 1_000
-    point_posts: int = 10
-    points_per_post: int = 10_000
 
 
 FULL = Plan()
@@ -118,11 +107,6 @@ TARGET_CEILING_FRACTION = 0.50
 TARGET_P99_MS = 100.0
 TARGET_BATCH_VS_SINGLE = 20.0
 TARGET_BATCH_VS_RAW = 0.30
-
-SEVERITIES = ("debug", "info", "warn", "error", "critical")
-SEVERITY_WEIGHTS = (15, 55, 15, 12, 3)  # 12% errors: a project has a few pages of them
-LEVEL = {name: rank for rank, name in enumerate(SEVERITIES)}
-SEED_WINDOW = timedelta(days=2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,141 +196,6 @@ def gunicorn_defaults(redis_url: str | None) -> GunicornSettings:
         else:
             os.environ["POLYMICRO_REDIS_URL"] = saved
     return GunicornSettings(conf["workers"], conf["threads"], conf["worker_class"])
-
-
-# --- seed data --------------------------------------------------------------------------------
-
-
-def iso(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-@dataclass
-class Seeded:
-    project_ids: list[str]
-    service_ids: dict[str, list[str]]  # by project id
-    metric_ids: list[str]
-    seconds: float
-
-
-class DataMaker:
-    """Deterministic, plausible request bodies."""
-
-    VERBS = ("GET", "POST", "PUT", "DELETE")
-    PATHS = ("/orders", "/users/{n}", "/cart", "/search?q=item{n}", "/health", "/pay/{n}")
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.now = datetime.now(UTC).replace(tzinfo=None)
-
-    def project(self, index: int) -> dict:
-        return {
-            "name": f"bench-project-{index}",
-            "description": f"Benchmark project {index}",
-            "owner": f"team-{index % 3}",
-            "tags": ["bench", f"tier-{index % 3}"],
-        }
-
-    def service(self, project_id: str, index: int) -> dict:
-        port = 8000 + index
-        return {
-            "project_id": project_id,
-            "name": f"svc-{index}",
-            "description": f"Benchmark service {index}",
-            "port": port,
-            "url": f"http://svc-{index}.internal:{port}",
-            "status": "Running",
-            "health": self.rng.choice(("Healthy", "Healthy", "Warning")),
-            "version": f"1.{index}.0",
-            "uptime": f"{self.rng.randint(1, 30)}d",
-            "last_deployment": iso(self.now - timedelta(days=self.rng.randint(1, 30))),
-            "tags": ["bench"],
-        }
-
-    def log(self, project_id: str, service_ids: list[str]) -> dict:
-        rng = self.rng
-        severity = rng.choices(SEVERITIES, SEVERITY_WEIGHTS)[0]
-        path = rng.choice(self.PATHS).format(n=rng.randint(1, 9999))
-        request_id = f"{rng.getrandbits(64):016x}"
-        when = self.now - timedelta(seconds=rng.uniform(0, SEED_WINDOW.total_seconds()))
-        return {
-            "project_id": project_id,
-            "service_id": rng.choice(service_ids),
-            "severity": severity,
-            "message": f"{rng.choice(self.VERBS)} {path} answered in {rng.randint(1, 900)} ms "
-            f"(request {request_id})",
-            "timestamp": iso(when),
-            "source": "bench",
-            "attributes": {"request_id": request_id, "attempt": rng.randint(1, 3)},
-        }
-
-    def points(self, count: int, start: datetime, step: timedelta) -> list[dict]:
-        rng = self.rng
-        return [
-            {
-                "time": iso(start + i * step),
-                "load": round(rng.uniform(0, 180), 2),
-                "memory": round(rng.uniform(10, 90), 2),
-                "threads": rng.randint(4, 64),
-            }
-            for i in range(count)
-        ]
-
-
-def stored_log(entry: dict) -> dict:
-    """A log entry as the app stores it (mongoengine's field order, ids, level, naive UTC)."""
-    return {
-        "project_id": ObjectId(entry["project_id"]),
-        "service_id": ObjectId(entry["service_id"]),
-        "severity": entry["severity"],
-        "level": LEVEL[entry["severity"]],
-        "message": entry["message"],
-        "timestamp": datetime.strptime(entry["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ"),
-        "source": entry["source"],
-        "attributes": entry["attributes"],
-    }
-
-
-def seed(port: int, plan: Plan, maker: DataMaker, batch_clients: int) -> Seeded:
-    say(
-        f"seeding: {plan.projects} projects x {plan.services_per_project} services, "
-        f"{plan.logs_per_project} logs per project, {plan.points_per_service} CPU points "
-        "per service"
-    )
-    started = time.perf_counter()
-    client = HttpClient(port, timeout=300)
-    project_ids, service_ids, metric_ids = [], {}, []
-    for p in range(plan.projects):
-        project_id = client.call("POST", "/api/projects", maker.project(p), expect=201)["id"]
-        project_ids.append(project_id)
-        service_ids[project_id] = [
-            client.call("POST", "/api/services", maker.service(project_id, s), expect=201)["id"]
-            for s in range(plan.services_per_project)
-        ]
-    # Logs: whole batches of at most batch_size, spread over every project's services.
-    jobs = []
-    for project_id in project_ids:
-        entries = [
-            maker.log(project_id, service_ids[project_id]) for _ in range(plan.logs_per_project)
-        ]
-        for i in range(0, len(entries), plan.batch_size):
-            jobs.append(("POST", "/api/logs/batch", encode(entries[i : i + plan.batch_size])))
-    run_parallel(port, batch_clients, jobs, expect=201)
-    # CPU: one entry per service, then its points (every 30 min over two days for 96).
-    step = SEED_WINDOW / max(plan.points_per_service, 1)
-    for p, project_id in enumerate(project_ids):
-        for s in range(plan.services_per_project):
-            body = {"project_id": project_id, "service_name": f"svc-{s}"}
-            metric_id = client.call("POST", "/api/metrics/cpu", body, expect=201)["id"]
-            metric_ids.append(metric_id)
-            points = maker.points(plan.points_per_service, maker.now - SEED_WINDOW, step)
-            inserted = client.call("POST", f"/api/metrics/cpu/{metric_id}/data", points, 201)
-            if inserted != {"inserted": len(points)}:
-                raise DevError(f"seeding project {p}: CPU points answered {inserted}")
-    client.close()
-    seconds = time.perf_counter() - started
-    say(f"seeded in {seconds:.1f} s")
-    return Seeded(project_ids, service_ids, metric_ids, seconds)
 
 
 # --- reads ---------------------------------------------------------------------------------
@@ -520,16 +369,7 @@ def raw_insert_many(mongo_uri: str, batches: list[list[dict]], args) -> float:
     client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
     try:
         db = client.get_default_database()
-        scratch = db["bench_raw_logs"]
-        scratch.drop()
-        indexes = db["logs"].index_information()
-        if len(indexes) < 2:
-            raise DevError("the logs collection has no secondary index to copy")
-        for name, spec in indexes.items():
-            if name == "_id_":
-                continue
-            options = {k: v for k, v in spec.items() if k not in ("key", "v", "ns")}
-            scratch.create_index(spec["key"], name=name, **options)
+        scratch = copy_log_indexes(db)
         clients = max(1, min(args.batch_clients, len(batches)))
         shares = [batches[i::clients] for i in range(clients)]
 
@@ -621,32 +461,6 @@ def seed_summary(plan: Plan, seeded: Seeded) -> dict:
 # --- report --------------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "memory_gib": mem_gib,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def versions() -> dict:
     out = {}
     for name in ("polymicro", "flask", "flask-smorest", "gunicorn", "mongoengine", "pymongo"):
@@ -658,18 +472,6 @@ def versions() -> dict:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     out["wrk"] = (wrk.stdout or wrk.stderr).split(" [")[0].strip()
     return out
-
-
-def commit() -> str:
-    """The commit measured, with ``+changes`` when app files differ from it."""
-
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "?"
-    dirty = git("status", "--porcelain", "--", "polymicro", "wsgi.py", "gunicorn.conf.py")
-    return head + (" +uncommitted changes" if dirty else "")
 
 
 STARTED = datetime.now(UTC)
@@ -852,18 +654,13 @@ def write_json(result: dict, out_dir: Path) -> Path:
 
 def main(procs: Processes, args: argparse.Namespace) -> int:
     began = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="polymicro-bench-"))
-    if args.keep:
-        procs.on_stop(lambda: say(f"kept {workdir} (database in db/, server logs beside it)"))
-    else:
-        procs.on_stop(lambda: shutil.rmtree(workdir, ignore_errors=True))
     load_1m = os.getloadavg()[0]
     if load_1m > 0.5 * len(os.sched_getaffinity(0)):
         say(f"warning: load average {load_1m:.1f} at start; other work will lower the figures")
     wrk = ensure_wrk()
-    redis_url = ensure_redis(procs, workdir, args.redis_url)
-    say(f"starting SecantusDB in {workdir}; cache {redis_url}")
-    db = start_secantus(procs, workdir / "db", workdir)
+    backends = start_backends(procs, "bench", args.redis_url, args.keep)
+    workdir, redis_url, db = backends.workdir, backends.redis_url, backends.db
+    say(f"SecantusDB in {workdir}; cache {redis_url}")
     env = app_env(db.uri, redis_url, **dict(item.split("=", 1) for item in args.app_env))
     if args.combos:
         result = run_sweep(wrk, procs, workdir, env, redis_url, args)

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import pymongo
 from bson import ObjectId
+from common import percentile
 
 from polymicro_dev import (
     ROOT,
@@ -320,13 +321,6 @@ def count_stored(mongo_uri: str, world: World, tally: Tally) -> dict:
         }
     finally:
         client.close()
-
-
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 # --- main -----------------------------------------------------------------------------

@@ -59,8 +59,11 @@ class HttpClient:
     connection, and counted in ``retries`` (a write re-sent so could in theory be stored
     twice).  On a new connection nothing is re-sent."""
 
-    def __init__(self, port: int, timeout: float = 30.0, host: str = HOST) -> None:
+    def __init__(
+        self, port: int, timeout: float = 30.0, host: str = HOST, headers: dict | None = None
+    ) -> None:
         self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        self.headers = dict(headers or {})  # sent with every request (credentials)
         self.retries = 0
 
     def __enter__(self) -> HttpClient:
@@ -79,6 +82,7 @@ class HttpClient:
         HTTPException when the exchange fails."""
         body = encode(payload)
         sent = {"Content-Type": "application/json"} if body is not None else {}
+        sent.update(self.headers)
         sent.update(headers or {})
         while True:
             reused = self.conn.sock is not None  # kept alive from an earlier request

@@ -299,3 +299,36 @@ def test_a_server_left_by_a_dead_run_is_stopped(tmp_path, monkeypatch):
     finally:
         stale.kill()
         stale.wait()
+
+
+# --- every tool of bench/ and scripts/ still imports and parses its options ----------------
+
+TOOLS = sorted(
+    str(path.relative_to(ROOT))
+    for folder in ("bench", "scripts")
+    for path in (ROOT / folder).glob("*.py")
+    if 'if __name__ == "__main__":' in path.read_text()
+)
+
+
+def test_the_tools_are_found():
+    assert {"bench/run.py", "bench/mixed.py", "bench/ingest.py", "bench/ingest_curve.py"} <= set(
+        TOOLS
+    )
+    assert {"bench/post_cost.py", "bench/soak.py", "scripts/fuzz.py"} <= set(TOOLS)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_tool_imports_and_parses_help(tool):
+    """Run as ``make bench`` runs it (from the checkout, its own folder on sys.path): an
+    import broken by a moved or deleted module fails here, not on the next benchmark."""
+    done = subprocess.run(  # noqa: S603 (our own scripts)
+        [sys.executable, tool, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage:"), done.stdout[:500]
