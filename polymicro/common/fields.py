@@ -204,6 +204,15 @@ class StrictInteger(fields.Integer):
         return super()._validated(value)
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only (marshmallow's Boolean also takes ``"yes"``, ``1``)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class StrictFloat(fields.Float):
     """A finite JSON number; strings and booleans are refused, not coerced."""
 

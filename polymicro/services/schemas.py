@@ -10,6 +10,7 @@ from polymicro.common.fields import (
     Name,
     ObjectIdString,
     SearchText,
+    StrictBoolean,
     StrictInteger,
     Tags,
     Trimmed,
@@ -23,15 +24,6 @@ from polymicro.services.models import (
     MAX_HEARTBEAT_SECONDS,
     STATUSES,
 )
-
-
-class StrictBoolean(fields.Boolean):
-    """JSON ``true`` or ``false`` only (marshmallow's Boolean also takes ``"yes"``, ``1``)."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise self.make_error("invalid")
-        return value
 
 
 class ServiceSchema(BaseSchema):
