@@ -35,47 +35,60 @@ def catch_up():
         service.catch_up()
 
 
-@blp.route("/<objectid:service_id>/heartbeat")
-class Heartbeat(MethodView):
+def signal_post(kind: str, schema, doc: str):
+    """The POST of one heartbeat signal (a beat, a run's start, a failure): the same
+    roles, answer and rule (``service.heartbeat``); its own body and documentation."""
+
+    def described(func):
+        func.__doc__ = doc  # under the decorators: flask-smorest reads it for the OpenAPI
+        return func
+
     @access("editor", keys=True)
-    @blp.arguments(HeartbeatSchema)
+    @blp.arguments(schema)
     @blp.response(200, LivenessSummarySchema)
     @blp.alt_response(404, description="No such service.")
+    @described
     def post(self, data, service_id):
+        return service.heartbeat(service_id, kind, data, scope=project_scope())
+
+    return post
+
+
+@blp.route("/<objectid:service_id>/heartbeat")
+class Heartbeat(MethodView):
+    post = signal_post(
+        BEAT,
+        HeartbeatSchema,
         """I am alive (and closes the run `run_id`, when one was started).
 
         The body is optional: `status` (passing, warning or critical; default passing),
         `note`, `run_id`. Answers the service's liveness after it.
-        """
-        return service.heartbeat(service_id, BEAT, data, scope=project_scope())
+        """,
+    )
 
 
 @blp.route("/<objectid:service_id>/heartbeat/start")
 class HeartbeatStart(MethodView):
-    @access("editor", keys=True)
-    @blp.arguments(RunSignalSchema)
-    @blp.response(200, LivenessSummarySchema)
-    @blp.alt_response(404, description="No such service.")
-    def post(self, data, service_id):
+    post = signal_post(
+        START,
+        RunSignalSchema,
         """A job run starts: it must finish (heartbeat or fail) within the grace.
 
         Runs that overlap are told apart by `run_id`.
-        """
-        return service.heartbeat(service_id, START, data, scope=project_scope())
+        """,
+    )
 
 
 @blp.route("/<objectid:service_id>/heartbeat/fail")
 class HeartbeatFail(MethodView):
-    @access("editor", keys=True)
-    @blp.arguments(RunSignalSchema)
-    @blp.response(200, LivenessSummarySchema)
-    @blp.alt_response(404, description="No such service.")
-    def post(self, data, service_id):
+    post = signal_post(
+        FAIL,
+        RunSignalSchema,
         """A job run (or a check) failed: a failed heartbeat.
 
         Critical at once, or after the service's `heartbeat_failures` in a row.
-        """
-        return service.heartbeat(service_id, FAIL, data, scope=project_scope())
+        """,
+    )
 
 
 @blp.route("/<objectid:service_id>/liveness")
