@@ -148,9 +148,6 @@ def make_config(mongodb_uri: str | None = None, redis_url: str | None = None, **
     return config
 
 
-_test_config = make_config  # the former name, until every test module uses make_config
-
-
 def _empty_database() -> None:
     db = mongoengine.get_db()
     require_test_database(db.name)  # the database the app really uses

@@ -18,9 +18,8 @@ import pytest
 
 from polymicro import create_app
 from polymicro.common import caching
-from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
-from tests.conftest import _empty_database, client_as, free_port
+from tests.conftest import _empty_database, client_as, free_port, make_config
 
 in_app = pytest.mark.usefixtures("ctx")
 
@@ -140,10 +139,7 @@ def own_redis_app(mongodb_uri, monkeypatch):
     """An app on a Redis of its own (the ``ctx`` app's connection is replaced)."""
     port = free_port()
     proc = _start_redis(port)
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    if mongodb_uri:
-        config.update(MONGODB_URI=mongodb_uri, MONGODB_MOCK=False)
+    config = make_config(mongodb_uri, f"redis://127.0.0.1:{port}/0")
     monkeypatch.setattr(caching, "RETRY_SECONDS", 0.1)
     app = create_app(config)
     caching.reset_state()
@@ -193,10 +189,7 @@ def test_redis_outage_keeps_the_api_answering_and_caching_resumes(own_redis_app,
 
 
 def test_unreachable_redis_from_the_start_is_not_an_error(mongodb_uri, caplog, monkeypatch):
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
-    if mongodb_uri:
-        config.update(MONGODB_URI=mongodb_uri, MONGODB_MOCK=False)
+    config = make_config(mongodb_uri, f"redis://127.0.0.1:{free_port()}/0")
     app = create_app(config)
     caching.reset_state()
     client = client_as(app)

@@ -33,7 +33,7 @@ from polymicro.metrics.models import MAX_POINTS_PER_WRITE, CpuMetric, CpuPoint
 from polymicro.metrics.schemas import PointsBodySchema
 from polymicro.projects.models import Project
 from polymicro.services.models import HEALTHS, STATUSES, Service
-from tests.conftest import _test_config, client_as, free_port
+from tests.conftest import client_as, free_port, make_config
 from tests.factories import make_project
 
 SEED_ONE_DAY = ["seed-demo", "--days", "1"]
@@ -61,7 +61,7 @@ def _database_of_its_own(uri: str) -> str:
 def seeded(mongodb_uri, redis_url):
     """One ``seed-demo --days 1`` on an empty database and what it left there."""
     uri = _database_of_its_own(mongodb_uri) if mongodb_uri else None
-    app = create_app(_test_config(uri, redis_url))
+    app = create_app(make_config(uri, redis_url))
     try:
         with app.app_context():
             if uri:
@@ -315,12 +315,7 @@ def test_seed_demo_rejects_a_bad_days_value(app, days):
 def unreachable_app():
     port = free_port()  # nothing listens there
     app = create_app(
-        {
-            "TESTING": True,
-            "MONGODB_MOCK": False,
-            "MONGODB_URI": f"mongodb://127.0.0.1:{port}/polymicro_test",
-            "MONGODB_TIMEOUT_MS": 200,
-        }
+        make_config(f"mongodb://127.0.0.1:{port}/polymicro_test", MONGODB_TIMEOUT_MS=200)
     )
     yield app, port
     close_db()

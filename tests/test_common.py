@@ -12,8 +12,8 @@ import pytest
 
 from polymicro import check_database, create_app
 from polymicro.common.timeutil import format_time, parse_time
-from polymicro.config import TestingConfig, load_config
-from tests.conftest import client_as, free_port
+from polymicro.config import load_config
+from tests.conftest import client_as, free_port, make_config
 
 
 @pytest.mark.parametrize(
@@ -103,11 +103,7 @@ def test_unexpected_error_is_500_without_internals(app):
 def unreachable_app():
     """An app whose database does not answer (a closed local port)."""
     port = free_port()
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config.update(
-        MONGODB_URI=f"mongodb://127.0.0.1:{port}/x", MONGODB_MOCK=False, MONGODB_TIMEOUT_MS=300
-    )
-    app = create_app(config)
+    app = create_app(make_config(f"mongodb://127.0.0.1:{port}/x", MONGODB_TIMEOUT_MS=300))
     yield app
     from polymicro.extensions import close_db
 
@@ -133,13 +129,7 @@ def test_unreachable_database_is_503_with_a_clear_message(unreachable_app, metho
 
 def test_startup_logs_a_readable_message_when_the_database_is_down(caplog):
     port = free_port()
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config.update(
-        MONGODB_URI=f"mongodb://127.0.0.1:{port}/x",
-        MONGODB_MOCK=False,
-        MONGODB_TIMEOUT_MS=200,
-        TESTING=False,
-    )
+    config = make_config(f"mongodb://127.0.0.1:{port}/x", MONGODB_TIMEOUT_MS=200, TESTING=False)
     with caplog.at_level("ERROR"):
         check_database(create_app(config))
     from polymicro.extensions import close_db

@@ -26,7 +26,7 @@ from werkzeug.serving import make_server
 from polymicro import create_app
 from polymicro.docs import _package_dir
 from polymicro.extensions import close_db
-from tests.conftest import _test_config
+from tests.conftest import make_config
 
 SWAGGER_UI = version("flask-swagger-ui")
 REDOC = version("flask-openapi3-redoc")
@@ -160,8 +160,9 @@ def test_the_api_keeps_its_own_csp(client):
 @pytest.fixture
 def cdn_app(mongodb_uri, redis_url):
     """The app configured as before: the assets come from a CDN."""
-    config = _test_config(mongodb_uri, redis_url)
-    config.update(OPENAPI_SWAGGER_UI_URL=CDN_SWAGGER_UI, OPENAPI_REDOC_URL=CDN_REDOC)
+    config = make_config(
+        mongodb_uri, redis_url, OPENAPI_SWAGGER_UI_URL=CDN_SWAGGER_UI, OPENAPI_REDOC_URL=CDN_REDOC
+    )
     yield create_app(config)
     close_db()
 

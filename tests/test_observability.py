@@ -28,9 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import polymicro
 from polymicro import create_app, observability
-from polymicro.config import TestingConfig
 from polymicro.extensions import close_db
-from tests.conftest import free_port
+from tests.conftest import free_port, make_config
 from tests.factories import make_service
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,16 +204,11 @@ def test_logging_is_configured_once_however_many_apps(app, capsys):
     assert len(stderr_lines(capsys)) == 1
 
 
-def app_config(**overrides) -> dict:
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    return {**config, **overrides}
-
-
 def test_many_apps_in_one_process_share_one_handler_and_write_each_line_once(capsys):
     handlers = []
     try:
         for log_format in ("text", "json", "json", "text"):
-            app = create_app(app_config(LOG_FORMAT=log_format))
+            app = create_app(make_config(LOG_FORMAT=log_format))
             app.logger.warning("from app %d", len(handlers))  # Flask's own logger
             handlers.append(app.extensions["polymicro.logging"])
             close_db()
@@ -244,9 +238,9 @@ def test_each_app_configures_logging_once(monkeypatch):
     monkeypatch.setattr(polymicro, "configure_logging", counting)
     monkeypatch.setattr(observability, "configure_logging", counting)
     try:
-        first = create_app(app_config())
+        first = create_app(make_config())
         close_db()
-        second = create_app(app_config())
+        second = create_app(make_config())
     finally:
         close_db()
 
@@ -268,7 +262,7 @@ def test_log_level_applies_to_the_access_line(app, capsys):
 def test_an_unknown_log_format_is_refused_at_start():
     try:
         with pytest.raises(RuntimeError, match="POLYMICRO_LOG_FORMAT"):
-            create_app(app_config(LOG_FORMAT="xml"))
+            create_app(make_config(LOG_FORMAT="xml"))
     finally:
         close_db()
 
@@ -381,7 +375,7 @@ def test_posting_cpu_points_counts_the_points_stored(client, ctx):
 
 
 def test_metrics_can_be_switched_off():
-    app = create_app(app_config(METRICS_ENABLED=False))
+    app = create_app(make_config(METRICS_ENABLED=False))
     try:
         client = app.test_client()
         before = observability.metrics().requests.labels(LIVE, "GET", "200")._value.get()

@@ -8,10 +8,9 @@ import time
 import pytest
 
 from polymicro import __version__, create_app
-from polymicro.config import TestingConfig
 from polymicro.extensions import cache, close_db
 from polymicro.operations import service
-from tests.conftest import free_port
+from tests.conftest import free_port, make_config
 
 HEALTH, LIVE, READY = "/api/health", "/api/health/live", "/api/health/ready"
 PROBE_LIMIT_SECONDS = 1.5  # the brief's bound; the service's own budget is 1 s
@@ -20,9 +19,7 @@ ALL_OK = {"database": "ok", "cache": "ok"}
 
 def _app_on(uri: str):
     """An app on ``uri`` with a patient request timeout (5 s): the probes must not use it."""
-    config = {key: getattr(TestingConfig, key) for key in dir(TestingConfig) if key.isupper()}
-    config.update(MONGODB_URI=uri, MONGODB_MOCK=False, MONGODB_TIMEOUT_MS=5000)
-    return create_app(config)
+    return create_app(make_config(uri))
 
 
 @pytest.fixture

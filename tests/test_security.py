@@ -43,7 +43,7 @@ from polymicro.security import (
     project_scope,
 )
 from polymicro.security.limits import ingest_budget
-from tests.conftest import _empty_database, _test_config, client_as, token_for
+from tests.conftest import _empty_database, client_as, make_config, token_for
 from tests.factories import make_project, make_service
 
 PASSWORD = "correct horse battery"
@@ -59,9 +59,7 @@ def make_app(mongodb_uri, redis_url):
     apps = []
 
     def factory(**settings):
-        config = _test_config(mongodb_uri, redis_url)
-        config.update(settings)
-        app = create_app(config)
+        app = create_app(make_config(mongodb_uri, redis_url, **settings))
         caching.reset_state()
         # One Limiter serves every app of this process: start each one on a live, empty
         # storage (an earlier test may have left the fallback switched on).
