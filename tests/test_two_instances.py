@@ -11,18 +11,29 @@ Redis, started here with the dev launcher (polymicro_dev) and stopped at the end
 - Rate limits are shared: login attempts split across the two instances (and the two
   prefixes) exhaust one budget.
 
-The third promise of the issue, that the background workers (``flask --app polymicro
-worker``, one beside each instance) make each state change once, has no assertion here
-yet: ``polymicro/worker.py`` registers no job so far (``jobs()`` is empty), so there is
-no transition to count.  The first job that changes state should add it here.
+- The background workers (``flask worker``, one started beside each instance, checking
+  every second) make each state change once: services with a 1 s TTL and 1 s of grace
+  go silent after one heartbeat, so each becomes critical and then offline with no
+  request; both workers race for every change, and each change is one transition row,
+  one event and one log line of the one worker that recorded it.  Nothing reads the
+  catalog through the instances meanwhile (a catalog read would record the changes
+  too), so every critical and offline change is a worker's.
 
 Without ``POLYMICRO_TEST_REDIS_URL`` a private redis-server is started; with it, that
-database is used (and flushed).  About 10-20 s, most of it starting the servers.
+database is used (and flushed).  About 20-30 s, most of it starting the servers.
 """
 
 from __future__ import annotations
 
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymongo
 import pytest
+from bson import ObjectId
 
 from polymicro import create_app
 from polymicro.extensions import close_db
@@ -30,22 +41,39 @@ from polymicro_dev import (
     GunicornSettings,
     HttpClient,
     Processes,
+    Server,
     app_env,
     ensure_redis,
     start_gunicorn,
     start_secantus,
+    wait_until,
 )
+from polymicro_dev.processes import venv_exe
 from tests.conftest import TEST_REDIS_URL, make_config, token_for
 
 SECRET = "two-instances-share-this-signing-key-of-48-chars"
 LOGIN_LIMIT = 5
 ROUNDS = 24
 WRONG = {"username": "nobody", "password": "wrong password"}
+# Liveness on a short fuse: the workers check every second, a silent service is critical
+# 2 s after its heartbeat (TTL 1 s + grace 1 s) and offline 2 s after that.
+CHECK_SECONDS = 1
+OFFLINE_AFTER_SECONDS = 2
+SILENT_SERVICES = 12
+CHANGED = "service.liveness_changed"
+
+
+@dataclass
+class Cluster:
+    servers: list[Server]  # the two gunicorn instances
+    workers: list[Server]  # a `flask worker` beside each
+    mongodb_uri: str
 
 
 @pytest.fixture(scope="module")
-def instances(tmp_path_factory):
-    """Two running instances (1 worker x 4 threads each) on one database and one Redis."""
+def cluster(tmp_path_factory):
+    """Two running instances (1 worker x 4 threads each), each with its `flask worker`,
+    on one database and one Redis."""
     workdir = tmp_path_factory.mktemp("two-instances")
     with Processes() as procs:
         database = start_secantus(procs, workdir / "db", workdir, database="polymicro_test")
@@ -60,6 +88,8 @@ def instances(tmp_path_factory):
             POLYMICRO_RATELIMIT_DEFAULT="100000 per minute",
             POLYMICRO_PASSWORD_HASH_TIME_COST="1",
             POLYMICRO_PASSWORD_HASH_MEMORY_KIB="1024",
+            POLYMICRO_LIVENESS_CHECK_SECONDS=str(CHECK_SECONDS),
+            POLYMICRO_HEARTBEAT_OFFLINE_AFTER_SECONDS=str(OFFLINE_AFTER_SECONDS),
         )
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each instance its own (gunicorn.conf.py)
         servers = [
@@ -72,7 +102,33 @@ def instances(tmp_path_factory):
             )
             for name in ("a", "b")
         ]
-        yield servers
+        workers = [start_worker(procs, env, workdir, name) for name in ("a", "b")]
+        yield Cluster(servers, workers, database.uri)
+
+
+def start_worker(procs: Processes, env: dict, workdir: Path, name: str) -> Server:
+    """``flask worker`` beside instance ``name`` (its log at INFO: one line per change it
+    records); returns once it has started its loop."""
+    log_path = workdir / f"worker-{name}.log"
+    argv = [venv_exe("flask"), "--app", "wsgi:app", "worker"]
+    worker_env = {
+        **env,
+        "POLYMICRO_INSTANCE_PATH": str(workdir / f"instance-{name}"),
+        "POLYMICRO_LOG_LEVEL": "INFO",
+    }
+    worker = procs.start(f"worker-{name}", argv, 0, "", log_path, env=worker_env)
+    wait_until(
+        lambda: "worker started" in log_path.read_text(),
+        60,
+        f"worker-{name} to start its loop",
+        server=worker,
+    )
+    return worker
+
+
+@pytest.fixture(scope="module")
+def instances(cluster):
+    return cluster.servers
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +229,60 @@ def test_the_login_limit_is_shared_by_the_instances(instances):
     finally:
         for client in clients:
             client.close()
+
+
+def test_the_workers_beside_the_instances_record_each_liveness_change_once(cluster, admin_headers):
+    a, b = (Instance(server, admin_headers) for server in cluster.servers)
+    mongo = pymongo.MongoClient(cluster.mongodb_uri, serverSelectionTimeoutMS=5000)
+    db = mongo.get_default_database()
+    try:
+        pid = a.call("POST", "/api/v1/projects", {"name": "silent"}, 201).json()["id"]
+        ids = []
+        for i in range(SILENT_SERVICES):
+            through = (a, b)[i % 2]
+            body = {"project_id": pid, "name": f"job-{i}", "heartbeat_ttl": 1, "heartbeat_grace": 1}
+            sid = through.call("POST", "/api/services", body, 201).json()["id"]
+            through.call("POST", f"/api/services/{sid}/heartbeat", {})  # then silence
+            ids.append(sid)
+
+        def rows() -> dict[str, list[dict]]:
+            found = defaultdict(list)
+            query = {"project_id": ObjectId(pid)}
+            for row in db["liveness_transitions"].find(query).sort("version", 1):
+                found[str(row["service_id"])].append(row)
+            return found
+
+        # Polled in the database: a read through an instance would record changes too.
+        wait_until(
+            lambda: all(r and r[-1]["after"] == "offline" for r in map(rows().get, ids)),
+            30,
+            "every silent service to be recorded offline",
+            interval=0.2,
+        )
+        # Two more worker rounds: a second recording of any change would show by then.
+        time.sleep(2.5 * CHECK_SECONDS)
+        for worker in cluster.workers:
+            worker.check_alive()
+
+        transitions = rows()
+        events = defaultdict(list)
+        for event in db["events"].find({"type": CHANGED, "project_id": ObjectId(pid)}):
+            events[str(event["subject"]["id"])].append(event["changes"]["liveness"])
+        path = [(None, "passing"), ("passing", "critical"), ("critical", "offline")]
+        for sid in ids:
+            recorded = [(row["before"], row["after"]) for row in transitions[sid]]
+            assert recorded == path, (sid, recorded)
+            published = sorted(events[sid], key=lambda change: change["version"])
+            assert [(c["before"], c["after"]) for c in published] == path, (sid, published)
+            assert [c["version"] for c in published] == [r["version"] for r in transitions[sid]]
+
+        # Every critical and offline change came from a worker, each from exactly one.
+        lines = {
+            worker.name: re.findall(r"is (critical|offline): ", worker.log_path.read_text())
+            for worker in cluster.workers
+        }
+        assert sum(map(len, lines.values())) == 2 * SILENT_SERVICES, lines
+    finally:
+        mongo.close()
+        a.http.close()
+        b.http.close()
