@@ -77,9 +77,14 @@ def run_parallel(
 
     def send(client: HttpClient, share: Sequence[tuple[str, str, bytes]]) -> None:
         for method, path, body in share:
-            result = client.call(method, path, body, expect=expect)
-            if check is not None:
-                check(result)
+            response = client.request(method, path, body)
+            if response.status != expect:
+                raise DevError(
+                    f"{method} {path} answered {response.status} (wanted {expect}): "
+                    f"{response.body[:500]!r}"
+                )
+            if check is not None:  # decoded only then: a body may not be JSON (OTLP)
+                check(response.json())
 
     try:
         return run_together(
