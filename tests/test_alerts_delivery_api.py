@@ -131,9 +131,12 @@ def test_a_private_url_is_refused_by_default_and_nothing_is_stored(client, hook)
         ({"name": "x", "url": "http://127.0.0.1/", "secret": "nope"}, "secret"),
         ({"name": "x", "url": "http://127.0.0.1/", "project_ids": ["0" * 24]}, "project_ids"),
         ({"name": "x", "url": "http://127.0.0.1/", "project_ids": ["zz"]}, "project_ids"),
-        ({"name": "x", "url": "http://127.0.0.1/", "matchers": {"a-b": "c"}}, "matchers"),
+        ({"name": "x", "url": "http://127.0.0.1/", "matchers": {"a.b": "c"}}, "matchers"),
         ({"name": "x", "url": "http://127.0.0.1/", "matchers": {"a": 1}}, "matchers"),
         ({"name": "x", "url": "http://127.0.0.1/", "enabled": "yes"}, "enabled"),
+        ({"name": "x", "url": "http://u:p@127.0.0.1/"}, "url"),
+        ({"name": "x", "url": "http://127.0.0.1:70000/"}, "url"),
+        ({"name": "x", "url": "http://127.0.0.1/\u00e9"}, "url"),
         ({"name": "x", "url": "http://127.0.0.1/", "colour": "red"}, "colour"),
     ],
 )

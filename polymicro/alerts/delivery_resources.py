@@ -65,6 +65,7 @@ class ReceiverItem(MethodView):
     @blp.arguments(ReceiverUpdateSchema)
     @blp.response(200, ReceiverSchema)
     @blp.alt_response(404, description="No such receiver.")
+    @blp.alt_response(409, description="Another receiver has that name.")
     def put(self, data, receiver_id):
         """Update an alert receiver (partial body accepted)."""
         return delivery.update_receiver(receiver_id, data)
@@ -73,6 +74,7 @@ class ReceiverItem(MethodView):
     @blp.arguments(ReceiverUpdateSchema)
     @blp.response(200, ReceiverSchema)
     @blp.alt_response(404, description="No such receiver.")
+    @blp.alt_response(409, description="Another receiver has that name.")
     def patch(self, data, receiver_id):
         """Update an alert receiver (partial body); `enabled: true` re-enables it."""
         return delivery.update_receiver(receiver_id, data)

@@ -5,14 +5,69 @@ this file; the evaluation half is ``models.py``, ``schemas.py``, ``resources.py`
 
 from __future__ import annotations
 
+import re
+
 from marshmallow import ValidationError, fields, validate, validates
 
 from polymicro.alerts.delivery_models import DELIVERY_STATUSES, MAX_MATCHERS, NAME_LENGTH
-from polymicro.common.fields import HttpUrl, Name, ObjectIdString, Trimmed, UTCDateTime
+from polymicro.common.fields import WS, Name, ObjectIdString, Trimmed, UTCDateTime, ensure_encodable
 from polymicro.common.schemas import BaseQuerySchema, BaseSchema
+from polymicro.logs.schemas import AttributeKey
 from polymicro.services.schemas import StrictBoolean
 
-LABEL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+URL_LENGTH = 2048
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?"
+# http(s)://host[:port][/path][?query]: a DNS name or an IPv4 address (no user info, no
+# IPv6 literal: give such a receiver a name), printable ASCII after it.
+_RECEIVER_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_HOST}(?::{_PORT})?(?:[/?#][!-~]*)?"
+RECEIVER_URL_RE = re.compile(_RECEIVER_URL)
+_B64 = "[A-Za-z0-9+/]"
+# whsec_ + the standard base64 of 24 to 64 bytes (Standard Webhooks' range).
+SECRET_PATTERN = (
+    rf"^whsec_(?:(?:{_B64}{{4}}){{8,20}}(?:{_B64}{{2}}==|{_B64}{{3}}=)?"
+    rf"|(?:{_B64}{{4}}){{21}}(?:{_B64}{{2}}==)?)$"
+)
+SECRET_RE = re.compile(SECRET_PATTERN)
+
+
+class ReceiverUrl(Trimmed):
+    """A receiver's URL: exactly what the pattern in the OpenAPI document allows."""
+
+    default_error_messages = {
+        "invalid_url": "Not a valid receiver URL: http(s)://host[:port][/path], a DNS name "
+        "or an IPv4 address, printable ASCII."
+    }
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("metadata", {})["pattern"] = rf"^[{WS}]*{_RECEIVER_URL}[{WS}]*$"
+        super().__init__(validate=validate.Length(max=URL_LENGTH), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not RECEIVER_URL_RE.fullmatch(text):
+            raise self.make_error("invalid_url")
+        return text
+
+
+class Secret(fields.String):
+    default_error_messages = {
+        "invalid_secret": "Must be whsec_ followed by the standard base64 of 24 to 64 bytes."
+    }
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("metadata", {})["pattern"] = SECRET_PATTERN
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not SECRET_RE.fullmatch(text):
+            raise self.make_error("invalid_secret")
+        return text
+
+
+def _encodable(text: str) -> None:
+    ensure_encodable(text)
 
 
 class ReceiverSchema(BaseSchema):
@@ -22,9 +77,8 @@ class ReceiverSchema(BaseSchema):
         required=True,
         metadata={"description": "Unique (case-insensitive); the payload's `receiver`."},
     )
-    url = HttpUrl(
+    url = ReceiverUrl(
         required=True,
-        validate=validate.Length(max=2048),
         metadata={
             "description": "Where the webhooks are POSTed (http or https). A host that "
             "resolves to a loopback, link-local, private, multicast, reserved or "
@@ -32,10 +86,9 @@ class ReceiverSchema(BaseSchema):
             "is set; redirects are not followed."
         },
     )
-    secret = Trimmed(
+    secret = Secret(
         load_only=True,
         allow_none=True,
-        validate=validate.Length(max=200),
         metadata={
             "description": "The Standard Webhooks signing secret, `whsec_` + base64 of 24 to "
             "64 bytes. Leave it out to have one generated: it is shown once, in the answer "
@@ -48,12 +101,13 @@ class ReceiverSchema(BaseSchema):
         metadata={"description": "The projects whose alerts it gets; empty: every project."},
     )
     matchers = fields.Dict(
-        keys=fields.String(validate=[validate.Length(max=100), validate.Regexp(LABEL_NAME)]),
-        values=fields.String(validate=validate.Length(max=500)),
+        keys=AttributeKey(),
+        values=fields.String(validate=[validate.Length(max=500), _encodable]),
         metadata={
+            "maxProperties": MAX_MATCHERS,
             "description": "Label equality matchers: it gets an alert only when each of "
             "these labels has this value (labels include `alertname`, `project`, "
-            "`service` and the rule's labels). Empty: every alert."
+            "`service` and the rule's labels). Empty: every alert.",
         },
     )
     enabled = StrictBoolean(
@@ -90,7 +144,7 @@ class ReceiverUpdateSchema(ReceiverSchema):
     """PATCH/PUT: any subset.  A new ``secret`` replaces the old one (never shown)."""
 
     name = Name(NAME_LENGTH)
-    url = HttpUrl(validate=validate.Length(max=2048))
+    url = ReceiverUrl()
 
 
 class AttemptSchema(BaseSchema):
