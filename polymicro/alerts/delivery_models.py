@@ -18,7 +18,8 @@ Documents:
   unique: the outbox key of the transition).  ``body`` is the exact JSON that is signed
   and sent, the same on every attempt and redelivery.  ``next_attempt_at`` is when it is
   due; claiming it moves ``next_attempt_at`` to the end of a lease and increments
-  ``version`` (a compare-and-set: two workers never send the same attempt).
+  ``version`` (a compare-and-set: two workers never send the same attempt).  Finished
+  ones are kept ``DELIVERIES_KEEP_DAYS`` (a TTL index on ``done_at``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ DELIVERY_STATUSES = ("pending", "delivered", "failed", "cancelled")
 NAME_LENGTH = 100
 MAX_MATCHERS = 20
 ATTEMPTS_KEPT = 50  # the last attempts of a delivery kept in its log
+# Finished deliveries (delivered, failed, cancelled) are kept this long (TTL index on
+# `done_at`; a pending delivery has none, so it never expires).
+DELIVERIES_KEEP_DAYS = 30
 
 
 class Receiver(TimestampedDocument):
@@ -84,5 +88,6 @@ class Delivery(me.Document):
             {"fields": ["key", "receiver_id"], "unique": True},
             ("status", "next_attempt_at"),
             ("receiver_id", "-created_at"),
+            {"fields": ["done_at"], "expireAfterSeconds": DELIVERIES_KEEP_DAYS * 86400},
         ],
     }
