@@ -269,3 +269,12 @@ def test_deleting_a_receiver_deletes_its_log(app, private_ok, editor, hook, svc)
 def test_the_v1_paths_are_the_same_endpoints(private_ok, client, hook):
     made = create(client, hook)
     assert client.get(f"/api/v1/alert-receivers/{made['id']}").json["name"] == made["name"]
+
+
+def test_flask_worker_once_sends_the_notifications(app, private_ok, editor, hook, svc):
+    create(editor, hook)
+    with app.app_context():
+        enqueue(alert_for(svc))
+    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert len(hook.received) == 1

@@ -427,3 +427,30 @@ def test_a_deleted_receiver_takes_its_log_with_it(manual, hook, svc):
     delivery.delete_receiver(made["id"])
     assert Delivery.objects.count() == 0
     assert Receiver.objects(id=ObjectId(str(made["id"]))).count() == 0
+
+
+def test_https_goes_to_the_checked_address_and_a_tls_failure_is_an_attempt(manual, hook, svc):
+    port = hook.server.server_address[1]
+    delivery.create_receiver({"name": unique("receiver"), "url": f"https://127.0.0.1:{port}/"})
+    enqueue(alert_for(svc))
+    run_worker()
+    (row,) = deliveries()
+    assert row.status == "pending"  # a plain-HTTP server cannot speak TLS: retried
+    assert row.attempts[0].status_code is None
+    assert "SSL" in row.last_error or "ssl" in row.last_error
+
+
+def test_a_round_stops_claiming_after_its_time_budget(manual, hook, svc, monkeypatch):
+    receiver(hook)
+    for _ in range(3):
+        enqueue(alert_for(svc))
+    delivery.fan_out()
+    real_post = delivery.post
+
+    def slow_post(*args):
+        manual.advance(delivery.ROUND_SECONDS)  # as if the receiver took a minute
+        return real_post(*args)
+
+    monkeypatch.setattr(delivery, "post", slow_post)
+    assert delivery.deliver_due() == 2  # the third waits for the next round
+    assert delivery.deliver_due() == 1

@@ -78,7 +78,8 @@ SECRET_BYTES = 24  # generated secrets: 24 random bytes (Standard Webhooks: 24 t
 SECRET_MAX_BYTES = 64
 NEVER = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of an alert still firing
 USER_AGENT = "polymicro-alerts/1"
-LEASE_EXTRA_SECONDS = 60  # a claim lasts the timeout plus this
+LEASE_EXTRA_SECONDS = 60  # a claim lasts twice the timeout plus this
+ROUND_SECONDS = 60  # deliver_due claims no more after this long in one round
 _random = random.SystemRandom()
 
 
@@ -586,7 +587,10 @@ def _finish(delivery: dict, changes: dict, attempt: dict | None = None) -> bool:
 
 
 def deliver_due(limit: int = 50) -> int:
-    """Send every due delivery (up to ``limit``); the number of attempts made."""
+    """Send every due delivery (up to ``limit``, and for at most ``ROUND_SECONDS``: the
+    worker's other jobs wait meanwhile; what is left stays due for the next round); the
+    number of attempts made."""
+    started = clock.monotonic()
     now = clock.now()
     candidates = list(
         Delivery._get_collection()
@@ -599,6 +603,8 @@ def deliver_due(limit: int = 50) -> int:
     )
     sent = 0
     for candidate in candidates:
+        if clock.monotonic() - started > ROUND_SECONDS:
+            break
         delivery = _claim(candidate, now)
         if delivery is None:
             continue  # another worker took it
