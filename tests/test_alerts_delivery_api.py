@@ -278,3 +278,24 @@ def test_flask_worker_once_sends_the_notifications(app, private_ok, editor, hook
     result = app.test_cli_runner().invoke(args=["worker", "--once"])
     assert result.exit_code == 0, result.output
     assert len(hook.received) == 1
+
+
+def test_receiver_changes_are_events_without_the_secret(app, private_ok, editor, hook):
+    made = create(editor, hook)
+    new_secret = "whsec_" + "B" * 32
+    editor.patch(f"{BASE}/{made['id']}", json={"secret": new_secret, "enabled": False})
+    editor.delete(f"{BASE}/{made['id']}")
+    listed = editor.get("/api/events", query_string={"limit": 100}).json
+    events = listed["events"] if isinstance(listed, dict) else listed
+    ours = sorted(
+        (e for e in events if e["type"].startswith("alert_receiver.")), key=lambda e: e["seq"]
+    )
+    types = [e["type"] for e in ours]
+    assert types == [
+        "alert_receiver.created",
+        "alert_receiver.updated",
+        "alert_receiver.deleted",
+    ]
+    text = str(events)
+    assert made["secret"] not in text
+    assert new_secret not in text
