@@ -116,7 +116,7 @@ class Config:
     WEBHOOK_MAX_RESPONSE_BYTES = 65536
     # Retries: full-jitter exponential backoff, the n-th wait drawn in
     # [0, min(MAX, BASE * 2**(n-1))]; a Retry-After answer wins.  A delivery not done
-    # WEBHOOK_RETRY_HOURS after its first attempt is `failed` (redeliver it by hand).
+    # WEBHOOK_RETRY_HOURS after it was created (or redelivered) is `failed` (redeliver it by hand).
     WEBHOOK_RETRY_BASE_SECONDS = 10
     WEBHOOK_RETRY_MAX_SECONDS = 3600
     WEBHOOK_RETRY_HOURS = 24

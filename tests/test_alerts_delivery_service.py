@@ -454,3 +454,13 @@ def test_a_round_stops_claiming_after_its_time_budget(manual, hook, svc, monkeyp
     monkeypatch.setattr(delivery, "post", slow_post)
     assert delivery.deliver_due() == 2  # the third waits for the next round
     assert delivery.deliver_due() == 1
+
+
+def test_a_bad_outbox_row_does_not_hold_up_the_others(manual, hook, svc):
+    receiver(hook)
+    bad = enqueue(alert_for(svc, labels="not a mapping"))
+    enqueue(alert_for(svc))
+    assert delivery.fan_out() == 1
+    assert [row["key"] for row in outbox.pending()] == [bad]  # retried next round
+    assert delivery.deliver_due() == 1
+    assert len(hook.received) == 1

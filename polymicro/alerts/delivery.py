@@ -31,7 +31,7 @@ connection goes to that address: no DNS rebinding between check and use).
 
 Retries: full-jitter exponential backoff (``WEBHOOK_RETRY_BASE_SECONDS`` doubling up to
 ``WEBHOOK_RETRY_MAX_SECONDS``), a ``Retry-After`` answer (seconds or an HTTP date)
-wins; ``WEBHOOK_RETRY_HOURS`` after the first attempt the delivery is ``failed``.  2xx
+wins; ``WEBHOOK_RETRY_HOURS`` after it was created (or redelivered) the delivery is ``failed``.  2xx
 is ``delivered``; ``410 Gone`` fails it and disables the receiver (it shows why).
 """
 
@@ -414,45 +414,55 @@ def fan_out(limit: int = 500) -> int:
     if not rows:
         return 0
     receivers = list(Receiver._get_collection().find({"enabled": True}))
-    collection = Delivery._get_collection()
+    done = 0
     for row in rows:
-        alert = row["alert"]
-        project_id = row["project_id"]
-        labels = alert_labels(alert)
-        now = clock.now()
-        for receiver in receivers:
-            if not matches(receiver, project_id, labels):
-                continue
-            body = json.dumps(
-                payload(alert, row["status"], receiver["name"], labels),
-                separators=(",", ":"),
-                ensure_ascii=False,
-            )
-            document = {
-                "key": row["key"],
-                "receiver_id": receiver["_id"],
-                "project_id": project_id,
-                "alert_id": str(alert.get("id") or ""),
-                "alertname": labels["alertname"],
-                "alert_status": row["status"],
-                "body": body,
-                "status": "pending",
-                "version": 1,
-                "created_at": now,
-                "retry_from": now,
-                "next_attempt_at": now,
-                "attempt_count": 0,
-                "attempts": [],
-            }
-            # A racing upsert by another worker may hit the unique index: it won.
-            with contextlib.suppress(DuplicateKeyError):
-                collection.update_one(
-                    {"key": row["key"], "receiver_id": receiver["_id"]},
-                    {"$setOnInsert": document},
-                    upsert=True,
-                )
+        try:
+            _fan_out_row(row, receivers)
+        except Exception:  # one bad row must not hold up the others
+            log.exception("outbox row %s could not be fanned out; retried next round", row["key"])
+            continue
         outbox.mark_fanned_out(row["key"])
-    return len(rows)
+        done += 1
+    return done
+
+
+def _fan_out_row(row: dict, receivers: list[dict]) -> None:
+    collection = Delivery._get_collection()
+    alert = row["alert"]
+    project_id = row["project_id"]
+    labels = alert_labels(alert)
+    now = clock.now()
+    for receiver in receivers:
+        if not matches(receiver, project_id, labels):
+            continue
+        body = json.dumps(
+            payload(alert, row["status"], receiver["name"], labels),
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        document = {
+            "key": row["key"],
+            "receiver_id": receiver["_id"],
+            "project_id": project_id,
+            "alert_id": str(alert.get("id") or ""),
+            "alertname": labels["alertname"],
+            "alert_status": row["status"],
+            "body": body,
+            "status": "pending",
+            "version": 1,
+            "created_at": now,
+            "retry_from": now,
+            "next_attempt_at": now,
+            "attempt_count": 0,
+            "attempts": [],
+        }
+        # A racing upsert by another worker may hit the unique index: it won.
+        with contextlib.suppress(DuplicateKeyError):
+            collection.update_one(
+                {"key": row["key"], "receiver_id": receiver["_id"]},
+                {"$setOnInsert": document},
+                upsert=True,
+            )
 
 
 # --- worker job: sending -----------------------------------------------------------------
@@ -608,8 +618,10 @@ def deliver_due(limit: int = 50) -> int:
         delivery = _claim(candidate, now)
         if delivery is None:
             continue  # another worker took it
-        if attempt(delivery):
-            sent += 1
+        try:
+            sent += attempt(delivery)
+        except Exception:  # leased: retried when the lease ends; the others go on
+            log.exception("delivery %s failed unexpectedly", delivery["_id"])
     return sent
 
 
