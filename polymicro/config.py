@@ -105,6 +105,26 @@ class Config:
     # until one interval (TTL + grace) after the recovery.  Keep it well above
     # LIVENESS_CHECK_SECONDS.
     LIVENESS_OUTAGE_SECONDS = 30
+    # --- alert webhooks (issue 13: receivers, deliveries) -------------------------------
+    # Receiver URLs that resolve to loopback, link-local, private, multicast, reserved or
+    # unspecified addresses are refused (at creation and again at each delivery) unless
+    # true.  Tests and the compose example set it.
+    WEBHOOK_ALLOW_PRIVATE = False
+    # How long one delivery attempt may take (connect, send, read), seconds.
+    WEBHOOK_TIMEOUT_SECONDS = 10
+    # At most this many bytes of a receiver's response are read (the rest is dropped).
+    WEBHOOK_MAX_RESPONSE_BYTES = 65536
+    # Retries: full-jitter exponential backoff, the n-th wait drawn in
+    # [0, min(MAX, BASE * 2**(n-1))]; a Retry-After answer wins.  A delivery not done
+    # WEBHOOK_RETRY_HOURS after it was created (or redelivered) is `failed` (redeliver it by hand).
+    WEBHOOK_RETRY_BASE_SECONDS = 10
+    WEBHOOK_RETRY_MAX_SECONDS = 3600
+    WEBHOOK_RETRY_HOURS = 24
+    # How often the worker fans the outbox out to receivers and sends due deliveries.
+    WEBHOOK_CHECK_SECONDS = 5
+    # The address of this polymicro as receivers should see it: the payload's
+    # externalURL and the base of each alert's generatorURL (no request to take it from).
+    EXTERNAL_URL = "http://127.0.0.1:8000"
     # --- database -------------------------------------------------------------------
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from polymicro.alerts import delivery as alert_delivery
+from polymicro.alerts.delivery_models import Delivery
 from polymicro.auth import service as auth
 from polymicro.common.timeutil import utcnow
 from polymicro.logs import service as logs
@@ -24,6 +26,7 @@ VERSIONS = ("/api", "/api/v1")  # every route answers under both
 RANK = {"viewer": 0, "editor": 1, "admin": 2}
 
 LOG = {"severity": "info", "message": "hello"}
+HOOK = "http://8.8.8.8/hook"  # a public address: no DNS, and nothing is sent here
 
 # (method, path, body, minimum role, API keys allowed, success status)
 ENDPOINTS = [
@@ -80,6 +83,14 @@ ENDPOINTS = [
     ("POST", "/api/services/{sid}/heartbeat/start", {"run_id": "r1"}, "editor", True, 200),
     ("POST", "/api/services/{sid}/heartbeat/fail", {"note": "exit 1"}, "editor", True, 200),
     ("GET", "/api/services/{sid}/liveness", None, "viewer", False, 200),
+    ("GET", "/api/alert-receivers", None, "viewer", False, 200),
+    ("POST", "/api/alert-receivers", {"name": "new", "url": HOOK}, "editor", False, 201),
+    ("GET", "/api/alert-receivers/{rid}", None, "viewer", False, 200),
+    ("PUT", "/api/alert-receivers/{rid}", {"enabled": False}, "editor", False, 200),
+    ("PATCH", "/api/alert-receivers/{rid}", {"enabled": False}, "editor", False, 200),
+    ("DELETE", "/api/alert-receivers/{rid}", None, "editor", False, 204),
+    ("GET", "/api/alert-receivers/{rid}/deliveries", None, "viewer", False, 200),
+    ("POST", "/api/alert-receivers/{rid}/deliveries/{did}/redeliver", None, "editor", False, 202),
 ]
 
 # Routes with their own rules, tested below and in test_auth_api.py.
@@ -115,6 +126,20 @@ def world(ctx):
         {"username": "target", "email": "t@example.com", "password": "password1"}, by_admin=True
     )
     key = auth.create_api_key(project.id, "ingest", "admin")
+    receiver = alert_delivery.create_receiver({"name": "pager", "url": HOOK})
+    now = utcnow()
+    sent = Delivery(
+        key="alert:1",
+        receiver_id=receiver["id"],
+        project_id=project.id,
+        alert_status="firing",
+        body="{}",
+        status="failed",
+        created_at=now,
+        retry_from=now,
+        next_attempt_at=now,
+    )
+    sent.save()
     return {
         "ids": {
             "pid": str(project.id),
@@ -123,6 +148,8 @@ def world(ctx):
             "lid": str(entry.id),
             "uid": str(target["id"]),
             "kid": str(key["id"]),
+            "rid": str(receiver["id"]),
+            "did": str(sent.id),
         },
         "users": users,
         "key": key["key"],

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from polymicro.alerts import delivery as alert_delivery
 from polymicro.auth import service as auth
 from polymicro.common import caching, clock
 from polymicro.liveness import service as liveness
@@ -28,7 +29,7 @@ from polymicro.services import service as services
 from tests.factories import make_project, make_service
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE_MODULES = (projects, services, logs, metrics, auth, liveness)
+SERVICE_MODULES = (projects, services, logs, metrics, auth, liveness, alert_delivery)
 
 # Writes that change nothing any cached read returns (so they bump nothing), and why.
 UNCACHED_WRITES = {
@@ -39,6 +40,15 @@ UNCACHED_WRITES = {
     "auth.authenticate": "users are never cached (a login may rehash the password)",
     "liveness.on_services_deleting": "the liveness of services being deleted; their "
     "deletion bumps the catalog",
+    # Alert receivers and deliveries (polymicro/alerts/delivery.py) are never cached:
+    # every read goes to the database (an admin's view of a delivery log must be exact).
+    "alerts.create_receiver": "alert receivers are never cached",
+    "alerts.update_receiver": "alert receivers are never cached",
+    "alerts.delete_receiver": "alert receivers and deliveries are never cached",
+    "alerts.disable_receiver": "alert receivers are never cached",
+    "alerts.fan_out": "alert deliveries (and the outbox) are never cached",
+    "alerts.attempt": "alert deliveries are never cached",
+    "alerts.redeliver": "alert deliveries are never cached",
 }
 # Calls that write to the database.
 WRITE_CALLS = {

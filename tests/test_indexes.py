@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 from bson import ObjectId
 
+from polymicro.alerts.delivery_models import Delivery, Receiver
 from polymicro.logs import service as logs
 from polymicro.logs.models import LogEntry
 from polymicro.metrics.models import CpuMetric, CpuPoint
@@ -42,6 +43,9 @@ CASES = [
     (CpuMetric, {"service_key": "api"}, None, "service_key"),
     (CpuMetric, {"service_id": OID}, None, "service_id"),
     (CpuPoint, {"metric_id": OID, "time": {"$gte": T0}}, [("time", -1)], "metric_id"),
+    (Receiver, {}, [("name_key", 1)], "name_key"),
+    (Delivery, {"receiver_id": OID}, [("created_at", -1)], "receiver_id"),
+    (Delivery, {"status": "pending", "next_attempt_at": {"$lte": T0}}, None, "status"),
 ]
 
 
