@@ -351,3 +351,28 @@ class _gunicorn:
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def test_every_key_the_openapi_pattern_allows_is_accepted(client):
+    """The fuzz run sends any value the documented schema allows (it once sent blanks,
+    which strip to nothing): each must parse, and the refused examples must not match."""
+    import re
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    paths = client.get("/openapi.json").json["paths"]
+    (parameter,) = [
+        p for p in paths["/api/logs/batch"]["post"]["parameters"] if p["name"] == "Idempotency-Key"
+    ]
+    pattern = parameter["schema"]["pattern"]
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.from_regex(pattern, fullmatch=True).filter(lambda v: "\n" not in v))
+    def accepted(value):
+        assert len(value) <= parameter["schema"]["maxLength"]
+        assert idempotency.parse_key(value)
+
+    accepted()
+    for refused in ["", " ", "   ", "x" * 256, "clé", '"unterminated', '""']:
+        assert not re.match(pattern, refused), refused

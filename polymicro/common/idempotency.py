@@ -51,6 +51,14 @@ from polymicro.errors import Conflict, InvalidInput
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
+# What parse_key accepts, for the OpenAPI document: a bare key (printable ASCII, no
+# space at either end, not starting with a quote) or a quoted one (a structured-field
+# string; the pattern leaves out escapes, which are accepted too).  A generated value
+# that matches is never refused (the fuzz run sent "   ", which strips to nothing).
+KEY_PATTERN = (
+    r"^(?:[!#-~](?:[ -~]{0," + str(MAX_KEY_LENGTH - 2) + r"}[!-~])?"
+    r'|"[ !#-\[\]-~]{1,' + str(MAX_KEY_LENGTH) + r'}")$'
+)
 LEASE_SECONDS = 60  # longer than gunicorn's 30 s timeout: a live request keeps its claim
 IN_FLIGHT, DONE = "in_flight", "done"
 KEPT_HEADERS = ("Content-Type", "Location")
@@ -256,7 +264,7 @@ def idempotent(func):
             "name": HEADER,
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+            "schema": {"type": "string", "pattern": KEY_PATTERN, "maxLength": MAX_KEY_LENGTH + 2},
             "description": "Makes a retry safe: the same key with the same request within "
             "24 hours gets the first answer again (header `Idempotent-Replayed: true`) and "
             "stores nothing twice; with a different request, 422; while the first is still "
