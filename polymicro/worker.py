@@ -41,10 +41,12 @@ def jobs(app: Flask) -> list[Job]:
 
     Each domain that has periodic work contributes its jobs here (one line each).
     """
+    from polymicro.common import retention
     from polymicro.liveness import service as liveness
 
     found: list[Job] = [
         Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
+        Job("retention", in_context(app, retention.sweep), app.config["RETENTION_SWEEP_SECONDS"]),
     ]
     return found
 
