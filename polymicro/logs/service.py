@@ -32,7 +32,15 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-LOGS = caching.Namespace("logs", scope="project_id", unscoped=True, bounded_staleness=True)
+# Lists hide what retention no longer keeps (see RETENTION below): that moves with the
+# time and the project's override, so it is part of every cached list's key.
+LOGS = caching.Namespace(
+    "logs",
+    scope="project_id",
+    unscoped=True,
+    bounded_staleness=True,
+    salt=lambda project_id: retention.visible(RETENTION, project_id),
+)
 
 _signals = Signals()
 entries_stored = _signals.signal(

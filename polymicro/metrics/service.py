@@ -47,7 +47,15 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False, bounded_staleness=True)
+# Points past the retention horizon are hidden; the horizon (it moves with the time and
+# the project's override) is part of every cached read's key.
+METRICS = caching.Namespace(
+    "metrics",
+    scope="project_id",
+    unscoped=False,
+    bounded_staleness=True,
+    salt=lambda project_id: retention.horizon(RETENTION, project_id),
+)
 
 _signals = Signals()
 points_stored = _signals.signal(
