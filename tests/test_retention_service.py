@@ -323,3 +323,41 @@ def test_starting_again_with_another_setting_changes_the_index_in_place(wire_db)
         retention.ensure_applied()
         assert ttl_days(logs.RETENTION) is None
         _empty_database()
+
+
+def test_the_answer_is_the_same_before_and_after_the_rows_are_deleted(ctx, manual):
+    short, other = make_service(), make_service()
+    aged_logs(short, manual, [0, 3, 6.5])
+    aged_logs(other, manual, [0, 3, 6.5])
+    projects.update_project(short.project_id, {"retention": {"logs_days": 2}})
+    manual.advance(DAY)
+
+    def answers():
+        return (
+            listed(),
+            listed(project_id=short.project_id),
+            listed(project_id=other.project_id),
+            logs.list_logs().count(),
+        )
+
+    before = answers()
+    assert before == (["age 0", "age 0", "age 3"], ["age 0"], ["age 0", "age 3"], 3)
+    assert stored_logs() == 6
+    retention.sweep()  # deletes what the override hides
+    LogEntry._get_collection().drop_index(logs.RETENTION.index_name)
+    manual.advance(1)
+    retention.sweep()  # and the backstop what the global setting hides
+    assert stored_logs() == 3
+    assert answers() == before
+
+
+def test_the_worker_runs_the_sweep(ctx, manual):
+    from polymicro import worker
+
+    svc = make_service()
+    aged_logs(svc, manual, [0, 3])
+    projects.update_project(svc.project_id, {"retention": {"logs_days": 1}})
+    job = next(job for job in worker.jobs(ctx) if job.name == "retention")
+    assert job.every == ctx.config["RETENTION_SWEEP_SECONDS"]
+    assert worker.serve(ctx, once=True) == 0
+    assert stored_logs() == 1
