@@ -91,7 +91,7 @@ def test_an_editor_shortens_a_projects_logs_and_reads_follow_at_once(app, svc, m
     overrides = {e["kind"]: e for e in client_as(app).get("/api/retention").json["kinds"]}
     assert overrides["logs"]["overrides"][0]["project_id"] == str(svc.project_id)
     assert overrides["logs"]["overrides"][0]["effective_days"] == 2
-    cleared = editor.patch(path, json={"retention": None})
+    cleared = editor.patch(path, json={"retention": {}})
     assert cleared.json["retention"] == {}
     assert messages(editor) == ["age 0", "age 3"]
 
@@ -122,6 +122,7 @@ def test_a_viewer_cannot_set_an_override(app, svc):
         {"logs_days": 36501},
         "7",
         [7],
+        None,
     ],
 )
 def test_a_bad_override_is_a_422_and_changes_nothing(client, svc, retention):

@@ -65,12 +65,13 @@ class ProjectSchema(BaseSchema):
         metadata={"description": "Kept for the dashboard; never used to touch the host."},
     )
     tests_dir_path = Trimmed(validate=validate.Length(max=1024))
+    # Not nullable: apispec documents a nullable Nested as "any object or null", which
+    # would promise that unknown keys are accepted.  {} (or null values) clears it.
     retention = fields.Nested(
         ProjectRetentionSchema,
-        allow_none=True,
         metadata={
-            "description": "Shorter retention for this project's logs and points; null or {} "
-            "clears it (editors set it)."
+            "description": "Shorter retention for this project's logs and points (editors "
+            "set it); {} clears it, a key left out or null follows the global setting."
         },
     )
     microservices = fields.List(fields.Nested(MicroserviceSchema), dump_only=True)
