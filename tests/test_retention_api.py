@@ -152,6 +152,8 @@ def test_log_and_point_reads_follow_the_horizon(client, svc, manual):
     assert messages(client) == ["age 0", "age 3"]
     manual.advance(4.5 * DAY)
     assert messages(client) == ["age 0"]
+    assert messages(client, "/api/logs?q=AGE") == ["age 0"]  # with another raw filter
+    assert messages(client, f"/api/logs/service/{svc.id}?min_severity=info") == ["age 0"]
     data = client.get(f"/api/metrics/cpu/{metric['id']}").json["data"]
     assert [p["load"] for p in data] == [0.0]
     series = client.get(

@@ -361,3 +361,12 @@ def test_the_worker_runs_the_sweep(ctx, manual):
     assert job.every == ctx.config["RETENTION_SWEEP_SECONDS"]
     assert worker.serve(ctx, once=True) == 0
     assert stored_logs() == 1
+
+
+def test_status_does_not_sort_a_kind_without_an_index_on_its_time(ctx, manual):
+    ctx.config["RETENTION_POINTS_DAYS"] = 0  # kept forever: no TTL index on cpu_points.time
+    make_metric(make_service(), points=[{"time": manual.now(), "load": 1.0}])
+    entry = {e["kind"]: e for e in retention.status()}["points"]
+    assert entry["index_days"] is None
+    assert entry["oldest"] is None  # unknown rather than a read of the whole collection
+    assert entry["behind"] is False

@@ -372,7 +372,12 @@ def status() -> list[dict]:
         collection = kind.collection()
         setting = days(kind)
         cut = _cut(setting) if setting else None
-        oldest = _oldest(collection, kind.time_field)
+        # Only where an index leads with the time field (the TTL index, the logs' own):
+        # /metrics asks at every scrape, and a sort without one reads the collection.
+        indexed = any(
+            spec["key"][0][0] == kind.time_field for spec in collection.index_information().values()
+        )
+        oldest = _oldest(collection, kind.time_field) if indexed else None
         entry = {
             "kind": kind.name,
             "setting": f"POLYMICRO_{kind.setting}",

@@ -54,7 +54,11 @@ class RetentionKindSchema(Schema):
         metadata={"description": "Rows older than this are not shown; null: kept forever."},
     )
     oldest = UTCDateTime(
-        allow_none=True, metadata={"description": "The oldest stored row; null: none."}
+        allow_none=True,
+        metadata={
+            "description": "The oldest stored row; null: none, or no index on the time "
+            "field to find it cheaply (a kind kept forever has no TTL index)."
+        },
     )
     behind = fields.Boolean(
         metadata={
