@@ -370,3 +370,63 @@ def test_status_does_not_sort_a_kind_without_an_index_on_its_time(ctx, manual):
     assert entry["index_days"] is None
     assert entry["oldest"] is None  # unknown rather than a read of the whole collection
     assert entry["behind"] is False
+
+
+def test_writes_go_on_while_the_sweep_deletes_in_batches(wire_db, capsys):
+    """On SecantusDB: a sweep of 5,000 rows in batches of 500 while another thread
+    stores log entries one by one; the writer is never held until the sweep ends."""
+    import threading
+    import time
+
+    app = wire_db(RETENTION_LOGS_DAYS=30, RETENTION_SWEEP_BATCH=500)
+    caching.reset_state()
+    with app.app_context():
+        _empty_database()
+        svc = make_service()
+        projects.update_project(svc.project_id, {"retention": {"logs_days": 1}})
+        old = clock.now() - timedelta(days=2)
+        rows = [
+            {
+                "project_id": svc.project_id,
+                "service_id": svc.id,
+                "severity": "info",
+                "level": 1,
+                "message": f"old {i}",
+                "timestamp": old,
+            }
+            for i in range(5_000)
+        ]
+        LogEntry._get_collection().insert_many(rows)
+        done = threading.Event()
+        written_during = []
+
+        def writer():
+            with app.app_context():
+                while not done.is_set():
+                    logs.create_log(
+                        {
+                            "project_id": svc.project_id,
+                            "service_id": svc.id,
+                            "severity": "info",
+                            "message": "new",
+                        }
+                    )
+                    if not done.is_set():
+                        written_during.append(1)
+
+        thread = threading.Thread(target=writer)
+        started = time.perf_counter()
+        thread.start()
+        deleted = retention.sweep()["logs"]
+        elapsed = time.perf_counter() - started
+        done.set()
+        thread.join(10)
+        assert deleted == 5_000
+        assert len(written_during) > 0  # stored while the sweep was running
+        assert LogEntry._get_collection().count_documents({"message": "new"}) >= len(written_during)
+        with capsys.disabled():
+            print(
+                f"\nsweep: {deleted} rows in {elapsed:.2f} s ({deleted / elapsed:,.0f} rows/s), "
+                f"{len(written_during)} single writes meanwhile"
+            )
+        _empty_database()

@@ -49,6 +49,7 @@ entries_stored = _signals.signal(
 )
 
 ORDER = ("-timestamp", "-id")
+IMMUTABLE = ("project_id", "service_id")
 
 # Retention of log entries (POLYMICRO_RETENTION_LOGS_DAYS, a project's
 # ``retention.logs_days``); registered in polymicro/domains.py.
@@ -60,7 +61,6 @@ RETENTION = retention.Kind(
     override="logs_days",
     project_scope=lambda project_id: {"project_id": project_id},
 )
-IMMUTABLE = ("project_id", "service_id")
 
 
 def _rows(rows: list[dict]) -> list[dict]:
