@@ -18,6 +18,7 @@ from polymicro import demo
 from polymicro.auth import service as auth
 from polymicro.auth.models import User
 from polymicro.events.cli import events_cli
+from polymicro.operations.cli import retention_cli
 
 DEMO_ADMIN = "admin"
 CREDENTIALS_FILE = "demo-admin.txt"  # in the instance folder, readable by its owner only
@@ -31,6 +32,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(create_admin_command)
     app.cli.add_command(worker_command)
     app.cli.add_command(events_cli)
+    app.cli.add_command(retention_cli)
 
 
 def _progressbar(items: list[demo.ServiceWork]):

@@ -62,10 +62,23 @@ class Config:
     # outside are rejected one by one.
     INGEST_MAX_AGE_HOURS = 168
     INGEST_MAX_FUTURE_MINUTES = 10
-    # --- events and live streams (issue 11) ------------------------------------------
-    # Days an event is kept (a TTL index on `time`, and reads hide older ones at once);
-    # 0 keeps events forever.  `flask events export --until …` saves them first.
+    # --- retention (issue 14) ---------------------------------------------------------
+    # Days each kind is kept: a TTL index on its time field (changed at start-up with
+    # collMod), and reads hide older rows at once.  0 keeps it forever (drops the TTL
+    # index).  A project may shorten logs and points (`retention` on the project).
+    RETENTION_LOGS_DAYS = 30
+    RETENTION_POINTS_DAYS = 30  # raw points; the rollups keep their own, longer
+    # Days an event is kept; `flask events export --until …` saves them first.
     RETENTION_EVENTS_DAYS = 90
+    # The worker's sweep (per-project overrides; the backstop where a TTL index is
+    # missing): how often, rows per delete, and delete batches per project and kind per run.
+    RETENTION_SWEEP_SECONDS = 300
+    RETENTION_SWEEP_BATCH = 1000
+    RETENTION_SWEEP_MAX_BATCHES = 100
+    # /api/retention and /metrics say `behind` when rows older than the horizon plus this
+    # are still stored (the TTL monitor runs every 60 s, the sweep every few minutes).
+    RETENTION_BEHIND_MARGIN_MINUTES = 30
+    # --- events and live streams (issue 11) ------------------------------------------
     # A missing `seq` younger than this is a writer still committing: readers stop
     # before it.  Older, it is declared a hole (an aborted writer) and skipped.
     EVENTS_SETTLE_SECONDS = 5
@@ -191,6 +204,9 @@ class TestingConfig(Config):
     MONGODB_MOCK = True
     MONGODB_TIMEOUT_MS = 1000
     CACHE_DEFAULT_TIMEOUT = 300
+    # Existing tests store entries of any age; the retention tests set these.
+    RETENTION_LOGS_DAYS = 0
+    RETENTION_POINTS_DAYS = 0
 
 
 def _coerce(default: Any, raw: str) -> Any:

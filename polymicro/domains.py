@@ -34,6 +34,10 @@ twice is a no-op in blinker).
   ``status``, ``health`` and ``liveness`` filters match what the views show.
 - ``logs.entries_stored`` and ``metrics.points_stored`` → ``liveness.on_ingest``:
   stored logs and points are heartbeats of the services that opt in.
+
+Retention (``polymicro/common/retention.py``) is not a way up but a registry: each
+kind of data with a retention is registered here, one line each, and the projects
+domain answers which projects shorten it (their ``retention`` object).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from __future__ import annotations
 
 def connect() -> None:
     from polymicro.auth import service as auth
+    from polymicro.common import retention
+    from polymicro.events import service as events
     from polymicro.liveness import service as liveness
     from polymicro.logs import service as logs
     from polymicro.metrics import service as metrics
@@ -58,3 +64,8 @@ def connect() -> None:
     services.service_view_filters.connect(liveness.filter_service_views)
     logs.entries_stored.connect(liveness.on_ingest)
     metrics.points_stored.connect(liveness.on_ingest)
+
+    retention.register(logs.RETENTION)
+    retention.register(metrics.RETENTION)
+    retention.register(events.RETENTION)
+    retention.set_override_source(projects.retention_overrides)

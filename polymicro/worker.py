@@ -42,6 +42,7 @@ def jobs(app: Flask) -> list[Job]:
     Each domain that has periodic work contributes its jobs here (one line each).
     """
     from polymicro.alerts import delivery
+    from polymicro.common import retention
     from polymicro.liveness import service as liveness
 
     webhooks_every = app.config["WEBHOOK_CHECK_SECONDS"]
@@ -49,6 +50,7 @@ def jobs(app: Flask) -> list[Job]:
         Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
         Job("webhook-fan-out", in_context(app, delivery.fan_out), webhooks_every),
         Job("webhook-deliver", in_context(app, delivery.deliver_due), webhooks_every),
+        Job("retention", in_context(app, retention.sweep), app.config["RETENTION_SWEEP_SECONDS"]),
     ]
     return found
 

@@ -11,7 +11,8 @@ the built-in checks find is kept:
    message is listed in ``CONTRACT_RULES``): a ``project_id``/``service_id`` that names
    no stored document ("must name an existing project (else 422)"), a service or log
    moved to another project, ``since`` after ``until``, both ``after`` and ``before``
-   on the events cursor, a series window of more than
+   on the events cursor, a project retention override longer than the global
+   retention setting (depends on the server's settings), a series window of more than
    10,000 buckets, a log attribute key that is empty, too long, starts with ``$`` or
    holds ``.`` or NUL (OpenAPI 3.0 has no ``propertyNames``; the field's description
    states the rule).  A 422 that names any other problem is still a finding.
@@ -68,6 +69,7 @@ CONTRACT_RULES = [
         r"^A key is 1-64 characters\.$",
         r"^A key must not start with '\$' or contain '\.' or NUL\.$",
         r"^Use either `after` or `before`\.$",
+        r"^At most \d+ days \(the global retention\)\.$",
     )
 ]
 

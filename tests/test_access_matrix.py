@@ -72,6 +72,7 @@ ENDPOINTS = [
     ("PUT", "/api/auth/me", {"email": "changed@example.com"}, "viewer", False, 200),
     ("GET", "/api/auth/users", None, "admin", False, 200),
     ("PATCH", "/api/auth/users/{uid}", {"role": "editor"}, "admin", False, 200),
+    ("GET", "/api/retention", None, "admin", False, 200),
     ("GET", "/api/projects/{pid}/keys", None, "editor", False, 200),
     ("POST", "/api/projects/{pid}/keys", {"name": "ci"}, "editor", False, 201),
     ("DELETE", "/api/projects/{pid}/keys/{kid}", None, "editor", False, 204),

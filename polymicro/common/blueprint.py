@@ -97,11 +97,13 @@ class Blueprint(flask_smorest.Blueprint):
         def decorator(func):
             @wraps(func)
             def wrapper(*args, **kwargs):
-                namespace = declared.key(_scope_value(declared.scope, kwargs))
+                scope = _scope_value(declared.scope, kwargs)
+                namespace = declared.key(scope)
                 key = caching.make_key(
                     "response",
                     unversioned_path(request.path).rstrip("/"),
                     sorted(request.args.items(multi=True)),
+                    declared.salt(scope) if declared.salt else None,
                 )
                 gzip_ok = not etag and request.accept_encodings["gzip"] > 0
                 variant = f"{key}:gzip" if gzip_ok else key

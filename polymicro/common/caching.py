@@ -633,6 +633,11 @@ class Namespace:
     the service function it serves, so resources never choose one.  :func:`table` lists
     every namespace with its reads and writes (the README shows it, and a test keeps the
     two equal); the tests check that each declared write bumps its namespace.
+
+    ``salt(scope_value)`` (optional) returns what else a read of the namespace depends on
+    besides writes to it (the retention horizon: it moves with the time and with a
+    project's override); the response cache puts it in its keys, as the service reads
+    put it in theirs.
     """
 
     def __init__(
@@ -642,7 +647,9 @@ class Namespace:
         scope: str | None = None,
         unscoped: bool = True,
         bounded_staleness: bool = False,
+        salt: Callable[[Any], Any] | None = None,
     ):
+        self.salt = salt
         self.name = name
         self.scope = scope
         self.unscoped = unscoped

@@ -54,9 +54,9 @@ from bson import ObjectId
 from flask import current_app, g, has_request_context, request
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
-from polymicro.common import clock
+from polymicro.common import clock, retention
 from polymicro.common.timeutil import format_time
 from polymicro.errors import DomainError, InvalidInput
 from polymicro.events.models import DEFAULT_LIMIT, HOLE, MAX_LIMIT, Event, EventCounter
@@ -66,7 +66,6 @@ COUNTER_ID = "events"
 SETTLE_SCAN = 1000  # unsettled rows looked at per read (the tail is usually empty)
 PUBLISH_ATTEMPTS = 10  # a writer loses its number only when it is slower than the settle time
 TTL_INDEX = "time_ttl"
-_TTL_FLAG = "_polymicro_events_ttl"  # remembered on the client: the retention it has
 # Never copied into an event, whatever a caller passes.
 SECRET_FIELDS = frozenset(
     {"password", "password_hash", "current_password", "key", "key_hash", "secret", "token"}
@@ -221,14 +220,21 @@ def _allocate() -> int:
 
 
 def _events() -> Collection:
-    """The events collection, with the TTL index of the configured retention."""
-    collection = Event._get_collection()
-    days = retention_days()
-    client = collection.database.client
-    if client.__dict__.get(_TTL_FLAG) != days:
-        ensure_retention(collection, days)
-        client.__dict__[_TTL_FLAG] = days
-    return collection
+    """The events collection (its TTL index follows the retention setting: the first use
+    in a process applies it, see ``polymicro.common.retention``)."""
+    retention.ensure_applied()
+    return Event._get_collection()
+
+
+# The retention of events (POLYMICRO_RETENTION_EVENTS_DAYS); registered in
+# polymicro/domains.py.  The index keeps the name it had before the registry.
+RETENTION = retention.Kind(
+    "events",
+    lambda: Event._get_collection(),
+    "time",
+    "RETENTION_EVENTS_DAYS",
+    index_name=TTL_INDEX,
+)
 
 
 def retention_days() -> int:
@@ -236,25 +242,14 @@ def retention_days() -> int:
 
 
 def ensure_retention(collection: Collection, days: int) -> None:
-    """Make the TTL index on ``time`` match ``days`` (none when 0).
-
-    A changed retention drops and recreates the index (``collMod`` would keep it, but
-    mongomock has no ``collMod``); meanwhile nothing expires, which is harmless.
-    """
-    current = collection.index_information().get(TTL_INDEX)
-    seconds = days * 86400
-    if current is not None and (days == 0 or current.get("expireAfterSeconds") != seconds):
-        with contextlib.suppress(OperationFailure):  # another process dropped it first
-            collection.drop_index(TTL_INDEX)
-        current = None
-    if days > 0 and current is None:
-        collection.create_index("time", name=TTL_INDEX, expireAfterSeconds=seconds)
+    """Make the TTL index on ``time`` match ``days`` (none when 0): ``collMod`` where
+    the database has it, else dropped and made again (mongomock)."""
+    retention.apply_ttl(collection, "time", TTL_INDEX, days)
 
 
 def horizon() -> datetime | None:
-    """Events older than this are no longer kept (None: kept forever)."""
-    days = retention_days()
-    return clock.now() - timedelta(days=days) if days else None
+    """Events older than this are no longer shown (None: kept forever)."""
+    return retention.horizon(RETENTION)
 
 
 # --- the settled point (gap rule) ---------------------------------------------------------

@@ -20,7 +20,7 @@ from blinker import Namespace as Signals
 from bson import ObjectId
 from flask import current_app
 
-from polymicro.common import atomic, caching
+from polymicro.common import atomic, caching, retention
 from polymicro.common.atomic import insert_all_or_nothing, insert_row
 from polymicro.common.models import contains_literally, row_view, to_row
 from polymicro.common.pagination import PagedQuery
@@ -32,7 +32,15 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-LOGS = caching.Namespace("logs", scope="project_id", unscoped=True, bounded_staleness=True)
+# Lists hide what retention no longer keeps (see RETENTION below): that moves with the
+# time and the project's override, so it is part of every cached list's key.
+LOGS = caching.Namespace(
+    "logs",
+    scope="project_id",
+    unscoped=True,
+    bounded_staleness=True,
+    salt=lambda project_id: retention.visible(RETENTION, project_id),
+)
 
 _signals = Signals()
 entries_stored = _signals.signal(
@@ -42,6 +50,17 @@ entries_stored = _signals.signal(
 
 ORDER = ("-timestamp", "-id")
 IMMUTABLE = ("project_id", "service_id")
+
+# Retention of log entries (POLYMICRO_RETENTION_LOGS_DAYS, a project's
+# ``retention.logs_days``); registered in polymicro/domains.py.
+RETENTION = retention.Kind(
+    "logs",
+    lambda: LogEntry._get_collection(),
+    "timestamp",
+    "RETENTION_LOGS_DAYS",
+    override="logs_days",
+    project_scope=lambda project_id: {"project_id": project_id},
+)
 
 
 def _rows(rows: list[dict]) -> list[dict]:
@@ -74,14 +93,19 @@ def list_logs(
         "until": until,
         "q": q,
     }
-    key = caching.make_key("logs", **filters)
+    # What retention still keeps (the horizon moves by the minute: part of the key).
+    kept = retention.visible(RETENTION, project_id)
+    key = caching.make_key("logs", kept=kept, **filters)
+    filters["kept"] = kept
     return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters))
 
 
 def _query(
-    project_id, service_id, severity, min_severity, source, test_id, func_id, since, until, q
+    project_id, service_id, severity, min_severity, source, test_id, func_id, since, until, q, kept
 ) -> PagedQuery:
     query = LogEntry.objects
+    if kept:
+        query = query.filter(__raw__=kept)
     if project_id is not None:
         query = query.filter(project_id=project_id)
     if service_id is not None:
@@ -120,6 +144,9 @@ def list_service_logs(service_id: ObjectId, **filters) -> caching.CachedQuery:
 
 def get_log(log_id: ObjectId) -> LogEntry:
     entry = LogEntry.objects(id=log_id).first()
+    if entry is not None:
+        cut = retention.horizon(RETENTION, entry.project_id)
+        entry = None if cut is not None and entry.timestamp < cut else entry
     if entry is None:
         raise NotFound(f"Log entry {log_id} not found.")
     return entry

@@ -25,7 +25,7 @@ from functools import partial
 from blinker import Namespace as Signals
 from bson import ObjectId
 
-from polymicro.common import atomic, caching
+from polymicro.common import atomic, caching, retention
 from polymicro.common.atomic import insert_all_or_nothing
 from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
@@ -47,7 +47,15 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-METRICS = caching.Namespace("metrics", scope="project_id", unscoped=False, bounded_staleness=True)
+# Points past the retention horizon are hidden; the horizon (it moves with the time and
+# the project's override) is part of every cached read's key.
+METRICS = caching.Namespace(
+    "metrics",
+    scope="project_id",
+    unscoped=False,
+    bounded_staleness=True,
+    salt=lambda project_id: retention.horizon(RETENTION, project_id),
+)
 
 _signals = Signals()
 points_stored = _signals.signal(
@@ -59,6 +67,22 @@ points_stored = _signals.signal(
 ORDER = ("id",)  # creation order, served by the _id index
 EPOCH = datetime(1970, 1, 1)
 POINT_FIELDS = ("time", "load", "memory", "threads")
+
+
+def _points_of_project(project_id: ObjectId) -> dict:
+    return {"metric_id": {"$in": CpuMetric.objects(project_id=project_id).distinct("id")}}
+
+
+# Retention of raw CPU points (POLYMICRO_RETENTION_POINTS_DAYS, a project's
+# ``retention.points_days``); registered in polymicro/domains.py.
+RETENTION = retention.Kind(
+    "points",
+    lambda: CpuPoint._get_collection(),
+    "time",
+    "RETENTION_POINTS_DAYS",
+    override="points_days",
+    project_scope=_points_of_project,
+)
 
 
 # --- reading ------------------------------------------------------------------------
@@ -90,8 +114,17 @@ def metric_views(
     until: datetime | None = None,
     points: int = DEFAULT_POINTS,
 ) -> list[dict]:
-    """Views of entries with their ``data`` for the window (one indexed query each)."""
-    return [as_view(m, data=latest_points(m.id, since, until, points)) for m in metrics]
+    """Views of entries with their ``data`` for the window (one indexed query each);
+    points past the retention horizon of the entry's project are not shown."""
+    return [
+        as_view(
+            m,
+            data=latest_points(
+                m.id, retention.floor(RETENTION, m.project_id, since), until, points
+            ),
+        )
+        for m in metrics
+    ]
 
 
 def _paged(query, since, until, points) -> PagedQuery:
@@ -122,7 +155,8 @@ def list_project_metrics(
     """The entries of a project with their points (cached per project)."""
     projects.require_project(project_id)
     paged = list_metrics(project_id=project_id, since=since, until=until, points=points)
-    key = caching.make_key("project-metrics", since=since, until=until, points=points)
+    kept = retention.horizon(RETENTION, project_id)  # moves by the minute: part of the key
+    key = caching.make_key("project-metrics", since=since, until=until, points=points, kept=kept)
     return caching.CachedQuery(METRICS.key(project_id), key, paged)
 
 
@@ -342,9 +376,10 @@ def cpu_series(
             "choose a larger step or a shorter window.",
             "query",
         )
-    load_metric(metric_id)
+    metric = load_metric(metric_id)
+    kept = retention.floor(RETENTION, metric.project_id, since)  # the retention horizon
     pipeline = [
-        {"$match": {"metric_id": metric_id, "time": {"$gte": since, "$lte": until}}},
+        {"$match": {"metric_id": metric_id, "time": {"$gte": kept, "$lte": until}}},
         {
             "$group": {
                 "_id": {

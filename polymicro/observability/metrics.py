@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import UTC
 
 from flask import Response
 from prometheus_client import (
@@ -112,8 +113,56 @@ def metrics_registry() -> CollectorRegistry:
     return REGISTRY
 
 
+class _RetentionCollector:
+    """Gauges computed at scrape from ``polymicro.common.retention.status()`` (one
+    indexed query per kind; left out, with a log line, when the database fails)."""
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from polymicro.common import retention
+
+        try:
+            report = retention.status()
+        except Exception:
+            logging.getLogger(__name__).warning("retention gauges left out", exc_info=True)
+            return
+        setting = GaugeMetricFamily(
+            "polymicro_retention_days", "Retention setting in days (0: forever).", labels=["kind"]
+        )
+        index = GaugeMetricFamily(
+            "polymicro_retention_index_days",
+            "What the TTL index says, in days (0: no TTL index).",
+            labels=["kind"],
+        )
+        oldest = GaugeMetricFamily(
+            "polymicro_retention_oldest_timestamp_seconds",
+            "Unix time of the oldest stored row (absent: none).",
+            labels=["kind"],
+        )
+        behind = GaugeMetricFamily(
+            "polymicro_retention_behind",
+            "1 when rows older than the horizon plus the margin are still stored.",
+            labels=["kind"],
+        )
+        for entry in report:
+            kind = [entry["kind"]]
+            setting.add_metric(kind, entry["days"])
+            index.add_metric(kind, entry["index_days"] or 0)
+            if entry["oldest"] is not None:
+                oldest.add_metric(kind, entry["oldest"].replace(tzinfo=UTC).timestamp())
+            behind.add_metric(kind, 1 if entry["behind"] else 0)
+        yield from (setting, index, oldest, behind)
+
+
+def retention_metrics() -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_RetentionCollector())
+    return generate_latest(registry)
+
+
 def metrics_view() -> Response:
     return Response(
-        generate_latest(metrics_registry()),
+        generate_latest(metrics_registry()) + retention_metrics(),
         headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
     )

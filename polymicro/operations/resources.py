@@ -1,4 +1,5 @@
 """/api/health, /api/health/live, /api/health/ready: public (no credentials), never cached.
+/api/retention: admins.
 
 ``/api/health`` is the contract's check (the dashboard reads it); ``/live`` and
 ``/ready`` are the probe endpoints for an orchestrator: restart on a failing ``live``,
@@ -9,7 +10,7 @@ from flask.views import MethodView
 
 from polymicro.common.blueprint import Blueprint
 from polymicro.operations import service
-from polymicro.operations.schemas import HealthSchema, LivenessSchema
+from polymicro.operations.schemas import HealthSchema, LivenessSchema, RetentionSchema
 from polymicro.security import access
 
 blp = Blueprint("operations", __name__, url_prefix="/api", description="Operations.")
@@ -49,3 +50,13 @@ class Readiness(MethodView):
     def get(self):
         """Readiness: the database answers a ping and the cache a set/get, within about 1 s."""
         return _report(service.readiness())
+
+
+@blp.route("/retention")
+class Retention(MethodView):
+    @access("admin")
+    @blp.response(200, RetentionSchema)
+    def get(self):
+        """Retention you can see: per kind, the setting, what the database's TTL index
+        says, the oldest stored time and whether deletion is behind."""
+        return service.retention_status(), 200, NO_STORE

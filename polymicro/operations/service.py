@@ -24,6 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import pymongo
 
 from polymicro import __version__
+from polymicro.common import retention
 from polymicro.extensions import cache, ping_db
 
 log = logging.getLogger(__name__)
@@ -130,3 +131,14 @@ def readiness() -> dict:
 def health() -> dict:
     """``GET /api/health`` (the contract's name): the readiness report."""
     return readiness()
+
+
+# --- retention (GET /api/retention) -------------------------------------------------------
+
+
+def retention_status() -> dict:
+    """Per kind of data: the setting, the TTL index, the oldest row, ``behind``."""
+    return {
+        "kinds": retention.status(),
+        "margin_minutes": int(retention.margin().total_seconds() // 60),
+    }

@@ -17,6 +17,9 @@ class Project(TimestampedDocument):
     tags = me.ListField(me.StringField(max_length=50), default=list)
     path = me.StringField(max_length=1024)
     tests_dir_path = me.StringField(default="tests", max_length=1024)
+    # Per-project retention, shorter than the global settings: {"logs_days": 7,
+    # "points_days": 3} (keys left out follow the global setting).
+    retention = me.DictField(default=dict)
 
     meta = {
         "collection": "projects",

@@ -33,6 +33,26 @@ class MicroserviceSchema(Schema):
     children = fields.Constant([])
 
 
+class ProjectRetentionSchema(BaseSchema):
+    """Per-project retention: days, shorter than (or equal to) the global setting; null
+    or left out: the global setting applies."""
+
+    logs_days = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=1, max=36500),
+        metadata={"description": "Days log entries are kept (≤ POLYMICRO_RETENTION_LOGS_DAYS)."},
+    )
+    points_days = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=1, max=36500),
+        metadata={
+            "description": "Days raw CPU points are kept (≤ POLYMICRO_RETENTION_POINTS_DAYS)."
+        },
+    )
+
+
 class ProjectSchema(BaseSchema):
     id = ObjectIdString(dump_only=True)
     name = Name(required=True)
@@ -45,6 +65,15 @@ class ProjectSchema(BaseSchema):
         metadata={"description": "Kept for the dashboard; never used to touch the host."},
     )
     tests_dir_path = Trimmed(validate=validate.Length(max=1024))
+    # Not nullable: apispec documents a nullable Nested as "any object or null", which
+    # would promise that unknown keys are accepted.  {} (or null values) clears it.
+    retention = fields.Nested(
+        ProjectRetentionSchema,
+        metadata={
+            "description": "Shorter retention for this project's logs and points (editors "
+            "set it); {} clears it, a key left out or null follows the global setting."
+        },
+    )
     microservices = fields.List(fields.Nested(MicroserviceSchema), dump_only=True)
     created_at = UTCDateTime(dump_only=True)
     updated_at = UTCDateTime(dump_only=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from blinker import Namespace as Signals
 from bson import ObjectId
 
-from polymicro.common import caching
+from polymicro.common import caching, retention
 from polymicro.common.models import apply_changes, as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.errors import Conflict, InvalidInput, NotFound
@@ -117,8 +117,32 @@ def _ensure_name_free(name: str, exclude: ObjectId | None = None) -> None:
         raise Conflict(f"A project named {name!r} already exists (names are case-insensitive).")
 
 
+def _retention(data: dict) -> None:
+    """Normalise and check ``retention`` in a body: null or {} clears it, null values are
+    left out, and no value may be longer than the global setting (422)."""
+    if "retention" not in data:
+        return
+    values = {k: v for k, v in (data["retention"] or {}).items() if v is not None}
+    retention.check_overrides(values)
+    data["retention"] = values
+
+
+@CATALOG.reads
+def retention_overrides() -> dict:
+    """``{project_id: {"logs_days": …, "points_days": …}}`` of the projects that shorten
+    the retention (cached; the retention registry reads it on every list read)."""
+    return caching.cached(CATALOG.key(), caching.make_key("retention-overrides"), _overrides)
+
+
+def _overrides() -> dict:
+    query = {"$or": [{"retention.logs_days": {"$gt": 0}}, {"retention.points_days": {"$gt": 0}}]}
+    rows = Project.objects(__raw__=query).only("retention").as_pymongo()
+    return {row["_id"]: dict(row.get("retention") or {}) for row in rows}
+
+
 @CATALOG.writes
 def create_project(data: dict) -> dict:
+    _retention(data)
     _ensure_name_free(data["name"])
     project = Project(**data, name_key=name_key(data["name"]))
     project.save(force_insert=True)  # a racing duplicate hits the unique index → 409
@@ -130,6 +154,7 @@ def create_project(data: dict) -> dict:
 @CATALOG.writes
 def update_project(project_id: ObjectId, data: dict) -> dict:
     """Apply a partial update; ``updated_at`` moves only when something changed."""
+    _retention(data)
     project = load_project(project_id)
     if "name" in data and name_key(data["name"]) != project.name_key:
         _ensure_name_free(data["name"], exclude=project.id)
