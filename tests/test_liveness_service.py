@@ -612,3 +612,31 @@ def test_without_heartbeats_anywhere_the_health_filter_is_the_stored_field(timel
     make_service(health="Critical")
     condition = liveness.filter_service_views(None, status=None, health="Critical", liveness=None)
     assert condition == {"$and": [{"health": "Critical"}]}  # served by the `health` index
+
+
+def test_catch_up_lets_an_unreachable_database_fail_the_read_at_once(timeline, monkeypatch):
+    """The read would fail too: it answers 503 now, not after a second timeout, and the
+    next read tries again (it is not counted as caught up)."""
+    from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
+
+    calls = []
+
+    def unreachable():
+        calls.append(timeline.now())
+        raise ServerSelectionTimeoutError("no server")
+
+    monkeypatch.setattr(liveness, "record_due", unreachable)
+    with pytest.raises(ServerSelectionTimeoutError):
+        liveness.catch_up()
+    with pytest.raises(ServerSelectionTimeoutError):
+        liveness.catch_up()
+    assert len(calls) == 2
+
+    def refused():
+        calls.append(timeline.now())
+        raise OperationFailure("not allowed")
+
+    monkeypatch.setattr(liveness, "record_due", refused)
+    liveness.catch_up()  # any other database error is logged; the read goes on
+    liveness.catch_up()
+    assert len(calls) == 3

@@ -63,7 +63,7 @@ from datetime import datetime, timedelta
 from bson import ObjectId
 from flask import current_app
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from polymicro.common import clock
 from polymicro.common.timeutil import format_time
@@ -400,7 +400,11 @@ def record_due() -> int:
 def catch_up() -> None:
     """Before a catalog or liveness read: :func:`record_due`, at most once per
     LIVENESS_CHECK_SECONDS per process, so the views follow the deadlines even with no
-    worker.  It never fails the read (a failure is logged)."""
+    worker.  It never fails the read for its own sake (a failure is logged), except
+    when the database cannot be reached: then the read could not answer either, and
+    the error goes on at once (503), instead of the read waiting a second
+    server-selection timeout of its own (the fault scenarios measured 4.5-5 s instead
+    of 2-2.5 s).  The next read tries again."""
     now = clock.now()
     memory = _memory()
     with memory.lock:
@@ -409,7 +413,11 @@ def catch_up() -> None:
         memory.caught_up = now
     try:
         record_due()
-    except PyMongoError as exc:  # the database is away: the read answers as it can
+    except ConnectionFailure:
+        with memory.lock:
+            memory.caught_up = None
+        raise
+    except PyMongoError as exc:  # another database error: the read answers as it can
         log.warning("liveness changes not recorded before a read (%s)", type(exc).__name__)
     except Exception:
         log.exception("recording the liveness changes before a read failed")
