@@ -71,6 +71,8 @@ def connect_domains() -> None:
 def api_blueprints() -> list:
     """Every blueprint of the JSON API (``url_prefix`` under ``/api``), in the order of
     the OpenAPI document; each is served under ``/api/v1`` and ``/api``."""
+    from polymicro.alerts.resources import alerts_blp
+    from polymicro.alerts.resources import blp as alert_rules_blp
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
     from polymicro.events.resources import blp as events_blp
@@ -82,7 +84,7 @@ def api_blueprints() -> list:
     from polymicro.services.resources import blp as services_blp
 
     blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
-    return [*blueprints, events_blp, liveness_blp, operations_blp]
+    return [*blueprints, events_blp, liveness_blp, alert_rules_blp, alerts_blp, operations_blp]
 
 
 def register_api(app: Flask) -> None:

@@ -105,6 +105,10 @@ class Config:
     # until one interval (TTL + grace) after the recovery.  Keep it well above
     # LIVENESS_CHECK_SECONDS.
     LIVENESS_OUTAGE_SECONDS = 30
+    # How often the worker evaluates every alert rule (also the step of a backtest).
+    ALERTS_EVALUATE_SECONDS = 15
+    # A backtest replays at most this many evaluations (more: 422).
+    ALERTS_BACKTEST_MAX_STEPS = 2000
     # --- database -------------------------------------------------------------------
     MONGODB_URI = "mongodb://127.0.0.1:27018/polymicro"
     # How long a request waits for MongoDB before answering 503 (serverSelectionTimeoutMS).

@@ -41,10 +41,12 @@ def jobs(app: Flask) -> list[Job]:
 
     Each domain that has periodic work contributes its jobs here (one line each).
     """
+    from polymicro.alerts import service as alerts
     from polymicro.liveness import service as liveness
 
     found: list[Job] = [
         Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
+        Job("alerts", in_context(app, alerts.evaluate_all), app.config["ALERTS_EVALUATE_SECONDS"]),
     ]
     return found
 
