@@ -23,16 +23,20 @@ def metric_id_of(svc) -> ObjectId:
     if row is not None:
         return row["_id"]
     now = datetime(2000, 1, 1)
-    return CpuMetric._get_collection().insert_one(
-        {
-            "project_id": svc.project_id,
-            "service_id": svc.id,
-            "service_name": svc.name,
-            "service_key": svc.name.casefold(),
-            "created_at": now,
-            "updated_at": now,
-        }
-    ).inserted_id
+    return (
+        CpuMetric._get_collection()
+        .insert_one(
+            {
+                "project_id": svc.project_id,
+                "service_id": svc.id,
+                "service_name": svc.name,
+                "service_key": svc.name.casefold(),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        .inserted_id
+    )
 
 
 def point(svc, when: datetime, load: float, memory: float | None = None) -> None:

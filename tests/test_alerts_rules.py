@@ -51,7 +51,10 @@ def test_pending_that_stops_holding_is_inactive_again():
 def test_a_series_alternating_around_the_threshold_fires_once_and_resolves_once():
     """No flap: keep_firing_for bridges the gaps of an alternating series."""
     series = [True, False] * 20 + [False] * 10
-    assert run(series, 0, 45) == [(INACTIVE, FIRING, 0), (FIRING, RESOLVED, 41)]  # last held at 38: 45 s later
+    assert run(series, 0, 45) == [
+        (INACTIVE, FIRING, 0),
+        (FIRING, RESOLVED, 41),
+    ]  # last held at 38: 45 s later
 
 
 def test_unknown_keeps_the_state():
