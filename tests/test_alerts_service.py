@@ -68,7 +68,8 @@ def test_metric_threshold_pending_then_firing_then_resolved(manual, svc):
     manual.advance(EVERY)
     assert alerts.evaluate_all() == 1
     row = only_instance()
-    assert row["state"] == "pending" and row["active_at"] == manual.now()
+    assert row["state"] == "pending"
+    assert row["active_at"] == manual.now()
     rounds(manual, 1)
     assert only_instance()["state"] == "pending"
     rounds(manual, 1)  # active_at + 30 s
@@ -244,7 +245,8 @@ def test_a_crash_between_transition_and_enqueue_is_enqueued_next_round(manual, s
     monkeypatch.setattr(outbox, "enqueue", crash)
     assert alerts.evaluate_all() == 0  # the rule failed after its transition (logged)
     row = only_instance()
-    assert row["state"] == "firing" and row["notified_version"] < row["version"]
+    assert row["state"] == "firing"
+    assert row["notified_version"] < row["version"]
     assert outbox_rows() == []
     monkeypatch.setattr(outbox, "enqueue", real)
     manual.advance(EVERY)
@@ -265,7 +267,8 @@ def test_a_silenced_instance_transitions_without_notifications(manual, svc):
     assert view["silenced"] is True
     rounds(manual, 5)  # the point leaves the window: resolved, silenced
     row = only_instance()
-    assert row["state"] == "resolved" and row["notified_version"] == row["version"]
+    assert row["state"] == "resolved"
+    assert row["notified_version"] == row["version"]
     assert [r["status"] for r in outbox_rows()] == ["firing"]
     point(svc, manual.now(), 99.0)
     alerts.evaluate_all()  # fires again, silenced
