@@ -122,10 +122,13 @@ TEMPLATE_VARIABLES = (
     "state",
 )
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+BRACED = re.compile(r"\{([^{}]*)\}")
 
 
 def unknown_placeholders(template: str) -> list[str]:
-    return sorted({name for name in PLACEHOLDER.findall(template)} - set(TEMPLATE_VARIABLES))
+    """What a template puts in braces that is not a variable's bare name (attribute
+    access, indexes and format specs included)."""
+    return sorted({name for name in BRACED.findall(template)} - set(TEMPLATE_VARIABLES))
 
 
 def format_value(value) -> str:

@@ -198,7 +198,7 @@ def update_rule(rule_id: ObjectId, data: dict) -> dict:
             "alert_rule.updated",
             row,
             project_id=row["project_id"],
-            changes={k: [row.get(k), v] for k, v in changed.items()},
+            changes=events.changes_of({k: (row.get(k), v) for k, v in changed.items()}),
         )
     return _rule_view({**row, **fields})
 
@@ -563,6 +563,7 @@ def silence(alert_id: ObjectId, until: datetime | None) -> dict:
     row = _load_alert(alert_id)
     if until is not None and until <= clock.now():
         raise InvalidInput.field("until", "Must be in the future (null lifts the silence).")
+    before = row.get("silenced_until")
     _instances().update_one({"_id": alert_id}, {"$set": {"silenced_until": until}})
     row["silenced_until"] = until
     names = _rule_names([row["rule_id"]])
@@ -570,7 +571,7 @@ def silence(alert_id: ObjectId, until: datetime | None) -> dict:
         "alert.silenced",
         {"id": row["_id"], "name": names.get(row["rule_id"])},
         project_id=row["project_id"],
-        changes={"silenced_until": format_time(until) if until else None},
+        changes=events.changes_of({"silenced_until": (before, until)}),
     )
     return _view(row, names.get(row["rule_id"]))
 
