@@ -38,12 +38,23 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+LABEL_NAME_RULE = "A name is a letter or _ then letters, digits or _ (at most 100)."
+
+
+def _at_most_entries(value: dict) -> None:
+    if len(value) > MAX_LABELS:
+        raise ValidationError(f"At most {MAX_LABELS} entries.")
+
+
 def _text_map(max_value: int, description: str) -> fields.Dict:
     return fields.Dict(
-        keys=fields.String(validate=validate.Regexp(LABEL_NAME)),
+        keys=fields.String(validate=validate.Regexp(LABEL_NAME, error=LABEL_NAME_RULE)),
         values=fields.String(validate=validate.Length(max=max_value)),
-        validate=validate.Length(max=MAX_LABELS),
-        metadata={"description": description},
+        validate=_at_most_entries,
+        metadata={
+            "description": f"{description} Names: {LABEL_NAME_RULE}",
+            "maxProperties": MAX_LABELS,
+        },
     )
 
 
@@ -79,7 +90,10 @@ class AlertRuleSchema(BaseSchema):
         fields.String(validate=validate.OneOf(LIVENESS_STATES)),
         allow_none=True,
         validate=validate.Length(min=1, max=len(LIVENESS_STATES)),
-        metadata={"description": "Liveness states that fire (default: critical and offline)."},
+        metadata={
+            "description": "Liveness states that fire (default: critical and offline).",
+            "uniqueItems": True,
+        },
     )
     window = StrictInteger(
         allow_none=True,

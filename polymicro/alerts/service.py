@@ -137,7 +137,7 @@ def _checked(rule: dict, given: set[str]) -> dict:
     if rule.get("service_id") is not None:
         ref = services.require_service(rule["service_id"], field="service_id")
         if ref["project_id"] != rule["project_id"]:
-            raise InvalidInput.field("service_id", "The service is not in the rule's project.")
+            raise InvalidInput.field("service_id", "This service belongs to another project.")
     return rule
 
 
@@ -562,7 +562,7 @@ def silence(alert_id: ObjectId, until: datetime | None) -> dict:
     transitions are recorded and published but send no notification."""
     row = _load_alert(alert_id)
     if until is not None and until <= clock.now():
-        raise InvalidInput.field("until", "Must be in the future (null lifts the silence).")
+        raise InvalidInput.field("until", "A silence must end in the future (null lifts it).")
     before = row.get("silenced_until")
     _instances().update_one({"_id": alert_id}, {"$set": {"silenced_until": until}})
     row["silenced_until"] = until
@@ -606,13 +606,13 @@ def backtest(rule_id: ObjectId, since: datetime | None, until: datetime | None) 
     until = until or clock.now()
     since = since or until - timedelta(hours=1)
     if since > until:
-        raise InvalidInput.field("since", "Must not be after `until`.", location="query")
+        raise InvalidInput.field("since", "`since` must not be after `until`.", location="query")
     steps = int((until - since).total_seconds() // every) + 1
     limit = current_app.config["ALERTS_BACKTEST_MAX_STEPS"]
     if steps > limit:
         raise InvalidInput.field(
             "since",
-            f"{steps} evaluations at {every} s; at most {limit}: shorten the period.",
+            f"The period spans {steps} evaluations at {every} s; at most {limit}: shorten it.",
             location="query",
         )
     targets = _targets(rule)
