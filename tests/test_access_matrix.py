@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from polymicro.alerts import service as alerts
 from polymicro.auth import service as auth
 from polymicro.common.timeutil import utcnow
 from polymicro.logs import service as logs
@@ -80,6 +81,22 @@ ENDPOINTS = [
     ("POST", "/api/services/{sid}/heartbeat/start", {"run_id": "r1"}, "editor", True, 200),
     ("POST", "/api/services/{sid}/heartbeat/fail", {"note": "exit 1"}, "editor", True, 200),
     ("GET", "/api/services/{sid}/liveness", None, "viewer", False, 200),
+    ("GET", "/api/alert-rules", None, "viewer", False, 200),
+    (
+        "POST",
+        "/api/alert-rules",
+        {"project_id": "{pid}", "name": "down", "kind": "liveness"},
+        "editor",
+        False,
+        201,
+    ),
+    ("GET", "/api/alert-rules/{rid}", None, "viewer", False, 200),
+    ("PATCH", "/api/alert-rules/{rid}", {"enabled": False}, "editor", False, 200),
+    ("DELETE", "/api/alert-rules/{rid}", None, "editor", False, 204),
+    ("POST", "/api/alert-rules/{rid}/backtest", None, "viewer", False, 200),
+    ("GET", "/api/alerts", None, "viewer", False, 200),
+    ("GET", "/api/alerts/{aid}", None, "viewer", False, 200),
+    ("POST", "/api/alerts/{aid}/silence", {"until": "2999-01-01T00:00:00Z"}, "editor", False, 200),
 ]
 
 # Routes with their own rules, tested below and in test_auth_api.py.
@@ -115,6 +132,21 @@ def world(ctx):
         {"username": "target", "email": "t@example.com", "password": "password1"}, by_admin=True
     )
     key = auth.create_api_key(project.id, "ingest", "admin")
+    rule = alerts.create_rule(
+        {
+            "project_id": project.id,
+            "service_id": svc.id,
+            "name": "busy",
+            "kind": "metric_threshold",
+            "aggregate": "max",
+            "field": "load",
+            "window": 3600,
+            "operator": ">",
+            "threshold": 0.0,
+        }
+    )
+    alerts.evaluate_all()
+    [alert] = alerts.list_alerts(rule_id=rule["id"])
     return {
         "ids": {
             "pid": str(project.id),
@@ -123,6 +155,8 @@ def world(ctx):
             "lid": str(entry.id),
             "uid": str(target["id"]),
             "kid": str(key["id"]),
+            "rid": str(rule["id"]),
+            "aid": alert["id"],
         },
         "users": users,
         "key": key["key"],
