@@ -7,8 +7,11 @@ Evaluation (:func:`evaluate_all`, the worker's job ``alerts``)
     percentile in Python for ``p95``, the same on every server; a ``$group`` count of
     the matching log entries) or one liveness read.  :func:`rules.step` then says what
     each (rule, service) instance becomes.  A transition is written with a
-    compare-and-set on the instance's ``version``: of several workers exactly one wins
-    each change; the losers read the row again and find nothing left to do.
+    compare-and-set on the instance's ``version`` (and ``evaluated_at``): of several
+    workers exactly one wins each change; the losers read the row again and find
+    nothing left to do.  A worker whose measurement is older than the row's
+    ``evaluated_at`` (a slow round overtaken by another worker's) writes nothing, so a
+    stale round never undoes a newer one.
 
 After a transition (by its winner only)
     A firing or resolved transition is put in the outbox (``outbox.enqueue``, key
@@ -401,6 +404,12 @@ def _announce(rule: dict, before: str, row: dict) -> None:
     )
 
 
+def _unchanged_since(row: dict) -> dict:
+    """The compare-and-set filter: the row as read (its ``version``, and its
+    ``evaluated_at``, which a later evaluation that changed nothing still moves on)."""
+    return {"_id": row["_id"], "version": row["version"], "evaluated_at": row.get("evaluated_at")}
+
+
 def _transit(
     rule: dict,
     row: dict | None,
@@ -417,11 +426,13 @@ def _transit(
         keep = rule.get("keep_firing_for") or 0
     for_seconds = rule.get("for_seconds") or 0
     for _ in range(CAS_ATTEMPTS):
+        if row is not None and row.get("evaluated_at") and row["evaluated_at"] > now:
+            return 0  # a later evaluation (another worker's) is recorded: ours is stale
         result = rules.step(row, holds, now, for_seconds, keep)
         if not result.changed:
             if row is not None and (result.fields or value != row.get("value")):
                 _instances().update_one(
-                    {"_id": row["_id"], "version": row["version"]},
+                    _unchanged_since(row),
                     {"$set": {**result.fields, "value": value, "evaluated_at": now}},
                 )
             return 0
@@ -461,7 +472,7 @@ def _transit(
             if not notify:
                 fields["notified_version"] = version + 1
             won = _instances().update_one(
-                {"_id": row["_id"], "version": version}, {"$set": fields, "$inc": {"version": 1}}
+                _unchanged_since(row), {"$set": fields, "$inc": {"version": 1}}
             )
             if not won.matched_count:
                 row = _instances().find_one({"_id": row["_id"]})
