@@ -324,3 +324,30 @@ def test_backtest_bounds_its_steps(manual, svc, app):
         alerts.backtest(rule["id"], until - timedelta(seconds=EVERY * (limit - 1)), until)["steps"]
         == limit
     )
+
+
+def test_flask_worker_once_evaluates_one_round(app, manual, svc):
+    alerts.create_rule(rule_data(svc))
+    point(svc, manual.now(), 99.0)
+    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert only_instance()["state"] == "firing"
+    assert [r["status"] for r in outbox_rows()] == ["firing"]
+
+
+def test_rule_events_name_the_rule(manual, svc):
+    from polymicro.events import service as events
+
+    rule = alerts.create_rule(rule_data(svc))
+    alerts.update_rule(rule["id"], {"threshold": 90.0})
+    alerts.delete_rule(rule["id"])
+    found = events.read_events(
+        after=0, type=["alert_rule.created", "alert_rule.updated", "alert_rule.deleted"], limit=10
+    )["events"]
+    assert [e["type"] for e in found] == [
+        "alert_rule.created",
+        "alert_rule.updated",
+        "alert_rule.deleted",
+    ]
+    assert {e["subject"]["id"] for e in found} == {str(rule["id"])}
+    assert found[1]["changes"] == {"threshold": {"before": 80.0, "after": 90.0}}

@@ -144,6 +144,10 @@ def _checked(rule: dict, given: set[str]) -> dict:
     return rule
 
 
+def _subject(row: dict) -> dict:
+    return {"id": row["_id"], "name": row["name"]}
+
+
 def list_rules(
     project_id: ObjectId | None = None,
     service_id: ObjectId | None = None,
@@ -181,7 +185,7 @@ def create_rule(data: dict) -> dict:
     rule = _checked(rule, set(data))
     rule |= {"_id": ObjectId(), "created_at": now, "updated_at": now}
     _rules().insert_one(rule)
-    events.publish("alert_rule.created", rule, project_id=rule["project_id"])
+    events.publish("alert_rule.created", _subject(rule), project_id=rule["project_id"])
     return _rule_view(rule)
 
 
@@ -199,7 +203,7 @@ def update_rule(rule_id: ObjectId, data: dict) -> dict:
         _rules().update_one({"_id": rule_id}, {"$set": fields})
         events.publish(
             "alert_rule.updated",
-            row,
+            _subject({**row, **fields}),
             project_id=row["project_id"],
             changes=events.changes_of({k: (row.get(k), v) for k, v in changed.items()}),
         )
@@ -215,7 +219,7 @@ def delete_rule(rule_id: ObjectId) -> None:
         _transit(rule, row, row["service_id"], row.get("service_name"), False, None, now, keep=0)
     _instances().delete_many({"rule_id": rule_id})
     _rules().delete_one({"_id": rule_id})
-    events.publish("alert_rule.deleted", rule, project_id=rule["project_id"])
+    events.publish("alert_rule.deleted", _subject(rule), project_id=rule["project_id"])
 
 
 def on_services_deleting(_sender, *, project_id: ObjectId, service_id: ObjectId | None) -> None:
