@@ -91,6 +91,7 @@ ENDPOINTS = [
         201,
     ),
     ("GET", "/api/alert-rules/{rid}", None, "viewer", False, 200),
+    ("PUT", "/api/alert-rules/{rid}", {"enabled": False}, "editor", False, 200),
     ("PATCH", "/api/alert-rules/{rid}", {"enabled": False}, "editor", False, 200),
     ("DELETE", "/api/alert-rules/{rid}", None, "editor", False, 204),
     ("POST", "/api/alert-rules/{rid}/backtest", None, "viewer", False, 200),

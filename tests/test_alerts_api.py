@@ -71,6 +71,9 @@ def test_rules_crud_by_role(app, world):
     assert patched.status_code == 200, patched.json
     assert patched.json["for"] == 0
     assert patched.json["enabled"] is False
+    put = editor.put(f"/api/alert-rules/{rule['id']}", json={"enabled": True})
+    assert put.status_code == 200
+    assert put.json["enabled"] is True
     # the kind changes: the metric fields go, the liveness ones come
     relived = editor.patch(f"/api/alert-rules/{rule['id']}", json={"kind": "liveness"})
     assert relived.status_code == 200, relived.json

@@ -62,6 +62,14 @@ class AlertRuleItem(MethodView):
     @blp.arguments(AlertRuleUpdateSchema)
     @blp.response(200, AlertRuleSchema)
     @blp.alt_response(404, description="No such rule.")
+    def put(self, data, rule_id):
+        """Update an alert rule (partial body accepted, like PATCH)."""
+        return service.update_rule(rule_id, data)
+
+    @access("editor")
+    @blp.arguments(AlertRuleUpdateSchema)
+    @blp.response(200, AlertRuleSchema)
+    @blp.alt_response(404, description="No such rule.")
     def patch(self, data, rule_id):
         """Update an alert rule (partial body)."""
         return service.update_rule(rule_id, data)
