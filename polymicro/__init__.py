@@ -72,6 +72,8 @@ def api_blueprints() -> list:
     """Every blueprint of the JSON API (``url_prefix`` under ``/api``), in the order of
     the OpenAPI document; each is served under ``/api/v1`` and ``/api``."""
     from polymicro.alerts.delivery_resources import blp as alert_receivers_blp
+    from polymicro.alerts.resources import alerts_blp
+    from polymicro.alerts.resources import blp as alert_rules_blp
     from polymicro.auth.resources import blp as auth_blp
     from polymicro.auth.resources import keys_blp
     from polymicro.events.resources import blp as events_blp
@@ -83,7 +85,8 @@ def api_blueprints() -> list:
     from polymicro.services.resources import blp as services_blp
 
     blueprints = (auth_blp, keys_blp, projects_blp, services_blp, logs_blp, metrics_blp)
-    return [*blueprints, events_blp, liveness_blp, alert_receivers_blp, operations_blp]
+    alerting = (alert_rules_blp, alerts_blp, alert_receivers_blp)
+    return [*blueprints, events_blp, liveness_blp, *alerting, operations_blp]
 
 
 def register_api(app: Flask) -> None:

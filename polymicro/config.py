@@ -118,6 +118,11 @@ class Config:
     # until one interval (TTL + grace) after the recovery.  Keep it well above
     # LIVENESS_CHECK_SECONDS.
     LIVENESS_OUTAGE_SECONDS = 30
+    # --- alerts (issue 13: rules, evaluation) -----------------------------------------
+    # How often the worker evaluates every alert rule (also the step of a backtest).
+    ALERTS_EVALUATE_SECONDS = 15
+    # A backtest replays at most this many evaluations (more: 422).
+    ALERTS_BACKTEST_MAX_STEPS = 2000
     # --- alert webhooks (issue 13: receivers, deliveries) -------------------------------
     # Receiver URLs that resolve to loopback, link-local, private, multicast, reserved or
     # unspecified addresses are refused (at creation and again at each delivery) unless

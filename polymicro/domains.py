@@ -32,6 +32,8 @@ twice is a no-op in blinker).
   view shows its ``liveness`` and the ``health``/``status`` it implies.
 - ``services.service_view_filters`` → ``liveness.filter_service_views``: the
   ``status``, ``health`` and ``liveness`` filters match what the views show.
+- ``services.services_deleting`` → ``alerts.on_services_deleting``: the alert rules
+  and instances of a deleted service (or project) go with it.
 - ``logs.entries_stored`` and ``metrics.points_stored`` → ``liveness.on_ingest``:
   stored logs and points are heartbeats of the services that opt in.
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 
 def connect() -> None:
+    from polymicro.alerts import service as alerts
     from polymicro.auth import service as auth
     from polymicro.common import retention
     from polymicro.events import service as events
@@ -60,6 +63,7 @@ def connect() -> None:
     services.services_deleting.connect(metrics.on_services_deleting)
     services.service_renamed.connect(metrics.rename_service)
     services.services_deleting.connect(liveness.on_services_deleting)
+    services.services_deleting.connect(alerts.on_services_deleting)
     services.service_views_extras.connect(liveness.embed_in_service_views)
     services.service_view_filters.connect(liveness.filter_service_views)
     logs.entries_stored.connect(liveness.on_ingest)

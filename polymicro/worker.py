@@ -42,12 +42,14 @@ def jobs(app: Flask) -> list[Job]:
     Each domain that has periodic work contributes its jobs here (one line each).
     """
     from polymicro.alerts import delivery
+    from polymicro.alerts import service as alerts
     from polymicro.common import retention
     from polymicro.liveness import service as liveness
 
     webhooks_every = app.config["WEBHOOK_CHECK_SECONDS"]
     found: list[Job] = [
         Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
+        Job("alerts", in_context(app, alerts.evaluate_all), app.config["ALERTS_EVALUATE_SECONDS"]),
         Job("webhook-fan-out", in_context(app, delivery.fan_out), webhooks_every),
         Job("webhook-deliver", in_context(app, delivery.deliver_due), webhooks_every),
         Job("retention", in_context(app, retention.sweep), app.config["RETENTION_SWEEP_SECONDS"]),

@@ -12,7 +12,9 @@ the built-in checks find is kept:
    no stored document ("must name an existing project (else 422)"), a service or log
    moved to another project, ``since`` after ``until``, both ``after`` and ``before``
    on the events cursor, a project retention override longer than the global
-   retention setting (depends on the server's settings), a series window of more than
+   retention setting (depends on the server's settings), an alert rule's condition
+   fields for its kind (and its annotation placeholders and label names), a backtest
+   period of too many evaluations, a silence ending in the past, a series window of more than
    10,000 buckets, a log attribute key that is empty, too long, starts with ``$`` or
    holds ``.`` or NUL (OpenAPI 3.0 has no ``propertyNames``; the field's description
    states the rule).  A 422 that names any other problem is still a finding.
@@ -70,6 +72,14 @@ CONTRACT_RULES = [
         r"^A key must not start with '\$' or contain '\.' or NUL\.$",
         r"^Use either `after` or `before`\.$",
         r"^At most \d+ days \(the global retention\)\.$",
+        # alert rules: the fields of each kind, a period in evaluations, a silence's end
+        r"^(Not used|Required) by a \w+ rule\.$",
+        r"^A log_count rule needs min_severity, text or both\.$",
+        r"^A rule cannot move to another project\.$",
+        r"^The period spans \d+ evaluations at \d+ s; at most \d+: ",
+        r"^A silence must end in the future \(null lifts it\)\.$",
+        r"^Unknown placeholders in ",
+        r"^A name is a letter or _ then letters, digits or _ \(at most 100\)\.$",
     )
 ]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from polymicro.alerts import delivery as alert_delivery
+from polymicro.alerts import service as alerts
 from polymicro.alerts.delivery_models import Delivery
 from polymicro.auth import service as auth
 from polymicro.common.timeutil import utcnow
@@ -86,12 +87,29 @@ ENDPOINTS = [
     ("GET", "/api/services/{sid}/liveness", None, "viewer", False, 200),
     ("GET", "/api/alert-receivers", None, "viewer", False, 200),
     ("POST", "/api/alert-receivers", {"name": "new", "url": HOOK}, "editor", False, 201),
-    ("GET", "/api/alert-receivers/{rid}", None, "viewer", False, 200),
-    ("PUT", "/api/alert-receivers/{rid}", {"enabled": False}, "editor", False, 200),
-    ("PATCH", "/api/alert-receivers/{rid}", {"enabled": False}, "editor", False, 200),
-    ("DELETE", "/api/alert-receivers/{rid}", None, "editor", False, 204),
-    ("GET", "/api/alert-receivers/{rid}/deliveries", None, "viewer", False, 200),
-    ("POST", "/api/alert-receivers/{rid}/deliveries/{did}/redeliver", None, "editor", False, 202),
+    ("GET", "/api/alert-receivers/{xid}", None, "viewer", False, 200),
+    ("PUT", "/api/alert-receivers/{xid}", {"enabled": False}, "editor", False, 200),
+    ("PATCH", "/api/alert-receivers/{xid}", {"enabled": False}, "editor", False, 200),
+    ("DELETE", "/api/alert-receivers/{xid}", None, "editor", False, 204),
+    ("GET", "/api/alert-receivers/{xid}/deliveries", None, "viewer", False, 200),
+    ("POST", "/api/alert-receivers/{xid}/deliveries/{did}/redeliver", None, "editor", False, 202),
+    ("GET", "/api/alert-rules", None, "viewer", False, 200),
+    (
+        "POST",
+        "/api/alert-rules",
+        {"project_id": "{pid}", "name": "down", "kind": "liveness"},
+        "editor",
+        False,
+        201,
+    ),
+    ("GET", "/api/alert-rules/{rid}", None, "viewer", False, 200),
+    ("PUT", "/api/alert-rules/{rid}", {"enabled": False}, "editor", False, 200),
+    ("PATCH", "/api/alert-rules/{rid}", {"enabled": False}, "editor", False, 200),
+    ("DELETE", "/api/alert-rules/{rid}", None, "editor", False, 204),
+    ("POST", "/api/alert-rules/{rid}/backtest", None, "viewer", False, 200),
+    ("GET", "/api/alerts", None, "viewer", False, 200),
+    ("GET", "/api/alerts/{aid}", None, "viewer", False, 200),
+    ("POST", "/api/alerts/{aid}/silence", {"until": "2999-01-01T00:00:00Z"}, "editor", False, 200),
 ]
 
 # Routes with their own rules, tested below and in test_auth_api.py.
@@ -141,6 +159,21 @@ def world(ctx):
         next_attempt_at=now,
     )
     sent.save()
+    rule = alerts.create_rule(
+        {
+            "project_id": project.id,
+            "service_id": svc.id,
+            "name": "busy",
+            "kind": "metric_threshold",
+            "aggregate": "max",
+            "field": "load",
+            "window": 3600,
+            "operator": ">",
+            "threshold": 0.0,
+        }
+    )
+    alerts.evaluate_all()
+    [alert] = alerts.list_alerts(rule_id=rule["id"])
     return {
         "ids": {
             "pid": str(project.id),
@@ -149,8 +182,10 @@ def world(ctx):
             "lid": str(entry.id),
             "uid": str(target["id"]),
             "kid": str(key["id"]),
-            "rid": str(receiver["id"]),
+            "xid": str(receiver["id"]),
             "did": str(sent.id),
+            "rid": str(rule["id"]),
+            "aid": alert["id"],
         },
         "users": users,
         "key": key["key"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from polymicro.alerts import delivery as alert_delivery
+from polymicro.alerts import service as alerts
 from polymicro.auth import service as auth
 from polymicro.common import caching, clock
 from polymicro.liveness import service as liveness
@@ -29,7 +30,7 @@ from polymicro.services import service as services
 from tests.factories import make_project, make_service
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE_MODULES = (projects, services, logs, metrics, auth, liveness, alert_delivery)
+SERVICE_MODULES = (projects, services, logs, metrics, auth, liveness, alerts, alert_delivery)
 
 # Writes that change nothing any cached read returns (so they bump nothing), and why.
 UNCACHED_WRITES = {
@@ -38,6 +39,13 @@ UNCACHED_WRITES = {
     "auth.admin_update_user": "users are never cached",
     "auth.create_admin": "users are never cached",
     "auth.authenticate": "users are never cached (a login may rehash the password)",
+    "alerts.create_rule": "alert rules are never cached (the worker reads them each round)",
+    "alerts.update_rule": "alert rules are never cached",
+    "alerts.delete_rule": "alert rules and instances are never cached",
+    "alerts.on_services_deleting": "alert rules and instances are never cached",
+    "alerts.silence": "alert instances are never cached (their state changes every round)",
+    "alerts._notify": "the outbox and instances are never cached",
+    "alerts._transit": "alert instances are never cached",
     "liveness.on_services_deleting": "the liveness of services being deleted; their "
     "deletion bumps the catalog",
     # Alert receivers and deliveries (polymicro/alerts/delivery.py) are never cached:
