@@ -66,6 +66,11 @@ class Config:
     # Days an event is kept (a TTL index on `time`, and reads hide older ones at once);
     # 0 keeps events forever.  `flask events export --until …` saves them first.
     RETENTION_EVENTS_DAYS = 90
+    # Days CPU rollups are kept (a TTL index on the bucket's `time`); 0 keeps them forever.
+    RETENTION_ROLLUPS_5M_DAYS = 90
+    RETENTION_ROLLUPS_1H_DAYS = 730
+    # How often the worker recomputes the rollups of hours that received points.
+    ROLLUPS_CHECK_SECONDS = 10
     # A missing `seq` younger than this is a writer still committing: readers stop
     # before it.  Older, it is declared a hole (an aborted writer) and skipped.
     EVENTS_SETTLE_SECONDS = 5

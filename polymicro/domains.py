@@ -34,6 +34,9 @@ twice is a no-op in blinker).
   ``status``, ``health`` and ``liveness`` filters match what the views show.
 - ``logs.entries_stored`` and ``metrics.points_stored`` → ``liveness.on_ingest``:
   stored logs and points are heartbeats of the services that opt in.
+- ``projects.project_usage`` → ``logs.usage_of_projects`` and
+  ``metrics.usage_of_projects``: a project's usage (and the projects list sorted by
+  it) counts what the domains above store.
 """
 
 from __future__ import annotations
@@ -58,3 +61,5 @@ def connect() -> None:
     services.service_view_filters.connect(liveness.filter_service_views)
     logs.entries_stored.connect(liveness.on_ingest)
     metrics.points_stored.connect(liveness.on_ingest)
+    projects.project_usage.connect(logs.usage_of_projects)
+    projects.project_usage.connect(metrics.usage_of_projects)

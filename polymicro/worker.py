@@ -42,9 +42,15 @@ def jobs(app: Flask) -> list[Job]:
     Each domain that has periodic work contributes its jobs here (one line each).
     """
     from polymicro.liveness import service as liveness
+    from polymicro.metrics import service as metrics
 
     found: list[Job] = [
         Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
+        Job(
+            "rollups",
+            in_context(app, metrics.recompute_rollups),
+            app.config["ROLLUPS_CHECK_SECONDS"],
+        ),
     ]
     return found
 
