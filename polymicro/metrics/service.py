@@ -25,7 +25,7 @@ from functools import partial
 from blinker import Namespace as Signals
 from bson import ObjectId
 from pymongo import MongoClient, ReplaceOne, UpdateOne
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from polymicro.common import atomic, caching
 from polymicro.common.atomic import insert_all_or_nothing
@@ -500,11 +500,16 @@ def rollup_retention(config: dict) -> dict[str, int]:
         elif existing is None:
             collection.create_index("time", name=ROLLUP_TTL_INDEX, expireAfterSeconds=seconds)
         elif existing.get("expireAfterSeconds") != seconds:
-            collection.database.command(
-                "collMod",
-                collection.name,
-                index={"name": ROLLUP_TTL_INDEX, "expireAfterSeconds": seconds},
-            )
+            try:
+                collection.database.command(
+                    {
+                        "collMod": collection.name,
+                        "index": {"name": ROLLUP_TTL_INDEX, "expireAfterSeconds": seconds},
+                    }
+                )
+            except (NotImplementedError, OperationFailure):  # no collMod (mongomock)
+                collection.drop_index(ROLLUP_TTL_INDEX)
+                collection.create_index("time", name=ROLLUP_TTL_INDEX, expireAfterSeconds=seconds)
         applied[size] = seconds
     return applied
 
