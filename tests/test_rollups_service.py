@@ -189,7 +189,7 @@ def test_recomputing_again_changes_nothing(six_hours):
 
 
 def test_a_point_stored_while_an_hour_is_recomputed_keeps_it_marked(six_hours, monkeypatch):
-    metric_id, points = six_hours
+    metric_id, _points = six_hours
     metrics.append_cpu_points(metric_id, [{"time": at(70), "load": 1.0}])
     recompute = metrics.recompute_hour
 

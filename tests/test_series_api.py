@@ -137,7 +137,7 @@ def test_the_openapi_document_describes_the_header_and_the_parameters(client):
 
 
 def test_late_points_posted_through_the_api_show_at_once(client, entry):
-    made, points = entry
+    made, _points = entry
     late = [{"time": stamp(61), "load": 12345.0}]
     assert client.post(f"{URL}/{made['id']}/data", json=late).status_code == 201
     response = series(client, made, since=stamp(0), until=stamp(360), step="1h", source="1h")
