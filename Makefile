@@ -33,7 +33,7 @@ K8S_OVERLAYS := dev prod
 K8S_VERSIONS ?= 1.30.0 1.37.0
 DEV_SECRETS  := deploy/kubernetes/overlays/dev/secrets.env
 
-.PHONY: help venv run dev test test-wire lint format bench fuzz soak faults k8s-check k8s-dev-secret \
+.PHONY: help venv run dev test test-wire lint format bench bench-lifecycle fuzz soak faults k8s-check k8s-dev-secret \
 	clean clean-data
 
 help: ## list the targets
@@ -72,6 +72,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting (fails if unfixable proble
 
 bench: $(STAMP) ## run the benchmark (bench/run.py; BENCH_ARGS passed through)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-lifecycle: $(STAMP) ## rollups vs raw for long /series ranges on 1M points (bench/lifecycle.py; BENCH_ARGS)
+	$(BIN)/python bench/lifecycle.py $(BENCH_ARGS)
 
 fuzz: $(STAMP) ## Schemathesis against gunicorn + a fresh SecantusDB, ~6.5 min (scripts/fuzz.py; FUZZ_ARGS)
 	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)
