@@ -39,7 +39,7 @@ UNCACHED_WRITES = {
     "auth.authenticate": "users are never cached (a login may rehash the password)",
     "liveness.on_services_deleting": "the liveness of services being deleted; their "
     "deletion bumps the catalog",
-    "metrics.recompute_hour": "rollups and their marks: series reads are not cached",
+    "metrics.recompute_hours": "rollups: series reads are not cached",
     "metrics.recompute_rollups": "rollups and their marks: series reads are not cached",
     "metrics.rebuild_rollups": "rollup marks and the entry's `rollups` flag, which no "
     "cached view shows (series reads are not cached)",

@@ -191,13 +191,13 @@ def test_recomputing_again_changes_nothing(six_hours):
 def test_a_point_stored_while_an_hour_is_recomputed_keeps_it_marked(six_hours, monkeypatch):
     metric_id, _points = six_hours
     metrics.append_cpu_points(metric_id, [{"time": at(70), "load": 1.0}])
-    recompute = metrics.recompute_hour
+    recompute = metrics.recompute_hours
 
-    def racing(metric, hour):
-        recompute(metric, hour)  # computed from the points of its snapshot...
+    def racing(metric, start, end):
+        recompute(metric, start, end)  # computed from the points of its snapshot...
         metrics.append_cpu_points(metric_id, [{"time": at(71), "load": 5000.0}])  # ...then
 
-    monkeypatch.setattr(metrics, "recompute_hour", racing)
+    monkeypatch.setattr(metrics, "recompute_hours", racing)
     assert metrics.recompute_rollups() == 1
     monkeypatch.undo()
     mark = CpuRollupDirty.objects.get(metric_id=metric_id)
@@ -350,3 +350,17 @@ def test_the_retention_settings_become_ttl_indexes(ctx):
     finally:  # the wire run keeps indexes between tests: leave none that expires T0 data
         metrics.rollup_retention({})
     assert (ttl(CpuRollup5m), ttl(CpuRollup1h)) == (None, None)
+
+
+def test_hours_apart_are_recomputed_separately_and_the_hours_between_kept(six_hours):
+    metric_id, points = six_hours
+    late = [{"time": at(5), "load": 111.0}, {"time": at(300), "load": 222.0}]
+    metrics.append_cpu_points(metric_id, late)
+    CpuRollup1h.objects(metric_id=metric_id, time=at(120)).update(set__load_max=-1.0)  # a canary
+    assert run_worker() == 2
+    assert CpuRollup1h.objects.get(metric_id=metric_id, time=at(120)).load_max == -1.0
+    CpuRollup1h.objects(metric_id=metric_id, time=at(120)).delete()
+    metrics.recompute_hour(metric_id, at(120))
+    since, until, step = at(0), at(360), timedelta(hours=1)
+    got = metrics.cpu_series(metric_id, since, until, step, source="1h")
+    assert got == approx(reference(points + late, since, until, step))

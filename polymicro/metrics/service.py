@@ -24,7 +24,7 @@ from functools import partial
 
 from blinker import Namespace as Signals
 from bson import ObjectId
-from pymongo import MongoClient, ReplaceOne, UpdateOne
+from pymongo import DeleteOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from polymicro.common import atomic, caching
@@ -368,7 +368,9 @@ def _bulk_write(collection, ops: list) -> None:
         collection.bulk_write(ops, ordered=False)
         return
     for op in ops:
-        if isinstance(op, ReplaceOne):
+        if isinstance(op, DeleteOne):
+            collection.delete_one(op._filter)
+        elif isinstance(op, ReplaceOne):
             collection.replace_one(op._filter, op._doc, upsert=op._upsert)
         else:
             collection.update_one(op._filter, op._doc, upsert=op._upsert)
@@ -407,12 +409,17 @@ def _rollup_doc(metric_id: ObjectId, part: dict) -> dict:
 
 
 def recompute_hour(metric_id: ObjectId, hour: datetime) -> None:
-    """Rewrite the rollups of one hour of an entry from its raw points: the 1h bucket
-    and its twelve 5m buckets (upserts; buckets left without points are deleted)."""
-    until = hour + HOUR
+    """Rewrite the rollups of one hour of an entry from its raw points."""
+    recompute_hours(metric_id, hour, hour + HOUR)
+
+
+def recompute_hours(metric_id: ObjectId, start: datetime, end: datetime) -> None:
+    """Rewrite the rollups of the whole hours ``[start, end)`` of an entry from its raw
+    points: their 1h buckets and 5m buckets (one aggregation and one bulk upsert per
+    size; buckets left without points are deleted)."""
     for size, model in ROLLUPS.items():
         parts = raw_partials(
-            metric_id, hour, until, ROLLUP_SIZES[size], percentiles=True, until_inclusive=False
+            metric_id, start, end, ROLLUP_SIZES[size], percentiles=True, until_inclusive=False
         )
         collection = model._get_collection()
         ops = [
@@ -428,22 +435,36 @@ def recompute_hour(metric_id: ObjectId, hour: datetime) -> None:
         collection.delete_many(
             {
                 "metric_id": metric_id,
-                "time": {"$gte": hour, "$lt": until, "$nin": [p["time"] for p in parts]},
+                "time": {"$gte": start, "$lt": end, "$nin": [p["time"] for p in parts]},
             }
         )
 
 
 def recompute_rollups(limit: int = 200) -> int:
     """Worker job: recompute the rollups of up to ``limit`` marked hours (oldest marks
-    first) and unmark each one whose mark did not move meanwhile; returns how many
-    hours were recomputed.  A mark whose entry is gone is dropped."""
+    first; adjacent hours of an entry together) and unmark each one whose mark did not
+    move meanwhile; returns how many hours were recomputed.  A mark whose entry is gone
+    is dropped."""
     collection = CpuRollupDirty._get_collection()
     marks = list(collection.find({}).sort([("_id", 1)]).limit(limit))
     live = set(CpuMetric.objects(id__in=list({m["metric_id"] for m in marks})).scalar("id"))
+    by_metric: dict[ObjectId, list[datetime]] = {}
     for mark in marks:
         if mark["metric_id"] in live:
-            recompute_hour(mark["metric_id"], mark["time"])
-        collection.delete_one({"_id": mark["_id"], "version": mark["version"]})
+            by_metric.setdefault(mark["metric_id"], []).append(mark["time"])
+    for metric_id, hours in by_metric.items():
+        hours.sort()
+        start = end = hours[0]
+        for hour in [*hours[1:], None]:
+            if hour is not None and hour <= end + HOUR:
+                end = max(end, hour)
+                continue
+            recompute_hours(metric_id, start, end + HOUR)
+            if hour is not None:
+                start = end = hour
+    if marks:
+        unmark = [DeleteOne({"_id": m["_id"], "version": m["version"]}) for m in marks]
+        _bulk_write(collection, unmark)
     return len(marks)
 
 
