@@ -72,7 +72,7 @@ def list_projects(
 
 class _ByUsage:
     """Projects of a query ordered by their estimated storage, largest first (then by
-    name); pageable like a query set.  Usage is gathered once for every project."""
+    name); pageable like a query set.  Usage is gathered once for all of them."""
 
     def __init__(self, query):
         self.query = query
@@ -82,7 +82,7 @@ class _ByUsage:
         if self._ids is None:
             rows = self.query.order_by(*SORTS["name"]).scalar("id")
             ids = list(rows)
-            usage = usage_of(None)
+            usage = usage_of(ids)
             self._ids = sorted(ids, key=lambda pid: -usage.get(pid, {}).get("bytes", 0))
         return self._ids
 
