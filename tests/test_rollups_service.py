@@ -364,3 +364,18 @@ def test_hours_apart_are_recomputed_separately_and_the_hours_between_kept(six_ho
     since, until, step = at(0), at(360), timedelta(hours=1)
     got = metrics.cpu_series(metric_id, since, until, step, source="1h")
     assert got == approx(reference(points + late, since, until, step))
+
+
+def test_hours_past_the_raw_retention_are_never_recomputed(app):
+    from polymicro.common import clock
+
+    app.config["RETENTION_POINTS_DAYS"] = 7
+    with clock.use(clock.ManualClock(at(0) + timedelta(days=10))), app.app_context():
+        metric = make_metric(make_service(), [{"time": at(5), "load": 3.0}])
+        CpuRollup5m.objects.delete()
+        assert metrics.recompute_rollups() == 1  # the mark is dropped...
+        assert CpuRollupDirty.objects.count() == 0
+        assert CpuRollup5m.objects(metric_id=metric.id).count() == 0  # ...untouched
+        metrics.append_cpu_points(metric.id, [{"time": at(60 * 24 * 9), "load": 1.0}])
+        assert metrics.recompute_rollups() == 1
+        assert CpuRollup5m.objects(metric_id=metric.id).count() == 1

@@ -24,6 +24,7 @@ from functools import partial
 
 from blinker import Namespace as Signals
 from bson import ObjectId
+from flask import current_app
 from pymongo import DeleteOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure
 
@@ -455,9 +456,10 @@ def recompute_rollups(limit: int = 200) -> int:
     collection = CpuRollupDirty._get_collection()
     marks = list(collection.find({}).sort([("_id", 1)]).limit(limit))
     live = set(CpuMetric.objects(id__in=list({m["metric_id"] for m in marks})).scalar("id"))
+    horizon = _raw_horizon()
     by_metric: dict[ObjectId, list[datetime]] = {}
     for mark in marks:
-        if mark["metric_id"] in live:
+        if mark["metric_id"] in live and (horizon is None or mark["time"] >= horizon):
             by_metric.setdefault(mark["metric_id"], []).append(mark["time"])
     for metric_id, hours in by_metric.items():
         hours.sort()
@@ -473,6 +475,17 @@ def recompute_rollups(limit: int = 200) -> int:
         unmark = [DeleteOne({"_id": m["_id"], "version": m["version"]}) for m in marks]
         _bulk_write(collection, unmark)
     return len(marks)
+
+
+def _raw_horizon() -> datetime | None:
+    """The start of the oldest hour whose raw points are all still kept
+    (``RETENTION_POINTS_DAYS``; None: kept forever).  Older hours are never recomputed:
+    their raw points are gone or going, and the rollups are what is left of them (a
+    late point stored that far back leaves them as they are)."""
+    days = current_app.config.get("RETENTION_POINTS_DAYS") or 0
+    if days <= 0:
+        return None
+    return ceil_to(utcnow() - timedelta(days=days), HOUR)
 
 
 def rebuild_rollups(metric_id: ObjectId | None = None) -> int:
