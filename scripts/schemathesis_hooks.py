@@ -14,7 +14,8 @@ the built-in checks find is kept:
    on the events cursor, a series window of more than 10,000 buckets, a forced series
    ``source`` (5m/1h) that cannot serve the ``step``, a log attribute key that is
    empty, too long, starts with ``$`` or holds ``.`` or NUL (OpenAPI 3.0 has no
-   ``propertyNames``; the field's description states the rule).  A 422 that names any other problem is still a finding.
+   ``propertyNames``; the field's description states the rule).  A 422 that names any
+   other problem is still a finding.
 3. A schema-valid ``GET /api/events`` answered **410** (documented): its generated
    ``after`` cursor lies outside the events kept (older than the oldest, or past the
    newest of a fresh database), which depends on stored data.
