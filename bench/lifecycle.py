@@ -137,8 +137,10 @@ def flask(env: dict, *argv: str) -> tuple[str, float]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
+    if done.returncode:
+        raise SystemExit(f"flask {' '.join(argv)} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     return done.stdout.strip(), time.monotonic() - began
 
 

@@ -492,11 +492,14 @@ def rebuild_rollups(metric_id: ObjectId | None = None) -> int:
     """Mark every hour that has points (of one entry, or of all) and flag the entries
     as covered: the worker then (re)builds their rollups.  For entries stored before
     rollups existed, or after rollups were lost; returns how many hours were marked."""
-    hours = _hours_with_points({} if metric_id is None else {"metric_id": metric_id})
-    _mark_dirty(hours)
     query = CpuMetric.objects if metric_id is None else CpuMetric.objects(id=metric_id)
-    query.update(set__rollups=True)
-    return sum(len(h) for h in hours.values())
+    marked = 0
+    for one in list(query.scalar("id")):  # one aggregation per entry: bounded work
+        hours = _hours_with_points({"metric_id": one})
+        _mark_dirty(hours)
+        CpuMetric.objects(id=one).update(set__rollups=True)
+        marked += sum(len(h) for h in hours.values())
+    return marked
 
 
 def _hours_with_points(match: dict) -> dict[ObjectId, set[datetime]]:
