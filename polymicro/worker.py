@@ -48,7 +48,7 @@ def jobs(app: Flask) -> list[Job]:
         Job("liveness", in_context(app, liveness.record_due), app.config["LIVENESS_CHECK_SECONDS"]),
         Job(
             "rollups",
-            in_context(app, metrics.recompute_rollups),
+            in_context(app, metrics.roll_up_due),
             app.config["ROLLUPS_CHECK_SECONDS"],
         ),
     ]

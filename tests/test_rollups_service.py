@@ -379,3 +379,10 @@ def test_hours_past_the_raw_retention_are_never_recomputed(app):
         metrics.append_cpu_points(metric.id, [{"time": at(60 * 24 * 9), "load": 1.0}])
         assert metrics.recompute_rollups() == 1
         assert CpuRollup5m.objects(metric_id=metric.id).count() == 1
+
+
+def test_the_job_works_through_every_mark_in_batches(ctx):
+    metric = make_metric(make_service(), [{"time": at(60 * h), "load": 1.0} for h in range(5)])
+    assert metrics.roll_up_due(limit=2) == 5
+    assert CpuRollupDirty.objects.count() == 0
+    assert CpuRollup1h.objects(metric_id=metric.id).count() == 5

@@ -19,6 +19,7 @@ domain, above this one, counts them as heartbeats of the services that opt in).
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -475,6 +476,19 @@ def recompute_rollups(limit: int = 200) -> int:
         unmark = [DeleteOne({"_id": m["_id"], "version": m["version"]}) for m in marks]
         _bulk_write(collection, unmark)
     return len(marks)
+
+
+def roll_up_due(budget_seconds: float = 5.0, limit: int = 200) -> int:
+    """The worker job: :func:`recompute_rollups` in batches of ``limit`` until no mark
+    is left or ``budget_seconds`` have passed (the rest waits for the next turn; reads
+    stay exact meanwhile).  Returns how many hours were recomputed."""
+    began = time.monotonic()
+    total = 0
+    while True:
+        done = recompute_rollups(limit)
+        total += done
+        if done < limit or time.monotonic() - began >= budget_seconds:
+            return total
 
 
 def _raw_horizon() -> datetime | None:
