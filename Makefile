@@ -33,7 +33,7 @@ K8S_OVERLAYS := dev prod
 K8S_VERSIONS ?= 1.30.0 1.37.0
 DEV_SECRETS  := deploy/kubernetes/overlays/dev/secrets.env
 
-.PHONY: help venv run dev test test-wire lint format bench bench-mixed bench-otlp fuzz soak faults k8s-check k8s-dev-secret \
+.PHONY: help venv run dev test test-wire lint format bench bench-mixed bench-otlp bench-lifecycle fuzz soak faults k8s-check k8s-dev-secret \
 	clean clean-data
 
 help: ## list the targets
@@ -78,6 +78,9 @@ bench-mixed: $(STAMP) ## dashboard reads idle, then under log ingest (bench/mixe
 
 bench-otlp: $(STAMP) ## OTLP/HTTP log ingest against POST /api/logs/batch (bench/ingest.py; BENCH_ARGS)
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+bench-lifecycle: $(STAMP) ## rollups vs raw for long /series ranges on 1M points (bench/lifecycle.py; BENCH_ARGS)
+	$(BIN)/python bench/lifecycle.py $(BENCH_ARGS)
 
 fuzz: $(STAMP) ## Schemathesis against gunicorn + a fresh SecantusDB, ~6.5 min (scripts/fuzz.py; FUZZ_ARGS)
 	$(BIN)/python scripts/fuzz.py $(FUZZ_ARGS)

@@ -33,6 +33,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(worker_command)
     app.cli.add_command(events_cli)
     app.cli.add_command(retention_cli)
+    app.cli.add_command(rollups_command)
 
 
 def _progressbar(items: list[demo.ServiceWork]):
@@ -130,3 +131,23 @@ def create_admin_command(username: str, email: str | None, password: str | None)
     click.echo(f"{'Created' if created else 'Updated'} admin {user['username']!r}.")
     if generated:
         click.echo(f"Password: {password}  (shown once)")
+
+
+@click.command("rollups")
+@click.argument("action", type=click.Choice(["rebuild", "run", "retention"]))
+@with_appcontext
+def rollups_command(action: str) -> None:
+    """CPU rollups: `rebuild` marks every hour with points (entries stored before
+    rollups existed), `run` recomputes every marked hour now (what the worker does),
+    `retention` applies POLYMICRO_RETENTION_ROLLUPS_*_DAYS to the TTL indexes."""
+    from polymicro.metrics import service as metrics
+
+    if action == "rebuild":
+        click.echo(f"Marked {metrics.rebuild_rollups()} hours; the worker rolls them up.")
+    elif action == "run":
+        total = 0
+        while done := metrics.recompute_rollups(limit=500):
+            total += done
+        click.echo(f"Recomputed {total} hours.")
+    else:
+        click.echo(f"TTL seconds: {metrics.rollup_retention(current_app.config)}")

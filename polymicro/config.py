@@ -79,6 +79,11 @@ class Config:
     # are still stored (the TTL monitor runs every 60 s, the sweep every few minutes).
     RETENTION_BEHIND_MARGIN_MINUTES = 30
     # --- events and live streams (issue 11) ------------------------------------------
+    # Days CPU rollups are kept (a TTL index on the bucket's `time`); 0 keeps them forever.
+    RETENTION_ROLLUPS_5M_DAYS = 90
+    RETENTION_ROLLUPS_1H_DAYS = 730
+    # How often the worker recomputes the rollups of hours that received points.
+    ROLLUPS_CHECK_SECONDS = 10
     # A missing `seq` younger than this is a writer still committing: readers stop
     # before it.  Older, it is declared a hole (an aborted writer) and skipped.
     EVENTS_SETTLE_SECONDS = 5
@@ -212,6 +217,8 @@ class TestingConfig(Config):
     # Existing tests store entries of any age; the retention tests set these.
     RETENTION_LOGS_DAYS = 0
     RETENTION_POINTS_DAYS = 0
+    RETENTION_ROLLUPS_5M_DAYS = 0
+    RETENTION_ROLLUPS_1H_DAYS = 0
 
 
 def _coerce(default: Any, raw: str) -> Any:

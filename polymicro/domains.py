@@ -36,6 +36,9 @@ twice is a no-op in blinker).
   and instances of a deleted service (or project) go with it.
 - ``logs.entries_stored`` and ``metrics.points_stored`` → ``liveness.on_ingest``:
   stored logs and points are heartbeats of the services that opt in.
+- ``projects.project_usage`` → ``logs.usage_of_projects`` and
+  ``metrics.usage_of_projects``: a project's usage (and the projects list sorted by
+  it) counts what the domains above store.
 
 Retention (``polymicro/common/retention.py``) is not a way up but a registry: each
 kind of data with a retention is registered here, one line each, and the projects
@@ -72,4 +75,9 @@ def connect() -> None:
     retention.register(logs.RETENTION)
     retention.register(metrics.RETENTION)
     retention.register(events.RETENTION)
+    for kind in metrics.ROLLUP_RETENTION.values():
+        retention.register(kind)
     retention.set_override_source(projects.retention_overrides)
+
+    projects.project_usage.connect(logs.usage_of_projects)
+    projects.project_usage.connect(metrics.usage_of_projects)

@@ -45,6 +45,7 @@ def jobs(app: Flask) -> list[Job]:
     from polymicro.alerts import service as alerts
     from polymicro.common import retention
     from polymicro.liveness import service as liveness
+    from polymicro.metrics import service as metrics
 
     webhooks_every = app.config["WEBHOOK_CHECK_SECONDS"]
     found: list[Job] = [
@@ -53,6 +54,11 @@ def jobs(app: Flask) -> list[Job]:
         Job("webhook-fan-out", in_context(app, delivery.fan_out), webhooks_every),
         Job("webhook-deliver", in_context(app, delivery.deliver_due), webhooks_every),
         Job("retention", in_context(app, retention.sweep), app.config["RETENTION_SWEEP_SECONDS"]),
+        Job(
+            "rollups",
+            in_context(app, metrics.roll_up_due),
+            app.config["ROLLUPS_CHECK_SECONDS"],
+        ),
     ]
     return found
 

@@ -15,9 +15,10 @@ the built-in checks find is kept:
    retention setting (depends on the server's settings), an alert rule's condition
    fields for its kind (and its annotation placeholders and label names), a backtest
    period of too many evaluations, a silence ending in the past, a series window of more than
-   10,000 buckets, a log attribute key that is empty, too long, starts with ``$`` or
-   holds ``.`` or NUL (OpenAPI 3.0 has no ``propertyNames``; the field's description
-   states the rule).  A 422 that names any other problem is still a finding.
+   10,000 buckets, a forced series ``source`` (5m/1h) that cannot serve the ``step``, a
+   log attribute key that is empty, too long, starts with ``$`` or holds ``.`` or NUL
+   (OpenAPI 3.0 has no ``propertyNames``; the field's description states the rule).  A
+   422 that names any other problem is still a finding.
 3. A schema-valid ``GET /api/events`` answered **410** (documented): its generated
    ``after`` cursor lies outside the events kept (older than the oldest, or past the
    newest of a fresh database), which depends on stored data.
@@ -68,6 +69,7 @@ CONTRACT_RULES = [
         r"^A log entry cannot move to another project/service\.$",
         r"^`since` must not be after `until`\.$",
         r"^The window spans \d+ buckets of this step; at most 10000: ",
+        r"^`(5m|1h)` rollups serve steps that are multiples of ",
         r"^A key is 1-64 characters\.$",
         r"^A key must not start with '\$' or contain '\.' or NUL\.$",
         r"^Use either `after` or `before`\.$",

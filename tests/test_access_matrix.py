@@ -37,6 +37,7 @@ ENDPOINTS = [
     ("PUT", "/api/projects/{pid}", {"owner": "x"}, "editor", False, 200),
     ("PATCH", "/api/projects/{pid}", {"owner": "x"}, "editor", False, 200),
     ("DELETE", "/api/projects/{pid}", None, "admin", False, 204),
+    ("GET", "/api/projects/{pid}/usage", None, "viewer", False, 200),
     ("GET", "/api/services", None, "viewer", False, 200),
     ("POST", "/api/services", {"project_id": "{pid}", "name": "new"}, "editor", False, 201),
     ("GET", "/api/services/project/{pid}", None, "viewer", False, 200),

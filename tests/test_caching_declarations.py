@@ -57,6 +57,10 @@ UNCACHED_WRITES = {
     "alerts.fan_out": "alert deliveries (and the outbox) are never cached",
     "alerts.attempt": "alert deliveries are never cached",
     "alerts.redeliver": "alert deliveries are never cached",
+    "metrics.recompute_hours": "rollups: series reads are not cached",
+    "metrics.recompute_rollups": "rollups and their marks: series reads are not cached",
+    "metrics.rebuild_rollups": "rollup marks and the entry's `rollups` flag, which no "
+    "cached view shows (series reads are not cached)",
 }
 # Calls that write to the database.
 WRITE_CALLS = {

@@ -108,3 +108,15 @@ def to_row(document_cls: type[me.Document], data: dict) -> dict:
     as mongoengine stores it)."""
     fields = document_cls._fields
     return {fields[name].db_field: value for name, value in data.items() if value is not None}
+
+
+def average_size(collection, fallback: int) -> int:
+    """The average stored size of a document of ``collection`` in bytes, from the
+    database's ``collStats`` (``avgObjSize``); ``fallback`` where it gives none
+    (mongomock, an empty collection).  Used for storage estimates."""
+    try:
+        stats = collection.database.command("collStats", collection.name)
+    except Exception:  # a database without collStats (mongomock): the typical size
+        return fallback
+    size = stats.get("avgObjSize") or 0
+    return int(size) if size > 0 else fallback

@@ -43,3 +43,8 @@ class LogEntry(me.Document):
             {"fields": ["func_id", "-timestamp", "-id"]},
         ],
     }
+
+
+# Typical stored size of a log entry (BSON bytes, measured on SecantusDB with the demo
+# data) for the usage estimate where the database gives no collStats.
+TYPICAL_LOG_BYTES = 260

@@ -22,11 +22,11 @@ from flask import current_app
 
 from polymicro.common import atomic, caching, retention
 from polymicro.common.atomic import insert_all_or_nothing, insert_row
-from polymicro.common.models import contains_literally, row_view, to_row
+from polymicro.common.models import average_size, contains_literally, row_view, to_row
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
-from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, LogEntry
+from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, TYPICAL_LOG_BYTES, LogEntry
 from polymicro.observability import record_ingest
 from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
@@ -359,3 +359,35 @@ class LogTail:
             self.cursor = max(self.cursor, row["_id"])
         self.sent = {entry_id for entry_id in self.sent if entry_id >= floor}
         return _rows(new), len(rows) == fetch
+
+
+def usage_of_projects(project_ids: list[ObjectId] | None) -> dict[ObjectId, dict]:
+    """Receiver of ``projects.project_usage``: per project (of ``project_ids``, or every
+    one with logs), ``logs`` (a count), the ``oldest``/``newest`` timestamps and
+    ``bytes``, an estimate (the count × the collection's average document size from
+    ``collStats``, or a typical size where the database gives none)."""
+    match = {} if project_ids is None else {"project_id": {"$in": project_ids}}
+    collection = LogEntry._get_collection()
+    size = average_size(collection, TYPICAL_LOG_BYTES)
+    rows = collection.aggregate(
+        [
+            {"$match": match},
+            {
+                "$group": {
+                    "_id": "$project_id",
+                    "n": {"$sum": 1},
+                    "oldest": {"$min": "$timestamp"},
+                    "newest": {"$max": "$timestamp"},
+                }
+            },
+        ]
+    )
+    return {
+        row["_id"]: {
+            "logs": row["n"],
+            "oldest": row["oldest"],
+            "newest": row["newest"],
+            "bytes": row["n"] * size,
+        }
+        for row in rows
+    }

@@ -111,8 +111,20 @@ class MetricData(MethodView):
 class MetricSeries(MethodView):
     @access("viewer")
     @blp.arguments(SeriesQueryArgsSchema, location="query")
-    @blp.response(200, BucketSchema(many=True))
+    @blp.response(
+        200,
+        BucketSchema(many=True),
+        headers={
+            "X-Series-Source": {
+                "description": "What served the buckets: `raw` points, or the `5m` or "
+                "`1h` rollups (with the window's edges and hours still being rolled up "
+                "computed from raw points).",
+                "schema": {"type": "string", "enum": ["raw", "5m", "1h"]},
+            }
+        },
+    )
     @blp.alt_response(404, description="No such entry.")
     def get(self, args, metric_id):
         """The window (default: the last 24 hours) in buckets of `step`, oldest first."""
-        return service.cpu_series(metric_id, **args)
+        buckets, source = service.cpu_series_with_source(metric_id, **args)
+        return buckets, 200, {"X-Series-Source": source}

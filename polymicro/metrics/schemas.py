@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 
 from marshmallow import Schema, ValidationError, fields, validate
+from webargs.fields import DelimitedList
 
 from polymicro.common.fields import (
     Name,
@@ -164,6 +165,10 @@ class Step(fields.String):
         return timedelta(seconds=seconds)
 
 
+AGGREGATES = ("avg", "min", "max", "p50", "p90", "p95", "p99")
+SOURCES = ("auto", "raw", "5m", "1h")
+
+
 class SeriesQueryArgsSchema(TimeWindowSchema):
     step = Step(
         load_default=DEFAULT_STEP,
@@ -172,15 +177,45 @@ class SeriesQueryArgsSchema(TimeWindowSchema):
             "pattern": STEP_PATTERN,
         },
     )
+    agg = DelimitedList(
+        fields.String(validate=validate.OneOf(AGGREGATES)),
+        validate=validate.Length(max=len(AGGREGATES) * 2),
+        metadata={
+            "description": "Statistics wanted, comma-separated, e.g. `avg,min,max,p95`. "
+            "`avg`, `min` and `max` are always returned; `p50`, `p90`, `p95` and `p99` add "
+            "those percentiles of `load` and `memory` (nearest rank; see the README for "
+            "which databases compute them approximately)."
+        },
+    )
+    source = fields.String(
+        load_default="auto",
+        validate=validate.OneOf(SOURCES),
+        metadata={
+            "description": "`auto` (default) picks raw points or the 5m/1h rollups by step "
+            "and window; `raw` forces raw points; `5m`/`1h` force a rollup size (422 when "
+            "it cannot serve the step). Every source gives the same buckets; the response "
+            "header `X-Series-Source` says which one served."
+        },
+    )
 
 
-class LoadStatsSchema(Schema):
+def _percentile_fields(nullable: bool) -> dict:
+    return {
+        name: fields.Float(
+            allow_none=nullable,
+            metadata={"description": f"The {name[1:]}th percentile (only when asked in `agg`)."},
+        )
+        for name in ("p50", "p90", "p95", "p99")
+    }
+
+
+class LoadStatsSchema(Schema.from_dict(_percentile_fields(False))):
     avg = fields.Float()
     min = fields.Float()
     max = fields.Float()
 
 
-class MemoryStatsSchema(Schema):
+class MemoryStatsSchema(Schema.from_dict(_percentile_fields(True))):
     avg = fields.Float(allow_none=True)
     max = fields.Float(allow_none=True)
 

@@ -5,7 +5,12 @@ from flask.views import MethodView
 from polymicro.common.blueprint import Blueprint
 from polymicro.common.pagination import QueryPage
 from polymicro.projects import service
-from polymicro.projects.schemas import ProjectQueryArgsSchema, ProjectSchema, ProjectUpdateSchema
+from polymicro.projects.schemas import (
+    ProjectQueryArgsSchema,
+    ProjectSchema,
+    ProjectUpdateSchema,
+    UsageSchema,
+)
 from polymicro.security import access
 
 blp = Blueprint(
@@ -72,3 +77,13 @@ class ProjectItem(MethodView):
     def _update(data, project_id):
         blp.check_etag(service.get_project(project_id), ProjectSchema)
         return service.update_project(project_id, data)
+
+
+@blp.route("/<objectid:project_id>/usage")
+class ProjectUsage(MethodView):
+    @access("viewer")
+    @blp.response(200, UsageSchema)
+    @blp.alt_response(404, description="No such project.")
+    def get(self, project_id):
+        """What the project stores: counts, oldest and newest times, estimated size."""
+        return service.project_usage_view(project_id)

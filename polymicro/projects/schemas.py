@@ -93,5 +93,32 @@ class ProjectQueryArgsSchema(BaseQuerySchema):
     tag = Tag(validate=validate.Length(max=50))
     sort = fields.String(
         load_default="name",
-        validate=validate.OneOf(["name", "-name", "created_at", "-created_at"]),
+        validate=validate.OneOf(["name", "-name", "created_at", "-created_at", "usage"]),
+        metadata={
+            "description": "`usage`: largest estimated storage first (see "
+            "`/api/projects/{id}/usage`; the order may lag writes by the cache's lifetime)."
+        },
+    )
+
+
+class UsageSchema(Schema):
+    """What a project stores, computed on each request."""
+
+    project_id = ObjectIdString()
+    logs = fields.Integer(metadata={"description": "Log entries stored."})
+    points = fields.Integer(metadata={"description": "CPU points stored (raw)."})
+    rollups = fields.Integer(metadata={"description": "CPU rollup buckets stored (5m and 1h)."})
+    oldest = UTCDateTime(
+        allow_none=True, metadata={"description": "Oldest log or point time; null if none."}
+    )
+    newest = UTCDateTime(
+        allow_none=True, metadata={"description": "Newest log or point time; null if none."}
+    )
+    storage_bytes = fields.Integer(
+        data_key="storage_bytes",
+        attribute="bytes",
+        metadata={
+            "description": "Estimated stored size: each kind's count × its collection's "
+            "average document size (collStats), indexes not included."
+        },
     )

@@ -35,6 +35,14 @@ project_views_extras = _signals.signal(
     doc="Sent with a list of project ids; a receiver returns {project_id: {field: value}} "
     "to embed in the views (the services embed themselves as `microservices`).",
 )
+project_usage = _signals.signal(
+    "project-usage",
+    doc="Sent with a list of project ids (None: every project); a receiver returns "
+    "{project_id: {kind: count, 'oldest', 'newest', 'bytes'}} for what it stores (the "
+    "logs count logs, the metrics points and rollups).",
+)
+
+USAGE_COUNTS = ("logs", "points", "rollups")
 
 SORTS = {
     "name": ("name_key", "id"),
@@ -56,9 +64,65 @@ def list_projects(
         query = query.filter(owner=owner)
     if tag:
         query = query.filter(tags=tag)
-    paged = PagedQuery(query.order_by(*SORTS[sort]), per_page=project_views)
+    query = _ByUsage(query) if sort == "usage" else query.order_by(*SORTS[sort])
+    paged = PagedQuery(query, per_page=project_views)
     key = caching.make_key("projects", q=q, owner=owner, tag=tag, sort=sort)
     return caching.CachedQuery(CATALOG.key(), key, paged)
+
+
+class _ByUsage:
+    """Projects of a query ordered by their estimated storage, largest first (then by
+    name); pageable like a query set.  Usage is gathered once for all of them."""
+
+    def __init__(self, query):
+        self.query = query
+        self._ids = None
+
+    def _ordered(self) -> list[ObjectId]:
+        if self._ids is None:
+            rows = self.query.order_by(*SORTS["name"]).scalar("id")
+            ids = list(rows)
+            usage = usage_of(ids)
+            self._ids = sorted(ids, key=lambda pid: -usage.get(pid, {}).get("bytes", 0))
+        return self._ids
+
+    def count(self) -> int:
+        return len(self._ordered())
+
+    def __getitem__(self, window: slice) -> list[Project]:
+        ids = self._ordered()[window]
+        found = {p.id: p for p in Project.objects(id__in=ids)}
+        return [found[pid] for pid in ids if pid in found]
+
+
+def usage_of(project_ids: list[ObjectId] | None) -> dict[ObjectId, dict]:
+    """What the domains above store per project (see :data:`project_usage`), merged:
+    counts, ``oldest``/``newest`` and ``storage_bytes``."""
+    merged: dict[ObjectId, dict] = {}
+    for _receiver, returned in project_usage.send(project_ids):
+        for project_id, found in (returned or {}).items():
+            entry = merged.setdefault(project_id, _empty_usage())
+            for kind in USAGE_COUNTS:
+                entry[kind] += found.get(kind, 0)
+            entry["bytes"] += found.get("bytes", 0)
+            for field, pick in (("oldest", min), ("newest", max)):
+                if found.get(field) is not None:
+                    current = entry[field]
+                    entry[field] = found[field] if current is None else pick(current, found[field])
+    return merged
+
+
+def _empty_usage() -> dict:
+    return dict.fromkeys(USAGE_COUNTS, 0) | {"oldest": None, "newest": None, "bytes": 0}
+
+
+def project_usage_view(project_id: ObjectId) -> dict:
+    """``GET /api/projects/{id}/usage``: counts of the project's logs, CPU points and
+    rollups, the oldest and newest stored timestamps, and an estimated size in bytes
+    (counts × average stored document size).  Computed on each call (not cached)."""
+    require_project(project_id)
+    usage = usage_of([project_id]).get(project_id, _empty_usage())
+    return {"project_id": project_id, **usage}
 
 
 def project_views(projects: list[Project]) -> list[dict]:
