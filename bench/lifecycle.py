@@ -100,6 +100,7 @@ def seed(port: int, mongo_uri: str, args) -> tuple[list[str], datetime]:
         body = {"project_id": project["id"], "service_name": name}
         ids.append(api.call("POST", "/api/metrics/cpu/", body, expect=201)["id"])
     api.close()
+    args.project_id = project["id"]
     per_service = args.points // args.services
     end = datetime.utcnow().replace(minute=0, second=0, microsecond=0)
     spacing = timedelta(days=args.days) / per_service
@@ -142,6 +143,30 @@ def flask(env: dict, *argv: str) -> tuple[str, float]:
     if done.returncode:
         raise SystemExit(f"flask {' '.join(argv)} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     return done.stdout.strip(), time.monotonic() - began
+
+
+def sweep_throughput(port: int, mongo_uri: str, env: dict, args) -> dict:
+    """The retention sweep's rate: the project's override keeps half the seeded days,
+    and one worker round (``flask worker --once``, at most SWEEP_MAX_BATCHES batches of
+    SWEEP_BATCH rows) deletes what is older; rows deleted per second of that round."""
+    api = HttpClient(port)
+    keep = max(1, args.days // 2)
+    body = {"retention": {"points_days": keep}}
+    api.call("PATCH", f"/api/projects/{args.project_id}", body, expect=200)
+    api.close()
+    points = pymongo.MongoClient(mongo_uri)["polymicro"]["cpu_points"]
+    before = points.estimated_document_count()
+    round_env = dict(env, POLYMICRO_RETENTION_SWEEP_MAX_BATCHES="100")
+    _, seconds = flask(round_env, "worker", "--once")
+    deleted = before - points.estimated_document_count()
+    row = {
+        "override_days": keep,
+        "deleted": deleted,
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(deleted / seconds) if seconds else None,
+    }
+    say(f"retention sweep: {json.dumps(row)} (one worker round, process start included)")
+    return row
 
 
 def measure(port: int, ids: list[str], end: datetime, args) -> list[dict]:
@@ -227,8 +252,15 @@ def main(procs: Processes, args) -> int:
     say(f"load average {os.getloadavg()[0]:.1f} at start; workdir {workdir}")
     redis_url = ensure_redis(procs, workdir, args.redis_url)
     db = start_secantus(procs, workdir / "db", workdir)
-    # A long worker interval: the bench builds the rollups itself, timed.
-    env = app_env(db.uri, redis_url, POLYMICRO_ROLLUPS_CHECK_SECONDS="3600")
+    # A long worker interval: the bench builds the rollups itself, timed.  Raw points
+    # are kept forever here: the raw side of each comparison must see all 30 days (the
+    # default 30-day retention would hide the oldest hours of the seeded range).
+    env = app_env(
+        db.uri,
+        redis_url,
+        POLYMICRO_ROLLUPS_CHECK_SECONDS="3600",
+        POLYMICRO_RETENTION_POINTS_DAYS="0",
+    )
     app = start_gunicorn(procs, env, workdir, GunicornSettings(2, 4), name="polymicro")
     ids, end = seed(app.port, db.uri, args)
     out, rebuild_s = flask(env, "rollups", "rebuild")
@@ -237,6 +269,7 @@ def main(procs: Processes, args) -> int:
     say(f"{out} ({run_s:.0f} s; {args.points / run_s:,.0f} points/s rolled up)")
     rows = measure(app.port, ids, end, args)
     cost = write_cost(app.port, db.uri, ids, args)
+    sweep = sweep_throughput(app.port, db.uri, env, args)
     thirty = rows[-1]
     result = {
         "points": args.points,
@@ -245,6 +278,7 @@ def main(procs: Processes, args) -> int:
         "rollup_build_s": {"rebuild": round(rebuild_s, 1), "run": round(run_s, 1)},
         "series": rows,
         "write_cost": cost,
+        "retention_sweep": sweep,
         "targets": {
             "30d ratio >= 20x": thirty["ratio_p50"] >= TARGET_RATIO_30D,
             "every rollup series p99 < 100 ms": all(
