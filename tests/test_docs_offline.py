@@ -226,6 +226,9 @@ def _load(url: str, profile: Path) -> tuple[str, list[str]]:
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--enable-logging=stderr",
             "--v=0",
+            # Swagger UI renders only the operations in the window (a virtualised list,
+            # with this many operations): a window tall enough to hold all of them.
+            "--window-size=1280,40000",
             "--virtual-time-budget=20000",
             "--dump-dom",
             url,

@@ -60,10 +60,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import pymongo
 from bson import ObjectId
 from flask import current_app
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from polymicro.common import clock
 from polymicro.common.timeutil import format_time
@@ -76,6 +77,8 @@ from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
 log = logging.getLogger(__name__)
+# The most a catalog read spends recording liveness changes first (see catch_up).
+CATCH_UP_SECONDS = 0.5
 
 CATALOG = services.CATALOG  # the views show liveness: a recorded change bumps the catalog
 EVENT = "service.liveness_changed"
@@ -400,11 +403,15 @@ def record_due() -> int:
 def catch_up() -> None:
     """Before a catalog or liveness read: :func:`record_due`, at most once per
     LIVENESS_CHECK_SECONDS per process, so the views follow the deadlines even with no
-    worker.  It never fails the read for its own sake (a failure is logged), except
-    when the database cannot be reached: then the read could not answer either, and
-    the error goes on at once (503), instead of the read waiting a second
-    server-selection timeout of its own (the fault scenarios measured 4.5-5 s instead
-    of 2-2.5 s).  The next read tries again."""
+    worker.  It never fails the read (a failure is logged: the read answers as it can,
+    from the cache if it holds the answer).
+
+    It has a time budget of its own (``CATCH_UP_SECONDS``, pymongo's client-side
+    timeout, which bounds server selection too): with the database away, a read used
+    to wait a whole server-selection timeout here and then another one of its own (the
+    fault scenarios measured 4.5-5 s to the 503 instead of 2-2.5 s).  A round cut short
+    records what it did (each change is its own compare-and-set); the worker does the
+    rest."""
     now = clock.now()
     memory = _memory()
     with memory.lock:
@@ -412,12 +419,9 @@ def catch_up() -> None:
             return
         memory.caught_up = now
     try:
-        record_due()
-    except ConnectionFailure:
-        with memory.lock:
-            memory.caught_up = None
-        raise
-    except PyMongoError as exc:  # another database error: the read answers as it can
+        with pymongo.timeout(CATCH_UP_SECONDS):
+            record_due()
+    except PyMongoError as exc:  # the database is away or slow: the read answers as it can
         log.warning("liveness changes not recorded before a read (%s)", type(exc).__name__)
     except Exception:
         log.exception("recording the liveness changes before a read failed")
