@@ -111,7 +111,15 @@ def _query(
     if service_id is not None:
         query = query.filter(service_id=service_id)
     if severity:
-        query = query.filter(level__in=[SEVERITY_LEVEL[name] for name in severity])
+        # One severity (the dashboard's filter) is an equality, not a one-element $in:
+        # SecantusDB plans project_id = x, level $in [...] and the retention horizon
+        # (timestamp >= cut) as a scan of the whole collection (explain: 10,000 rows
+        # examined instead of 338 with 5 projects of 2,000 logs), and a horizon is in
+        # every list query while retention is on.
+        levels = [SEVERITY_LEVEL[name] for name in severity]
+        query = (
+            query.filter(level=levels[0]) if len(levels) == 1 else query.filter(level__in=levels)
+        )
     if min_severity:
         query = query.filter(level__gte=SEVERITY_LEVEL[min_severity])
     if source:
