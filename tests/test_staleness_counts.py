@@ -196,3 +196,37 @@ def test_reads_under_ingest_are_served_from_the_cache(
         "bumps": {"calls": WRITES, "logs": 2 * WRITES},
         "cached_reads": {},
     }
+
+
+@pytest.mark.usefixtures("ctx")
+def test_a_lease_taken_again_at_once_does_not_take_the_cache_down(app, monkeypatch):
+    """Refresh ahead under a steady writer: a reader releases its lease and another
+    reader takes it in the same instant.  cachelib's ``delete_many`` then found the key
+    again and raised, which counted as an outage: the worker answered every read from
+    the database for ``RETRY_SECONDS``.  Counted: after the release the cache is still
+    in use, and the next read is served from it."""
+    backend = caching.cache.cache
+    entry_key = caching._entry_key("logs:x", "k")
+    lease = caching._lease_key(entry_key)
+
+    def taken_again(delete):
+        def wrapped(*keys):
+            done = delete(*keys)
+            assert caching._add(lease, caching.LEASE_MS)  # another reader, at once
+            return done
+
+        return wrapped
+
+    if caching._is_redis():
+        client = backend._write_client
+        monkeypatch.setattr(client, "delete", taken_again(client.delete))
+    else:
+        monkeypatch.setattr(backend, "delete", taken_again(backend.delete))
+    app.config["LIST_STALENESS_MS"] = WINDOW_MS  # a reader that misses takes the lease
+    reader = caching.Reader("logs:x")
+    computed = []
+    assert reader.get("k", lambda: computed.append(1) or "v") == "v"  # stores, releases
+    assert reader._leased == []
+    assert caching._breaker.down_until == 0.0  # not taken for an outage
+    assert caching.Reader("logs:x").get("k", lambda: computed.append(1) or "again") == "v"
+    assert computed == [1]

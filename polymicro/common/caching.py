@@ -178,6 +178,23 @@ def _add(key: str, ttl_ms: int) -> bool:
     return cache.add(key, 1, timeout=math.ceil(ttl_ms / 1000))
 
 
+def _delete(keys: list[str]) -> None:
+    """Delete keys, whether they exist or not, in one round trip.
+
+    Not flask-caching's ``delete_many``: cachelib's checks each key with ``EXISTS``
+    after the ``DEL`` and raises when one exists again.  A released lease is often taken
+    again at once by another reader (refresh ahead under a steady writer), so the
+    release raised, ``_guard`` took it for an outage, and that worker answered every
+    read from the database for ``RETRY_SECONDS`` (issue 9: ``make bench-mixed`` logged
+    "cache unavailable (RuntimeError: Failed to delete keys: ['lease:logs:…'])")."""
+    if _is_redis():
+        backend = cache.cache
+        backend._write_client.delete(*(backend._get_prefix() + key for key in keys))
+        return
+    for key in keys:
+        cache.delete(key)
+
+
 def _generation(namespace: str) -> int:
     key = _generation_key(namespace)
     value = cache.get(key)
@@ -523,7 +540,7 @@ class Reader:
         if self._leased:
             leased, self._leased = self._leased, []
             with contextlib.suppress(CacheDown):
-                _guard(cache.delete_many, *leased)
+                _guard(_delete, leased)
 
     def _store(self, key: str, stamp: tuple[int, float] | None, value: Any) -> None:
         if stamp is None:
