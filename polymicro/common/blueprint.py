@@ -99,6 +99,7 @@ class Blueprint(flask_smorest.Blueprint):
             def wrapper(*args, **kwargs):
                 scope = _scope_value(declared.scope, kwargs)
                 namespace = declared.key(scope)
+                epoch = declared.epoch(scope) if declared.epoch else None  # before the salt
                 key = caching.make_key(
                     "response",
                     unversioned_path(request.path).rstrip("/"),
@@ -107,7 +108,7 @@ class Blueprint(flask_smorest.Blueprint):
                 )
                 gzip_ok = not etag and request.accept_encodings["gzip"] > 0
                 variant = f"{key}:gzip" if gzip_ok else key
-                reader = caching.Reader(namespace)
+                reader = caching.Reader(namespace, epoch)
                 hit = reader.peek(variant, background=True)
 
                 def compute():

@@ -178,6 +178,23 @@ def _add(key: str, ttl_ms: int) -> bool:
     return cache.add(key, 1, timeout=math.ceil(ttl_ms / 1000))
 
 
+def _delete(keys: list[str]) -> None:
+    """Delete keys, whether they exist or not, in one round trip.
+
+    Not flask-caching's ``delete_many``: cachelib's checks each key with ``EXISTS``
+    after the ``DEL`` and raises when one exists again.  A released lease is often taken
+    again at once by another reader (refresh ahead under a steady writer), so the
+    release raised, ``_guard`` took it for an outage, and that worker answered every
+    read from the database for ``RETRY_SECONDS`` (issue 9: ``make bench-mixed`` logged
+    "cache unavailable (RuntimeError: Failed to delete keys: ['lease:logs:…'])")."""
+    if _is_redis():
+        backend = cache.cache
+        backend._write_client.delete(*(backend._get_prefix() + key for key in keys))
+        return
+    for key in keys:
+        cache.delete(key)
+
+
 def _generation(namespace: str) -> int:
     key = _generation_key(namespace)
     value = cache.get(key)
@@ -404,14 +421,21 @@ class Reader:
     from data older than that write, is current for nobody (and, in a namespace with a
     window, served only inside it, never to that writer)."""
 
-    def __init__(self, namespace: str):
+    def __init__(self, namespace: str, epoch: int | None = None):
         self.namespace = namespace
+        self.epoch = epoch
         self.window_ms = staleness_ms(namespace)
         self._writer = _writer_key(namespace, caller()) if self.window_ms else None
         self._pending: tuple[int, float] | None = None  # (generation, started) of a miss
         self._leased: list[str] = []
         self._looked_up = 0.0
         self.refresh_due = False
+
+    def _current(self, generation: int) -> Any:
+        """What an entry computed now is stamped with: the namespace's generation, with
+        the reader's epoch when it has one (an entry of another epoch is stale like one
+        of another generation)."""
+        return generation if self.epoch is None else (generation, self.epoch)
 
     def _took(self) -> float:
         """Milliseconds since the lookup that missed: how long the computation took
@@ -442,11 +466,12 @@ class Reader:
         except CacheDown:
             return False, None, None
         now = self._looked_up = _now_ms()
+        current = self._current(generation)
         if entry is not None and len(entry) != 4:
             entry = None  # not an entry of this format
         if entry is not None:
             entry_generation, started, value, took = entry
-            if entry_generation == generation:
+            if entry_generation == current:
                 return True, value, None
             if self._may_serve(entry, last_write, now):
                 # Refresh ahead: once less than three times its last computation is
@@ -465,8 +490,8 @@ class Reader:
                 if background:
                     self.refresh_due = True
                     _note_stale(started)
-                    return True, value, (generation, now)
-                return False, None, (generation, now)
+                    return True, value, (current, now)
+                return False, None, (current, now)
         if self.window_ms and (entry is None or self._may_serve(entry, last_write, None)):
             # Nothing to serve, and this caller has no write of its own to see: if another
             # reader is computing this entry, wait for it rather than compute it again.
@@ -474,12 +499,16 @@ class Reader:
             if waited is not None:
                 return True, waited, None
             now = self._looked_up = _now_ms()
-        return False, None, (generation, now)
+        return False, None, (current, now)
 
     def _may_serve(self, entry: tuple, last_write: int | None, now: float | None) -> bool:
         """An entry of another generation may be served: inside the window (``now`` None:
         whatever its age) and not older than this caller's last write."""
         entry_generation, started = entry[0], entry[1]
+        if isinstance(entry_generation, tuple):  # (generation, epoch)
+            entry_generation, epoch = entry_generation
+            if self.epoch is not None and epoch not in (self.epoch, self.epoch - 1):
+                return False  # only the epoch just before is served stale
         if not self.window_ms or (last_write is not None and last_write > entry_generation):
             return False
         return now is None or now - started < self.window_ms
@@ -497,10 +526,11 @@ class Reader:
                 generation, entry, last_write, lease = self._read(entry_key)
             except CacheDown:
                 return None
+            current = self._current(generation)
             if entry is not None and (
-                entry[0] == generation or self._may_serve(entry, last_write, _now_ms())
+                entry[0] == current or self._may_serve(entry, last_write, _now_ms())
             ):
-                if entry[0] != generation:
+                if entry[0] != current:
                     _note_stale(entry[1])
                 return entry[2]
             if lease is None and self._take_lease(entry_key):
@@ -523,7 +553,7 @@ class Reader:
         if self._leased:
             leased, self._leased = self._leased, []
             with contextlib.suppress(CacheDown):
-                _guard(cache.delete_many, *leased)
+                _guard(_delete, leased)
 
     def _store(self, key: str, stamp: tuple[int, float] | None, value: Any) -> None:
         if stamp is None:
@@ -592,10 +622,10 @@ class CachedQuery:
     """A pageable query (``count()`` and slices, see ``pagination.py``) whose count and
     pages are cached in a namespace; every page size and offset has its own key."""
 
-    def __init__(self, namespace: str, key: str, query):
+    def __init__(self, namespace: str, key: str, query, epoch: Any = None):
         self.query = query
         self.key = key
-        self._reader = Reader(namespace)
+        self._reader = Reader(namespace, epoch)
 
     def count(self) -> int:
         return self._reader.get(f"{self.key}:count", self.query.count)
@@ -637,7 +667,11 @@ class Namespace:
     ``salt(scope_value)`` (optional) returns what else a read of the namespace depends on
     besides writes to it (the retention horizon: it moves with the time and with a
     project's override); the response cache puts it in its keys, as the service reads
-    put it in theirs.
+    put it in theirs.  ``epoch(scope_value)`` (optional) returns what a read depends on
+    that moves with the time (the minute the retention horizon is at): not part of a key
+    but stamped on each entry with its generation, so an entry of an older epoch is stale
+    like one of an older generation (served within the staleness window, refreshed
+    ahead) instead of missing for every reader at once when the epoch moves.
     """
 
     def __init__(
@@ -648,8 +682,10 @@ class Namespace:
         unscoped: bool = True,
         bounded_staleness: bool = False,
         salt: Callable[[Any], Any] | None = None,
+        epoch: Callable[[Any], Any] | None = None,
     ):
         self.salt = salt
+        self.epoch = epoch
         self.name = name
         self.scope = scope
         self.unscoped = unscoped

@@ -20,9 +20,13 @@ A registered kind gets, with no further code:
   older, so an answer never depends on when the database's TTL monitor last ran (it
   runs every 60 s on MongoDB and SecantusDB; mongomock hides expired rows on read by the
   real time).  The horizon is rounded *up* to the minute (``HORIZON_STEP``): it never
-  shows a row the TTL may already have deleted, and it stays the same for a minute, so
-  it can be part of a cache key (lists are cached; a key with the horizon in it is
-  correct for as long as it is used).
+  shows a row the TTL may already have deleted, and it stays the same for a minute.
+  Cached lists follow it by steps: the days kept are in their keys
+  (:func:`visible_key`), the step in their entries (:func:`visible_epoch`).  In a
+  namespace with a staleness window (the log lists) a list of the step just before may
+  be served for up to that window after the step, like a list that lags a delete
+  (issue 9: with the horizon in the key every list missed for every reader at once,
+  each minute); an exact namespace recomputes at once.
 - a per-project override (kinds with ``override``): the project's ``retention`` object
   names days for this kind.  It may only be *shorter* than the global setting (a TTL
   index deletes at one age for the whole collection; a longer override cannot work, so
@@ -211,6 +215,39 @@ def visible(kind: Kind, project_id: ObjectId | None = None, project_field: str =
         if clauses:
             query["$nor"] = clauses
     return query
+
+
+def visible_key(kind: Kind, project_id: ObjectId | None = None):
+    """What :func:`visible` depends on besides the time: the days kept (for the project,
+    or the global days and every shorter project override).  Cached lists put this in
+    their keys and :func:`visible_epoch` in their entries, so a list's key does not
+    change each time the horizon moves by a minute (issue 9: it did, and at each minute
+    every list of every reader was missing at once and all of them waited for the
+    database; with the epoch in the entry an older minute's entry is served like one of
+    an older generation: within the namespace's staleness window, refreshed ahead)."""
+    if project_id is not None:
+        return _effective_days(kind, _override_of(kind, project_id))
+    base = days(kind)
+    shorter = []
+    if kind.override:
+        for pid, values in sorted(overrides().items(), key=lambda item: str(item[0])):
+            override = values.get(kind.override)
+            if override and (not base or override < base):
+                shorter.append([str(pid), override])
+    return [base, shorter]
+
+
+def visible_epoch(kind: Kind, project_id: ObjectId | None = None) -> int | None:
+    """The step (``HORIZON_STEP`` seconds since 1970) the horizons of :func:`visible` are
+    cut at now, or None when nothing expires.  Every horizon moves at the same steps
+    (whole days before the same time, rounded up to the minute), so one value stands for
+    all of them.  Take it
+    *before* the query's :func:`visible`: should a step pass in between, the entry then
+    claims an older step than its data, which only makes it stale sooner."""
+    key = visible_key(kind, project_id)
+    if key == 0 or key == [0, []]:
+        return None
+    return int((_cut(0) - datetime(1970, 1, 1)).total_seconds()) // HORIZON_STEP
 
 
 # --- TTL indexes --------------------------------------------------------------------------

@@ -32,14 +32,17 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-# Lists hide what retention no longer keeps (see RETENTION below): that moves with the
-# time and the project's override, so it is part of every cached list's key.
+# Lists hide what retention no longer keeps (see RETENTION below): the days kept (the
+# project's override) are part of every cached list's key; the horizon, which moves by
+# the minute, is the epoch of its entries (an entry of an older minute is served like
+# one of an older generation: within the staleness window), not part of the key.
 LOGS = caching.Namespace(
     "logs",
     scope="project_id",
     unscoped=True,
     bounded_staleness=True,
-    salt=lambda project_id: retention.visible(RETENTION, project_id),
+    salt=lambda project_id: retention.visible_key(RETENTION, project_id),
+    epoch=lambda project_id: retention.visible_epoch(RETENTION, project_id),
 )
 
 _signals = Signals()
@@ -93,11 +96,12 @@ def list_logs(
         "until": until,
         "q": q,
     }
-    # What retention still keeps (the horizon moves by the minute: part of the key).
-    kept = retention.visible(RETENTION, project_id)
-    key = caching.make_key("logs", kept=kept, **filters)
-    filters["kept"] = kept
-    return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters))
+    # What retention still keeps: its days are part of the key, the minute its horizon
+    # is at is the entries' epoch (taken first; see retention.visible_epoch).
+    epoch = retention.visible_epoch(RETENTION, project_id)
+    key = caching.make_key("logs", kept=retention.visible_key(RETENTION, project_id), **filters)
+    filters["kept"] = retention.visible(RETENTION, project_id)
+    return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters), epoch=epoch)
 
 
 def _query(
@@ -111,7 +115,15 @@ def _query(
     if service_id is not None:
         query = query.filter(service_id=service_id)
     if severity:
-        query = query.filter(level__in=[SEVERITY_LEVEL[name] for name in severity])
+        # One severity (the dashboard's filter) is an equality, not a one-element $in:
+        # SecantusDB plans project_id = x, level $in [...] and the retention horizon
+        # (timestamp >= cut) as a scan of the whole collection (explain: 10,000 rows
+        # examined instead of 338 with 5 projects of 2,000 logs), and a horizon is in
+        # every list query while retention is on.
+        levels = [SEVERITY_LEVEL[name] for name in severity]
+        query = (
+            query.filter(level=levels[0]) if len(levels) == 1 else query.filter(level__in=levels)
+        )
     if min_severity:
         query = query.filter(level__gte=SEVERITY_LEVEL[min_severity])
     if source:
