@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import mongoengine
@@ -266,7 +267,16 @@ def test_a_one_off_request_is_never_sent_twice(closing_server):
 def _sleeper(tag: str) -> subprocess.Popen:
     """A process whose command line carries ``tag`` (what the pid-file check reads)."""
     code = "import time; time.sleep(60)"
-    return subprocess.Popen([sys.executable, "-c", code, tag])  # noqa: S603
+    proc = subprocess.Popen([sys.executable, "-c", code, tag])  # noqa: S603
+    # Until it has exec'd, its command line is still the forking pytest's (CI once read
+    # it in that instant, under load): wait for the tag to show.
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    for _ in range(500):
+        if tag.encode() in cmdline.read_bytes():
+            return proc
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"the sleeper never showed {tag!r} in its command line")
 
 
 def _finished_pid() -> int:
