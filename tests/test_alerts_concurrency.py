@@ -17,12 +17,10 @@ from __future__ import annotations
 import itertools
 import random
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +28,7 @@ from polymicro import create_app
 from polymicro.alerts import service as alerts
 from polymicro.common import caching, clock
 from polymicro.extensions import close_db
-from polymicro_dev import Processes, app_env, start_secantus
+from polymicro_dev import Processes, app_env
 from polymicro_dev.processes import venv_exe, wait_until
 from tests.alerts_helpers import alert_events, instance_rows, outbox_rows, point, rule_data
 from tests.conftest import _empty_database, make_config
@@ -38,22 +36,6 @@ from tests.factories import make_project, make_service
 
 SERVICES = 8
 JOIN_SECONDS = 120
-
-
-@pytest.fixture(scope="module")
-def wire_uri(mongodb_uri):
-    """The session's real server, or a SecantusDB of this module's own."""
-    if mongodb_uri:
-        yield mongodb_uri
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="polymicro-alerts-secantus-") as storage,
-        Processes() as procs,
-    ):
-        server = start_secantus(
-            procs, Path(storage) / "db", Path(storage), database="polymicro_test"
-        )
-        yield server.uri
 
 
 @pytest.fixture

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import itertools
 import random
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,29 +22,12 @@ from polymicro.common import caching
 from polymicro.extensions import close_db
 from polymicro.liveness import service as liveness
 from polymicro.liveness.models import LivenessState, LivenessTransition
-from polymicro_dev import Processes, start_secantus
 from tests.conftest import _empty_database, make_config
 from tests.factories import make_project, make_service
 from tests.liveness_helpers import Timeline, changes, liveness_events
 
 SERVICES = 30
 JOIN_SECONDS = 120
-
-
-@pytest.fixture(scope="module")
-def wire_uri(mongodb_uri):
-    """The session's real server, or a SecantusDB of this module's own."""
-    if mongodb_uri:
-        yield mongodb_uri
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="polymicro-liveness-secantus-") as storage,
-        Processes() as procs,
-    ):
-        server = start_secantus(
-            procs, Path(storage) / "db", Path(storage), database="polymicro_test"
-        )
-        yield server.uri
 
 
 @pytest.fixture
