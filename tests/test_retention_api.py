@@ -8,25 +8,16 @@ from datetime import timedelta
 
 import pytest
 
-from polymicro.common import clock
 from polymicro.logs.models import LogEntry
+from tests import retention_helpers
 from tests.conftest import client_as
 from tests.factories import as_json, make_logs, make_metric, make_service
 
+# The shared fixtures (an app context with retention days, a ManualClock).
+ctx = retention_helpers.ctx
+manual = retention_helpers.manual
+
 DAY = 86400
-
-
-@pytest.fixture
-def ctx(app):
-    app.config.update(RETENTION_LOGS_DAYS=7, RETENTION_POINTS_DAYS=5)
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture
-def manual(ctx):
-    with clock.use(clock.ManualClock()) as manual_clock:
-        yield manual_clock
 
 
 @pytest.fixture

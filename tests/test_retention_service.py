@@ -23,23 +23,15 @@ from polymicro.logs.models import LogEntry
 from polymicro.metrics import service as metrics
 from polymicro.metrics.models import CpuPoint
 from polymicro.projects import service as projects
+from tests import retention_helpers
 from tests.conftest import USES_REAL_DB, _empty_database, make_config
 from tests.factories import make_logs, make_metric, make_service
 
+# The shared fixtures (an app context with retention days, a ManualClock).
+ctx = retention_helpers.ctx
+manual = retention_helpers.manual
+
 DAY = 86400
-
-
-@pytest.fixture
-def ctx(app):
-    app.config.update(RETENTION_LOGS_DAYS=7, RETENTION_POINTS_DAYS=5)
-    with app.app_context():
-        yield app
-
-
-@pytest.fixture
-def manual(ctx):
-    with clock.use(clock.ManualClock()) as manual_clock:
-        yield manual_clock
 
 
 def listed(**filters) -> list[str]:
