@@ -69,6 +69,7 @@ import json
 import os
 import re
 import runpy
+import statistics
 import subprocess
 import sys
 import time
@@ -549,6 +550,7 @@ def run_against(wrk, procs, workdir, env, args) -> dict:
         procs.stop(server)
     result = header(args, settings)
     result.update(data=seed_summary(args.plan, seeded), against=str(args.against), rounds=rounds)
+    result["summary"] = against_summary(result)
     return result
 
 
@@ -755,9 +757,40 @@ def render_sweep(result: dict) -> str:
     return "\n".join(lines)
 
 
+def against_summary(result: dict) -> list[dict]:
+    """Per endpoint, the medians over the rounds of this/against and of each one's
+    fraction of the ceiling (a median resists the slow moments of a shared machine)."""
+    rows = []
+    for index, first in enumerate(result["rounds"][0]["reads"]):
+        reads = [run["reads"][index] for run in result["rounds"]]
+        rows.append(
+            {
+                "name": first["name"],
+                "this_vs_against": statistics.median(
+                    r["this"]["rps"] / r["against"]["rps"] for r in reads
+                ),
+                "this_of_ceiling": statistics.median(
+                    r["this"]["fraction_of_ceiling"] for r in reads
+                ),
+                "against_of_ceiling": statistics.median(
+                    r["against"]["fraction_of_ceiling"] for r in reads
+                ),
+            }
+        )
+    return rows
+
+
 def render_against(result: dict) -> str:
     lines = render_header(result)
-    lines += ["", f"### Reads: this tree against {result['against']}", ""]
+    lines += ["", f"### Reads: this tree against {result['against']}, medians of the rounds", ""]
+    lines.append("| endpoint | this/against | this of ceiling | against of ceiling |")
+    lines.append("|---|---:|---:|---:|")
+    for row in result["summary"]:
+        lines.append(
+            f"| `{row['name'][4:]}` | {row['this_vs_against']:.2f} | "
+            f"{row['this_of_ceiling']:.1%} | {row['against_of_ceiling']:.1%} |"
+        )
+    lines += ["", "### Every round", ""]
     lines.append(
         "| round | endpoint | ceiling req/s | this req/s (p99 ms) | against req/s (p99 ms) "
         "| this/against | this of ceiling | against of ceiling |"
