@@ -5,11 +5,16 @@ headers as the one that filled it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
 from flask import session
 
 from polymicro import CookieSessions, create_app
-from tests.conftest import make_config
-from tests.factories import make_project
+from polymicro.common import clock
+from polymicro.extensions import cache
+from tests.conftest import client_as, make_config
+from tests.factories import make_logs, make_metric, make_project, make_service
 
 
 class CountingSessions(CookieSessions):
@@ -92,3 +97,73 @@ def test_a_large_cached_hit_is_served_gzipped_with_its_headers(client, ctx, app)
     assert miss.headers["Content-Encoding"] == hit.headers["Content-Encoding"] == "gzip"
     assert _headers(hit) == _headers(miss)
     assert hit.get_data() == miss.get_data()
+
+
+# --- one round trip per hit -------------------------------------------------------------
+
+
+def _count_lookups(monkeypatch) -> list[int]:
+    """Counts the cache's multi-key reads (one round trip each on Redis) and single gets."""
+    counts = [0, 0]
+    get_many, get = cache.get_many, cache.get
+
+    def counted_get_many(*keys):
+        counts[0] += 1
+        return get_many(*keys)
+
+    def counted_get(key):
+        counts[1] += 1
+        return get(key)
+
+    monkeypatch.setattr(cache, "get_many", counted_get_many)
+    monkeypatch.setattr(cache, "get", counted_get)
+    return counts
+
+
+@pytest.fixture
+def shop(app, ctx):
+    """Retention on (the logs and CPU lists' keys depend on the project's days kept),
+    a project with an override, a service, a log and a CPU entry."""
+    app.config.update(RETENTION_LOGS_DAYS=7, RETENTION_POINTS_DAYS=5)
+    project = make_project(name="Shop", retention={"logs_days": 3})
+    svc = make_service(project, name="api")
+    make_logs(svc, [{"message": "recent", "timestamp": clock.now() - timedelta(hours=1)}])
+    make_metric(svc, points=[{"load": 1.0}])
+    return project
+
+
+def test_every_cached_read_is_one_lookup_when_it_hits(client, shop, monkeypatch):
+    pid = shop.id
+    paths = [
+        "/api/projects",
+        f"/api/projects/{pid}",
+        f"/api/services/project/{pid}",
+        f"/api/metrics/cpu/project/{pid}",
+        f"/api/logs/project/{pid}",
+        f"/api/logs?project_id={pid}&severity=error",
+    ]
+    for path in paths:
+        for _ in range(2):  # fills the entry, then learns the salt of a hit
+            assert client.get(path).status_code == 200, path
+    counts = _count_lookups(monkeypatch)
+    for path in paths:
+        before = list(counts)
+        assert client.get(path).status_code == 200
+        assert [counts[0] - before[0], counts[1] - before[1]] == [1, 0], path
+
+
+def test_a_changed_salt_is_looked_up_again_and_served_right(app, client, shop, monkeypatch):
+    editor = client_as(app, "editor")
+    path = f"/api/logs/project/{shop.id}"
+    old = {"message": "old", "timestamp": clock.now() - timedelta(days=2)}
+    make_logs(make_service(shop, name="web"), [old])
+    for _ in range(2):
+        assert [row["message"] for row in editor.get(path).json] == ["recent", "old"]
+    response = editor.patch(f"/api/projects/{shop.id}", json={"retention": {"logs_days": 1}})
+    assert response.status_code == 200, response.json
+    counts = _count_lookups(monkeypatch)
+    assert [row["message"] for row in editor.get(path).json] == ["recent"]
+    assert counts[0] >= 2  # the guess (the days kept before), then the right key
+    before = counts[0]
+    assert [row["message"] for row in editor.get(path).json] == ["recent"]
+    assert counts[0] - before == 1  # learned again: one lookup

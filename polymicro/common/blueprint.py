@@ -89,6 +89,17 @@ class Blueprint(flask_smorest.Blueprint):
         ``access()`` (authorization first) and above ``arguments``.  With ``etag`` (item
         endpoints under ``@blp.etag``), a cached ETag still answers 304.
 
+        One Redis round trip per hit: where the namespace declares a ``salt`` (what else
+        the answer depends on: the retention days of the project, read from the
+        catalog's cached overrides) the key depends on cached data, which took a round
+        trip of its own before the response's (py-spy: half of a cached logs list's view
+        time).  Each view remembers, per scope, the salt of its last request and the
+        exact cached reads computing it took (``caching.recording``); the next request
+        builds its key from that salt and fetches those reads in the MGET of its lookup
+        (``Reader.also``), then computes the salt and epoch (from the request memo the
+        MGET filled) and keeps what it read only if the salt is the same; if not
+        (``unsettled``: a new minute, a changed override) it looks up the right key.
+
         Compression: each response is kept in two variants, for clients that accept gzip
         and for those that do not.  A body of ``COMPRESS_MIN_SIZE`` bytes or more is
         gzipped once, when stored (the 76 KB CPU metrics of a project become about
