@@ -28,6 +28,9 @@ Rows, each a hook added alone to the bare app (``+ x``: its cost is the differen
 - ``security headers, 1 pass``: :func:`security_headers_one_pass` below instead, the
   same headers set in one pass (a suggestion for polymicro/security.py, measured here);
 - ``rate limit``: flask-limiter (memory storage) alone;
+- ``Flask's session interface``: Flask's own ``SecureCookieSessionInterface`` instead of
+  polymicro's ``CookieSessions`` (which opens no signed session for a request without
+  cookies): what every request paid for a session the API never uses;
 - ``all (text)`` / ``all (json)``: request id, access line, metrics, security headers,
   rate limit, as in production;
 - ``tracing on``: ``all (json)`` plus OpenTelemetry (Flask instrumentation, spans to an
@@ -65,6 +68,7 @@ VARIANTS: list[tuple[str, dict]] = [
     ("security headers", {"headers": True}),
     ("security headers, 1 pass", {"headers_one_pass": True}),
     ("rate limit", {"limiter": True}),
+    ("Flask's session interface", {"flask_sessions": True}),
     (
         "all (text)",
         {"ours": True, "access": "text", "metrics": True, "headers": True, "limiter": True},
@@ -179,6 +183,10 @@ def build(settings: dict):
         return True
 
     _strip(app, keep)
+    if settings.get("flask_sessions"):
+        from flask.sessions import SecureCookieSessionInterface
+
+        app.session_interface = SecureCookieSessionInterface()
     if settings.get("headers_one_pass"):
         app.after_request(security_headers_one_pass)
     if settings.get("exporter"):

@@ -6,6 +6,9 @@ Usage (from the repository root; ``make bench`` builds .venv first)::
     make bench BENCH_ARGS=--quick                  # smoke run, about 1 minute
     make bench BENCH_ARGS='--workers 2 --threads 8 --duration 20'
     make bench BENCH_ARGS='--sweep 1x8,2x4,2x8,4x2 --duration 5'   # reads only, ~50 s a combo
+    make bench BENCH_ARGS='--against /tmp/base'    # reads only: this tree and the one in
+                                                   # /tmp/base (git archive), interleaved
+    make bench BENCH_ARGS='--auth'                 # authentication on (a viewer reads)
     .venv/bin/python bench/run.py --help
 
 One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, SIGTERM):
@@ -41,6 +44,14 @@ One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, 
 ``--sweep 1x8,2x4,...`` (workers x threads) runs only the ceiling and the reads, once per
 combination, and prints a comparison table; use it to choose gunicorn's settings.
 
+``--against DIR`` runs only the ceiling and the reads, for this tree and for the polymicro
+tree in DIR (e.g. ``git archive main | tar -x -C DIR``), both served at once on the same
+data, with the ceiling served beside them; per round (``--rounds``, 2) and endpoint the
+ceiling, this tree and DIR are measured one after the other (the order rotated), so a
+before/after ratio, and each one's fraction of the ceiling, come from one run.  ``--auth`` turns
+authentication on (seeding with an admin's token, reads with a viewer's), to see what
+the token check costs a cached read.
+
 Exit status: 0 when the measurement completed, whether targets were met or missed (it is a
 measurement, not a test); 1 when something broke (a server did not start, a request
 failed, a non-2xx response, wrk missing); 130/143 when interrupted.  wrk comes from
@@ -58,6 +69,7 @@ import json
 import os
 import re
 import runpy
+import statistics
 import subprocess
 import sys
 import time
@@ -72,12 +84,15 @@ from common import (
     DataMaker,
     Plan,
     Seeded,
+    auth_env,
+    bearer,
     commit,
     copy_log_indexes,
     machine,
     seed,
     start_backends,
     stored_log,
+    tokens,
 )
 from load import WrkResult, ensure_wrk, run_parallel, run_together, run_wrk
 
@@ -147,6 +162,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="environment for the app, repeatable (e.g. POLYMICRO_RATELIMIT_ENABLED=true)",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="reads only: also serve the code in DIR (e.g. main exported with git archive) "
+        "and measure both, interleaved with the ceiling",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="--against: rounds (2)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="authentication on: seeded with an admin's token, read with a viewer's",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the generated data")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
     args = parser.parse_args(argv)
@@ -167,8 +195,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if any("=" not in item for item in args.app_env):
         parser.error("--app-env takes KEY=VALUE")
-    if args.batch_clients < 1 or args.duration <= 0:
-        parser.error("--batch-clients and --duration must be positive")
+    if args.batch_clients < 1 or args.duration <= 0 or args.rounds < 1:
+        parser.error("--batch-clients, --duration and --rounds must be positive")
+    if args.against is not None:
+        if args.combos:
+            parser.error("--against and --sweep do not go together")
+        if not (args.against / "wsgi.py").is_file():
+            parser.error(f"--against: {args.against} has no wsgi.py (a polymicro tree)")
+        args.against = args.against.resolve()
     return args
 
 
@@ -215,15 +249,17 @@ def read_endpoints(seeded: Seeded) -> list[tuple[str, str]]:
 
 
 def measure_read(wrk: str, server: Server, label: str, path: str, args) -> dict:
-    """Warm ``path`` (3 checked requests, then ``--warmup`` s of wrk), then measure it."""
-    with HttpClient(server.port) as client:
+    """Warm ``path`` (3 checked requests, then ``--warmup`` s of wrk), then measure it
+    (with ``--auth``, every request carries a viewer's token)."""
+    headers = args.read_headers
+    with HttpClient(server.port, headers=headers) as client:
         for _ in range(3):
             client.call("GET", path, expect=200)
     url = server.uri + path
     if args.warmup > 0:
-        warm = run_wrk(wrk, url, args.warmup, args.connections, args.wrk_threads)
+        warm = run_wrk(wrk, url, args.warmup, args.connections, args.wrk_threads, headers=headers)
         require_2xx(label, warm)
-    result = run_wrk(wrk, url, args.duration, args.connections, args.wrk_threads)
+    result = run_wrk(wrk, url, args.duration, args.connections, args.wrk_threads, headers=headers)
     server.check_alive()
     require_2xx(label, result)
     say(
@@ -404,7 +440,7 @@ def run_full(wrk, procs, workdir, env, mongo_uri, args) -> dict:
     ceiling = measure_ceiling(wrk, procs, settings, workdir, env, args)
     app = start_app(procs, settings, workdir, env)
     maker = DataMaker(args.seed)
-    seeded = seed(app.port, args.plan, maker, args.batch_clients)
+    seeded = seed(app.port, args.plan, maker, args.batch_clients, args.seed_headers)
     reads = [measure_read(wrk, app, *ep, args) for ep in read_endpoints(seeded)]
     ingest = measure_ingest(app.port, mongo_uri, seeded, maker, args)
     app.check_alive()
@@ -432,7 +468,7 @@ def run_sweep(wrk, procs, workdir, env, redis_url, args) -> dict:
         app = start_app(procs, settings, workdir, env)
         try:
             if seeded is None:
-                seeded = seed(app.port, args.plan, maker, args.batch_clients)
+                seeded = seed(app.port, args.plan, maker, args.batch_clients, args.seed_headers)
             reads = [measure_read(wrk, app, *ep, args) for ep in read_endpoints(seeded)]
         finally:
             procs.stop(app)
@@ -445,6 +481,76 @@ def run_sweep(wrk, procs, workdir, env, redis_url, args) -> dict:
         )
     result = header(args, None)
     result.update(data=seed_summary(args.plan, seeded), runs=runs)
+    return result
+
+
+AGAINST_PREFIX = "polymicro-against:"
+
+
+def run_against(wrk, procs, workdir, env, args) -> dict:
+    """Reads of this tree ("this") and of ``--against DIR`` ("against"), both served at
+    once on the same data, with the ceiling served beside them: per round and endpoint,
+    the ceiling, this and against are measured one after the other (the order rotated
+    each round), so each ratio compares figures taken within a minute of each other.
+
+    The other tree is served by the same gunicorn with ``--chdir DIR`` (its directory is
+    first on ``sys.path``, ahead of this venv's editable install) and a cache key prefix
+    of its own, so neither reads entries the other stored."""
+    settings = GunicornSettings(args.workers, args.threads, args.worker_class)
+    say(f"gunicorn {settings.label}; wrk -t{args.wrk_threads} -c{args.connections}")
+    say(f"against: {args.against}, {args.rounds} rounds")
+    servers = {
+        "ceiling": start_gunicorn(
+            procs,
+            env,
+            workdir,
+            settings,
+            app="hello:app",
+            name="hello",
+            ready_path="/",
+            extra_args=["--pythonpath", str(BENCH_DIR)],
+        ),
+        "this": start_gunicorn(procs, env, workdir, settings, name="polymicro"),
+        "against": start_gunicorn(
+            procs,
+            {**env, "POLYMICRO_CACHE_KEY_PREFIX": AGAINST_PREFIX},
+            workdir,
+            settings,
+            name="against",
+            extra_args=["--chdir", str(args.against)],
+        ),
+    }
+    maker = DataMaker(args.seed)
+    seeded = seed(servers["this"].port, args.plan, maker, args.batch_clients, args.seed_headers)
+    names = ["ceiling", "this", "against"]
+    rounds = []
+    for number in range(args.rounds):
+        say(f"round {number + 1}")
+        reads = []
+        for index, (label, path) in enumerate(read_endpoints(seeded)):
+            shift = (number + index) % len(names)
+            measured = {}
+            for name in names[shift:] + names[:shift]:
+                if name == "ceiling":
+                    measured[name] = measure_read(
+                        wrk, servers[name], "bare Flask {hello: world} (ceiling)", "/", args
+                    )
+                else:
+                    measured[name] = measure_read(
+                        wrk, servers[name], f"{label} [{name}]", path, args
+                    )
+            for name in ("this", "against"):
+                measured[name]["fraction_of_ceiling"] = (
+                    measured[name]["rps"] / measured["ceiling"]["rps"]
+                )
+            reads.append({"name": label, "path": path, **measured})
+        rounds.append({"reads": reads})
+    for server in servers.values():
+        server.check_alive()
+        procs.stop(server)
+    result = header(args, settings)
+    result.update(data=seed_summary(args.plan, seeded), against=str(args.against), rounds=rounds)
+    result["summary"] = against_summary(result)
     return result
 
 
@@ -479,6 +585,8 @@ STARTED = datetime.now(UTC)
 
 def header(args, settings: GunicornSettings | None) -> dict:
     mode = "sweep" if args.combos else "quick" if args.quick else "full"
+    if args.against is not None:
+        mode = "against"
     return {
         "mode": mode,
         "date": STARTED.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -486,7 +594,15 @@ def header(args, settings: GunicornSettings | None) -> dict:
         "machine": machine(),
         "versions": versions(),
         "gunicorn": None if settings is None else {**settings.__dict__, "access_log": False},
-        "app_env": {**TOOL_APP_ENV, **dict(item.split("=", 1) for item in args.app_env)},
+        "app_env": {
+            **TOOL_APP_ENV,
+            **(
+                {"POLYMICRO_AUTH_ENABLED": "true (reads with a viewer's token)"}
+                if args.auth
+                else {}
+            ),
+            **dict(item.split("=", 1) for item in args.app_env),
+        },
         "redis": args.redis_url or "private redis-server",
         "load": {
             "tool": "wrk",
@@ -641,9 +757,61 @@ def render_sweep(result: dict) -> str:
     return "\n".join(lines)
 
 
+def against_summary(result: dict) -> list[dict]:
+    """Per endpoint, the medians over the rounds of this/against and of each one's
+    fraction of the ceiling (a median resists the slow moments of a shared machine)."""
+    rows = []
+    for index, first in enumerate(result["rounds"][0]["reads"]):
+        reads = [run["reads"][index] for run in result["rounds"]]
+        rows.append(
+            {
+                "name": first["name"],
+                "this_vs_against": statistics.median(
+                    r["this"]["rps"] / r["against"]["rps"] for r in reads
+                ),
+                "this_of_ceiling": statistics.median(
+                    r["this"]["fraction_of_ceiling"] for r in reads
+                ),
+                "against_of_ceiling": statistics.median(
+                    r["against"]["fraction_of_ceiling"] for r in reads
+                ),
+            }
+        )
+    return rows
+
+
+def render_against(result: dict) -> str:
+    lines = render_header(result)
+    lines += ["", f"### Reads: this tree against {result['against']}, medians of the rounds", ""]
+    lines.append("| endpoint | this/against | this of ceiling | against of ceiling |")
+    lines.append("|---|---:|---:|---:|")
+    for row in result["summary"]:
+        lines.append(
+            f"| `{row['name'][4:]}` | {row['this_vs_against']:.2f} | "
+            f"{row['this_of_ceiling']:.1%} | {row['against_of_ceiling']:.1%} |"
+        )
+    lines += ["", "### Every round", ""]
+    lines.append(
+        "| round | endpoint | ceiling req/s | this req/s (p99 ms) | against req/s (p99 ms) "
+        "| this/against | this of ceiling | against of ceiling |"
+    )
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for number, run in enumerate(result["rounds"], 1):
+        for r in run["reads"]:
+            c, this, other = r["ceiling"], r["this"], r["against"]
+            lines.append(
+                f"| {number} | `{r['name'][4:]}` | {c['rps']:.0f} | "
+                f"{this['rps']:.0f} ({this['p99_ms']:.0f}) | "
+                f"{other['rps']:.0f} ({other['p99_ms']:.0f}) | "
+                f"{this['rps'] / other['rps']:.2f} | {this['fraction_of_ceiling']:.1%} | "
+                f"{other['fraction_of_ceiling']:.1%} |"
+            )
+    return "\n".join(lines)
+
+
 def write_json(result: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "-sweep" if result["mode"] == "sweep" else ""
+    suffix = {"sweep": "-sweep", "against": "-against"}.get(result["mode"], "")
     path = out_dir / f"{STARTED.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
@@ -661,8 +829,20 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     backends = start_backends(procs, "bench", args.redis_url, args.keep)
     workdir, redis_url, db = backends.workdir, backends.redis_url, backends.db
     say(f"SecantusDB in {workdir}; cache {redis_url}")
-    env = app_env(db.uri, redis_url, **dict(item.split("=", 1) for item in args.app_env))
-    if args.combos:
+    overrides = auth_env(workdir) if args.auth else {}
+    overrides.update(item.split("=", 1) for item in args.app_env)
+    env = app_env(db.uri, redis_url, **overrides)
+    args.seed_headers = args.read_headers = None
+    if args.auth:
+        credentials = tokens()
+        args.seed_headers, args.read_headers = (
+            bearer(credentials["admin"]),
+            bearer(credentials["viewer"]),
+        )
+    if args.against is not None:
+        result = run_against(wrk, procs, workdir, env, args)
+        report = render_against(result)
+    elif args.combos:
         result = run_sweep(wrk, procs, workdir, env, redis_url, args)
         report = render_sweep(result)
     else:

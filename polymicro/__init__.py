@@ -10,6 +10,7 @@ import logging
 from urllib.parse import urlsplit
 
 from flask import Flask, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from polymicro import errors
@@ -53,8 +54,33 @@ def create_app(config: type[Config] | dict | None = None) -> Flask:
     return app
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, opened and saved only when there is a session.
+
+    The API uses no session (bearer tokens, no cookies), yet Flask opens one for every
+    request: with a ``SECRET_KEY`` that builds an itsdangerous serializer (which
+    JSON-encodes ``{}`` to test itself) and parses the cookies, and saving reads six
+    cookie settings before finding the session empty.  Here a request without a
+    ``Cookie`` header gets an empty session at once and an untouched empty session is not
+    saved; anything else goes to Flask's code, so a session that is used behaves exactly
+    as Flask's.  Measured in-process on a cached ``GET /api/projects`` (py-spy): opening
+    and saving the unused session were about 7% of the request (issue 9, item 5).
+    """
+
+    def open_session(self, app, request):
+        if app.secret_key and "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
+
+    def save_session(self, app, session, response) -> None:
+        if not session and not session.modified and not session.accessed:
+            return  # what Flask does for it, without reading the cookie settings first
+        super().save_session(app, session, response)
+
+
 def configure(app: Flask, settings: dict) -> None:
     app.config.update(settings)
+    app.session_interface = CookieSessions()
     app.json.sort_keys = False
     # Collection paths answer with and without the trailing slash, without a redirect.
     app.url_map.strict_slashes = False

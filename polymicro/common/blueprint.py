@@ -29,6 +29,9 @@ from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from polymicro.common.parser import StrictJsonParser
 from polymicro.common.versioning import unversioned_path
 
+# How many scopes (projects) a view remembers the last salt of (see cached_response).
+LEARNED_SCOPES = 10_000
+
 
 class Blueprint(flask_smorest.Blueprint):
     # Bodies are strict JSON: too deep, duplicate keys, not UTF-8, huge integers: a 400.
@@ -86,6 +89,17 @@ class Blueprint(flask_smorest.Blueprint):
         ``access()`` (authorization first) and above ``arguments``.  With ``etag`` (item
         endpoints under ``@blp.etag``), a cached ETag still answers 304.
 
+        One Redis round trip per hit: where the namespace declares a ``salt`` (what else
+        the answer depends on: the retention days of the project, read from the
+        catalog's cached overrides) the key depends on cached data, which took a round
+        trip of its own before the response's (py-spy: half of a cached logs list's view
+        time).  Each view remembers, per scope, the salt of its last request and the
+        exact cached reads computing it took (``caching.recording``); the next request
+        builds its key from that salt and fetches those reads in the MGET of its lookup
+        (``Reader.also``), then computes the salt and epoch (from the request memo the
+        MGET filled) and keeps what it read only if the salt is the same; if not
+        (``unsettled``: a new minute, a changed override) it looks up the right key.
+
         Compression: each response is kept in two variants, for clients that accept gzip
         and for those that do not.  A body of ``COMPRESS_MIN_SIZE`` bytes or more is
         gzipped once, when stored (the 76 KB CPU metrics of a project become about
@@ -93,23 +107,56 @@ class Blueprint(flask_smorest.Blueprint):
         ETag describes the plain body; flask-compress compresses them per request).
         """
         declared = caching.namespace_of(read)
+        derived = declared.salt is not None or declared.epoch is not None
+        # scope -> (salt, the exact cached() reads it took) of the last request of this
+        # view: the next one guesses its key from it and reads those in its own lookup.
+        learned: dict = {}
+
+        def derive(scope):
+            """(epoch, salt) of ``scope`` now, remembering what they read."""
+            with caching.recording() as reads:
+                epoch = declared.epoch(scope) if declared.epoch else None  # before the salt
+                salt = declared.salt(scope) if declared.salt else None
+            if len(learned) >= LEARNED_SCOPES:
+                learned.clear()
+            learned[scope] = (salt, reads)
+            return epoch, salt
 
         def decorator(func):
             @wraps(func)
             def wrapper(*args, **kwargs):
+                req = request._get_current_object()  # once, not through the proxy
                 scope = _scope_value(declared.scope, kwargs)
                 namespace = declared.key(scope)
-                epoch = declared.epoch(scope) if declared.epoch else None  # before the salt
-                key = caching.make_key(
-                    "response",
-                    unversioned_path(request.path).rstrip("/"),
-                    sorted(request.args.items(multi=True)),
-                    declared.salt(scope) if declared.salt else None,
-                )
-                gzip_ok = not etag and request.accept_encodings["gzip"] > 0
-                variant = f"{key}:gzip" if gzip_ok else key
-                reader = caching.Reader(namespace, epoch)
-                hit = reader.peek(variant, background=True)
+                path = unversioned_path(req.path).rstrip("/")
+                query = sorted(req.args.items(multi=True)) if req.query_string else []
+                gzip_ok = not etag and _accepts_gzip(req.environ)
+                guess = learned.get(scope) if derived else None
+                if guess is None:
+                    epoch, salt = derive(scope) if derived else (None, None)
+                    key = caching.make_key("response", path, query, salt)
+                    reader = caching.Reader(namespace, epoch)
+                    hit = reader.peek(f"{key}:gzip" if gzip_ok else key, background=True)
+                else:
+                    # One round trip: the key from the salt of the last request, the reads
+                    # the salt takes fetched with the entry; kept if the salt is the same.
+                    key = caching.make_key("response", path, query, guess[0])
+                    reader = caching.Reader(namespace)
+                    reader.also = guess[1]
+                    actual = []
+
+                    def settle() -> bool:
+                        reader.epoch, salt = derive(scope)
+                        actual.append(salt)
+                        return salt == guess[0]
+
+                    hit = reader.peek(
+                        f"{key}:gzip" if gzip_ok else key, background=True, settle=settle
+                    )
+                    if reader.unsettled:  # the salt moved: a new minute, another override
+                        key = caching.make_key("response", path, query, actual[0])
+                        reader = caching.Reader(namespace, reader.epoch)
+                        hit = reader.peek(f"{key}:gzip" if gzip_ok else key, background=True)
 
                 def compute():
                     try:
@@ -154,14 +201,21 @@ class Blueprint(flask_smorest.Blueprint):
 
 
 def _response(entry) -> Response:
+    """The response of a cached entry, its headers given as one list (werkzeug's ``vary``
+    property parses and rebuilds the header set, and each item set scans the list)."""
     body, encoding, pagination, _etag = entry
-    response = Response(body, 200, mimetype="application/json")
-    response.vary.add("Accept-Encoding")
+    headers = [("Vary", "Accept-Encoding")]
     if encoding:
-        response.headers["Content-Encoding"] = encoding
+        headers.append(("Content-Encoding", encoding))
     if pagination:
-        response.headers["X-Pagination"] = pagination
-    return response
+        headers.append(("X-Pagination", pagination))
+    return Response(body, 200, headers, mimetype="application/json")
+
+
+def _accepts_gzip(environ: dict) -> bool:
+    """The client accepts gzip (werkzeug's ``accept_encodings``: q-values, ``*``), the
+    header parsed only when there is one."""
+    return bool(environ.get("HTTP_ACCEPT_ENCODING")) and request.accept_encodings["gzip"] > 0
 
 
 def _tag_in(etag: str, tags) -> bool:

@@ -387,10 +387,58 @@ def cached(namespace: str, key: str, producer: Callable[[], Any]) -> Any:
     """
     if not has_request_context():
         return Reader(namespace).get(key, producer)
+    reads = _recorded.get()
+    if reads is not None and not staleness_ms(namespace):
+        reads.append((namespace, key))
     memo = _request_memo()
     if (namespace, key) not in memo:
         memo[(namespace, key)] = Reader(namespace).get(key, producer)
     return memo[(namespace, key)]
+
+
+# --- reading ahead: the lookups a hit depends on, in its one round trip ------------------
+#
+# A cached response whose key depends on other cached data (the logs and CPU lists: the
+# retention days of the project, from the catalog's cached overrides) took two Redis
+# round trips per hit, one for that data and one for the response (py-spy on a cached
+# GET /api/logs/project/{id}: half of the view's time in the first).  The response cache
+# (common/blueprint.py) now records which exact cached() reads its key needed
+# (:func:`recording`), and the next request of that view asks for them in the MGET of
+# its own lookup (``Reader.also``): what comes back current fills the request's memo,
+# exactly what cached() would have returned a moment later; anything else is left to
+# cached() to look up as before.
+
+_recorded: ContextVar[list | None] = ContextVar("polymicro_recorded", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the ``(namespace, key)`` of every exact :func:`cached` read in the block
+    (those of a namespace with a staleness window are left out: they are looked up as
+    before)."""
+    reads: list[tuple[str, str]] = []
+    token = _recorded.set(reads)
+    try:
+        yield reads
+    finally:
+        _recorded.reset(token)
+
+
+def _remember(reads: list[tuple[str, str]], found: list) -> None:
+    """Fill the request memo with the reads of ``reads`` whose entry came back current
+    (``found``: the generation and the entry of each, in order)."""
+    if not has_request_context():
+        return
+    memo = _request_memo()
+    for index, read in enumerate(reads):
+        generation, entry = found[2 * index], found[2 * index + 1]
+        if (
+            generation is not None
+            and isinstance(entry, tuple)
+            and len(entry) == 4
+            and entry[0] == generation
+        ):
+            memo.setdefault(read, entry[2])
 
 
 def _request_memo() -> dict:
@@ -430,6 +478,9 @@ class Reader:
         self._leased: list[str] = []
         self._looked_up = 0.0
         self.refresh_due = False
+        # Exact cached() reads to fetch in the same round trip as the first lookup.
+        self.also: list[tuple[str, str]] = []
+        self.unsettled = False
 
     def _current(self, generation: int) -> Any:
         """What an entry computed now is stamped with: the namespace's generation, with
@@ -446,7 +497,14 @@ class Reader:
         keys = [_generation_key(self.namespace), entry_key]
         if self._writer:
             keys += [self._writer, _lease_key(entry_key)]
-        found = _guard(cache.get_many, *keys)
+        also, self.also = self.also, []
+        if also:
+            extra = [k for ns, key in also for k in (_generation_key(ns), _entry_key(ns, key))]
+            found = _guard(cache.get_many, *keys, *extra)
+            _remember(also, found[len(keys) :])
+            del found[len(keys) :]
+        else:
+            found = _guard(cache.get_many, *keys)
         if found[0] is None:
             found[0] = _guard(_generation, self.namespace)
         if not self._writer:
@@ -454,16 +512,21 @@ class Reader:
         return found
 
     def _lookup(
-        self, key: str, background: bool = False
+        self, key: str, background: bool = False, settle: Callable[[], bool] | None = None
     ) -> tuple[bool, Any, tuple[int, float] | None]:
         """(hit, value, (generation, start) to store a computed value under).  With
         ``background``, a reader that takes the refresh lease is served the stale entry
         too (``refresh_due`` is set: it must refresh the entry without making its own
-        caller wait)."""
+        caller wait).  ``settle``, when given, runs right after the read (it may set
+        ``epoch``); if it says False the key was a wrong guess: nothing is decided,
+        ``unsettled`` is set and the lookup answers a miss with nothing to store."""
         entry_key = _entry_key(self.namespace, key)
         try:
             generation, entry, last_write, lease = self._read(entry_key)
         except CacheDown:
+            return False, None, None
+        if settle is not None and not settle():
+            self.unsettled = True
             return False, None, None
         now = self._looked_up = _now_ms()
         current = self._current(generation)
@@ -592,12 +655,15 @@ class Reader:
             self.release()
         return value
 
-    def peek(self, key: str, background: bool = False) -> Any:
+    def peek(
+        self, key: str, background: bool = False, settle: Callable[[], bool] | None = None
+    ) -> Any:
         """The value under ``key``, or None (missing, stale, or the cache is down).
         After a miss, compute the value inside :meth:`computing` and :meth:`put` it.
         With ``background``, see :meth:`_lookup`: when ``refresh_due`` is set after a
-        hit, compute and put the value later (:func:`refresh_later`)."""
-        hit, value, self._pending = self._lookup(key, background)
+        hit, compute and put the value later (:func:`refresh_later`); ``settle``: see
+        :meth:`_lookup`."""
+        hit, value, self._pending = self._lookup(key, background, settle)
         return value if hit else None
 
     def put(self, key: str, value: Any) -> None:
