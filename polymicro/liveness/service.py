@@ -132,7 +132,12 @@ class _Memory:
 
 
 def _memory() -> _Memory:
-    return current_app.extensions.setdefault("polymicro-liveness", _Memory())
+    # Not setdefault(key, _Memory()): that builds a _Memory (and its lock) on every
+    # call, and catch_up runs before every projects/services read.
+    memory = current_app.extensions.get("polymicro-liveness")
+    if memory is None:
+        memory = current_app.extensions.setdefault("polymicro-liveness", _Memory())
+    return memory
 
 
 def _recent(last: datetime | None, now: datetime, every: timedelta) -> bool:
