@@ -1,0 +1,218 @@
+"""The process-local copy of API keys and project/service references
+(polymicro.common.local_cache): one round trip per request for all of them, and a
+write anywhere (any worker: only the generation in the shared cache tells) is seen by
+the next request, with no time bound at all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from polymicro.auth import service as auth
+from polymicro.auth.models import ApiKey
+from polymicro.common import caching, local_cache
+from polymicro.extensions import cache
+from polymicro.logs.models import LogEntry
+from polymicro.projects import service as projects
+from polymicro.services import service as services
+from polymicro.services.models import Service
+from tests.factories import make_service
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    local_cache.clear()
+    yield
+    local_cache.clear()
+
+
+@pytest.fixture
+def svc(ctx):
+    return make_service(name="api")
+
+
+@pytest.fixture
+def key(app, svc):
+    raw = auth.create_api_key(svc.project_id, "writer", None)["key"]
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = raw
+    return client
+
+
+def body(svc) -> dict:
+    return {
+        "project_id": str(svc.project_id),
+        "service_id": str(svc.id),
+        "severity": "info",
+        "message": "hello",
+    }
+
+
+class Counting:
+    """Counts the calls of a function (patched onto an object)."""
+
+    def __init__(self, monkeypatch, owner, name):
+        self.calls = 0
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+
+def _another_worker_bumps(namespace: str) -> None:
+    """What any worker's write does to the shared cache: the generation moves.  The
+    process memo is never told anything else."""
+    caching.bump(namespace)
+
+
+# --- through the HTTP API, auth on --------------------------------------------------------
+
+
+def test_a_warm_post_reads_the_key_project_and_service_in_one_round_trip(
+    app, key, svc, monkeypatch
+):
+    assert key.post("/api/logs", json=body(svc)).status_code == 201  # warms the memo
+    reads = Counting(monkeypatch, cache, "get_many")
+    queries = Counting(monkeypatch, services, "_service_ref")
+    key_rows = Counting(monkeypatch, auth, "_key_row")
+    project_rows = Counting(monkeypatch, projects, "_project_ref")
+    for _ in range(3):
+        assert key.post("/api/logs", json=body(svc)).status_code == 201
+    assert reads.calls == 3  # one MGET (both generations) per request, was three
+    assert (queries.calls, key_rows.calls, project_rows.calls) == (0, 0, 0)
+    assert LogEntry.objects.count() == 4
+
+
+def test_a_key_revoked_by_another_worker_is_refused_by_the_next_request(app, key, svc):
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    ApiKey.objects.update(revoked_at=datetime(2026, 11, 30))  # the other worker's write…
+    # …not yet announced: the cached answer (local or Redis) still holds, as before.
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    _another_worker_bumps(auth.KEYS.key())  # …then its bump: the bound is that request
+    response = key.post("/api/logs", json=body(svc))
+    assert response.status_code == 401
+    assert LogEntry.objects.count() == 2
+
+
+def test_revoking_through_the_api_is_refused_at_once(app, client, key, svc):
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    (row,) = auth.list_api_keys(svc.project_id)
+    url = f"/api/projects/{svc.project_id}/keys/{row['id']}"
+    assert client.delete(url).status_code == 204
+    assert key.post("/api/logs", json=body(svc)).status_code == 401
+    assert LogEntry.objects.count() == 1
+
+
+def test_a_service_deleted_elsewhere_is_refused_by_the_next_request(app, key, svc):
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    Service.objects(id=svc.id).delete()
+    _another_worker_bumps(services.CATALOG.key())
+    response = key.post("/api/logs", json=body(svc))
+    assert response.status_code == 422
+    assert response.json["errors"]["json"]["service_id"] == ["No service with this id."]
+    assert LogEntry.objects.count() == 1
+
+
+def test_a_project_deleted_through_the_api_is_refused_at_once(app, client, svc):
+    other = make_service(name="other")  # another project's key still works after
+    raw = auth.create_api_key(other.project_id, "writer", None)["key"]
+    writer = app.test_client()
+    writer.environ_base["HTTP_X_API_KEY"] = raw
+    assert writer.post("/api/logs", json=body(other)).status_code == 201
+    assert client.delete(f"/api/projects/{other.project_id}").status_code == 204
+    assert writer.post("/api/logs", json=body(other)).status_code == 401  # its keys died
+    assert client.post("/api/logs", json=body(other)).status_code == 422  # and the project
+    assert client.post("/api/logs", json=body(svc)).status_code == 201
+    assert LogEntry.objects.count() == 1
+
+
+# --- at the service layer ----------------------------------------------------------------
+
+
+def test_the_local_answer_is_used_until_the_generation_moves(ctx, svc):
+    rows = []
+
+    def producer():
+        rows.append(1)
+        return {"n": len(rows)}
+
+    with ctx.test_request_context():
+        assert local_cache.cached("catalog", "k", producer) == {"n": 1}
+    with ctx.test_request_context():
+        cache.delete(caching._entry_key("catalog", "k"))  # not even Redis is asked
+        assert local_cache.cached("catalog", "k", producer) == {"n": 1}
+    _another_worker_bumps("catalog")
+    with ctx.test_request_context():
+        assert local_cache.cached("catalog", "k", producer) == {"n": 2}
+    assert len(rows) == 2
+
+
+def test_a_write_landing_during_the_computation_leaves_the_answer_stale(ctx):
+    calls = []
+
+    def producer():
+        calls.append(1)
+        if len(calls) == 1:
+            _another_worker_bumps("catalog")  # a write between the read and the store
+        return len(calls)
+
+    with ctx.test_request_context():
+        assert local_cache.cached("catalog", "race", producer) == 1
+    with ctx.test_request_context():
+        assert local_cache.cached("catalog", "race", producer) == 2  # not current
+    with ctx.test_request_context():
+        assert local_cache.cached("catalog", "race", producer) == 2
+    assert len(calls) == 2
+
+
+def test_outside_a_request_the_generation_is_read_each_time(ctx, monkeypatch):
+    assert local_cache.cached("catalog", "out", lambda: 7) == 7
+    reads = Counting(monkeypatch, cache, "get_many")
+    assert local_cache.cached("catalog", "out", lambda: 8) == 7
+    assert reads.calls == 1
+    _another_worker_bumps("catalog")
+    assert local_cache.cached("catalog", "out", lambda: 9) == 9
+
+
+def test_a_bump_in_the_same_request_is_seen_by_its_later_reads(ctx):
+    with ctx.test_request_context():
+        assert local_cache.cached("catalog", "same", lambda: 1) == 1
+        caching.bump("catalog")
+        assert local_cache.cached("catalog", "same", lambda: 2) == 2
+
+
+def test_a_caller_changing_its_answer_does_not_change_the_kept_one(ctx):
+    first = local_cache.cached("catalog", "mutable", lambda: {"name": "a"})
+    first["name"] = "changed"
+    assert local_cache.cached("catalog", "mutable", lambda: {"name": "b"}) == {"name": "a"}
+
+
+def test_with_the_cache_down_nothing_is_kept_locally(ctx, monkeypatch):
+    def down(*_args, **_kwargs):
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr(cache, "get_many", down)
+    caching.reset_state()
+    try:
+        assert local_cache.cached("catalog", "down", lambda: 1) == 1
+        assert local_cache.cached("catalog", "down", lambda: 2) == 2  # the database's
+    finally:
+        caching.reset_state()
+    monkeypatch.undo()
+    assert local_cache.cached("catalog", "down", lambda: 3) in (2, 3)  # cached or fresh
+
+
+def test_a_namespace_with_a_staleness_window_is_refused(ctx):
+    with pytest.raises(ValueError, match="staleness window"):
+        local_cache.cached("logs", "k", lambda: 1)
+
+
+def test_the_number_of_kept_answers_is_bounded(ctx, monkeypatch):
+    monkeypatch.setattr(local_cache, "MAX_ENTRIES", 3)
+    for n in range(7):
+        local_cache.cached("catalog", f"many-{n}", lambda n=n: n)
+    assert len(local_cache._entries) <= 3
