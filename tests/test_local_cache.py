@@ -141,13 +141,15 @@ def test_the_local_answer_is_used_until_the_generation_moves(ctx, svc):
         return {"n": len(rows)}
 
     with ctx.test_request_context():
-        assert local_cache.cached("catalog", "k", producer) == {"n": 1}
+        assert local_cache.cached("catalog", ("k",), producer) == {"n": 1}
     with ctx.test_request_context():
-        cache.delete(caching._entry_key("catalog", "k"))  # not even Redis is asked
-        assert local_cache.cached("catalog", "k", producer) == {"n": 1}
+        cache.delete(
+            caching._entry_key("catalog", caching.make_key("k"))
+        )  # not even Redis is asked
+        assert local_cache.cached("catalog", ("k",), producer) == {"n": 1}
     _another_worker_bumps("catalog")
     with ctx.test_request_context():
-        assert local_cache.cached("catalog", "k", producer) == {"n": 2}
+        assert local_cache.cached("catalog", ("k",), producer) == {"n": 2}
     assert len(rows) == 2
 
 
@@ -161,34 +163,34 @@ def test_a_write_landing_during_the_computation_leaves_the_answer_stale(ctx):
         return len(calls)
 
     with ctx.test_request_context():
-        assert local_cache.cached("catalog", "race", producer) == 1
+        assert local_cache.cached("catalog", ("race",), producer) == 1
     with ctx.test_request_context():
-        assert local_cache.cached("catalog", "race", producer) == 2  # not current
+        assert local_cache.cached("catalog", ("race",), producer) == 2  # not current
     with ctx.test_request_context():
-        assert local_cache.cached("catalog", "race", producer) == 2
+        assert local_cache.cached("catalog", ("race",), producer) == 2
     assert len(calls) == 2
 
 
 def test_outside_a_request_the_generation_is_read_each_time(ctx, monkeypatch):
-    assert local_cache.cached("catalog", "out", lambda: 7) == 7
+    assert local_cache.cached("catalog", ("out",), lambda: 7) == 7
     reads = Counting(monkeypatch, cache, "get_many")
-    assert local_cache.cached("catalog", "out", lambda: 8) == 7
+    assert local_cache.cached("catalog", ("out",), lambda: 8) == 7
     assert reads.calls == 1
     _another_worker_bumps("catalog")
-    assert local_cache.cached("catalog", "out", lambda: 9) == 9
+    assert local_cache.cached("catalog", ("out",), lambda: 9) == 9
 
 
 def test_a_bump_in_the_same_request_is_seen_by_its_later_reads(ctx):
     with ctx.test_request_context():
-        assert local_cache.cached("catalog", "same", lambda: 1) == 1
+        assert local_cache.cached("catalog", ("same",), lambda: 1) == 1
         caching.bump("catalog")
-        assert local_cache.cached("catalog", "same", lambda: 2) == 2
+        assert local_cache.cached("catalog", ("same",), lambda: 2) == 2
 
 
 def test_a_caller_changing_its_answer_does_not_change_the_kept_one(ctx):
-    first = local_cache.cached("catalog", "mutable", lambda: {"name": "a"})
+    first = local_cache.cached("catalog", ("mutable",), lambda: {"name": "a"})
     first["name"] = "changed"
-    assert local_cache.cached("catalog", "mutable", lambda: {"name": "b"}) == {"name": "a"}
+    assert local_cache.cached("catalog", ("mutable",), lambda: {"name": "b"}) == {"name": "a"}
 
 
 def test_with_the_cache_down_nothing_is_kept_locally(ctx, monkeypatch):
@@ -198,21 +200,21 @@ def test_with_the_cache_down_nothing_is_kept_locally(ctx, monkeypatch):
     monkeypatch.setattr(cache, "get_many", down)
     caching.reset_state()
     try:
-        assert local_cache.cached("catalog", "down", lambda: 1) == 1
-        assert local_cache.cached("catalog", "down", lambda: 2) == 2  # the database's
+        assert local_cache.cached("catalog", ("down",), lambda: 1) == 1
+        assert local_cache.cached("catalog", ("down",), lambda: 2) == 2  # the database's
     finally:
         caching.reset_state()
     monkeypatch.undo()
-    assert local_cache.cached("catalog", "down", lambda: 3) in (2, 3)  # cached or fresh
+    assert local_cache.cached("catalog", ("down",), lambda: 3) in (2, 3)  # cached or fresh
 
 
 def test_a_namespace_with_a_staleness_window_is_refused(ctx):
     with pytest.raises(ValueError, match="staleness window"):
-        local_cache.cached("logs", "k", lambda: 1)
+        local_cache.cached("logs", ("k",), lambda: 1)
 
 
 def test_the_number_of_kept_answers_is_bounded(ctx, monkeypatch):
     monkeypatch.setattr(local_cache, "MAX_ENTRIES", 3)
     for n in range(7):
-        local_cache.cached("catalog", f"many-{n}", lambda n=n: n)
+        local_cache.cached("catalog", (f"many-{n}",), lambda n=n: n)
     assert len(local_cache._entries) <= 3

@@ -337,8 +337,7 @@ def verify_api_key(raw_key: str) -> dict | None:
     prefix = parts[1]
     # Kept in this process too, exact across workers (local_cache): a key is verified on
     # every ingest request.
-    key = caching.make_key("key", prefix)
-    row = local_cache.cached(KEYS.key(), key, lambda: _key_row(prefix))
+    row = local_cache.cached(KEYS.key(), ("key", prefix), lambda: _key_row(prefix))
     if not row or row["revoked"]:
         return None
     if not hmac.compare_digest(row["key_hash"], _digest(raw_key)):

@@ -152,8 +152,8 @@ def require_project(project_id: ObjectId, *, field: str | None = None) -> dict:
     or, with ``field``, an InvalidInput (422) on that body field (the id came in a
     request body rather than in the path).
     """
-    key = caching.make_key("project-ref", project_id)
-    ref = local_cache.cached(CATALOG.key(), key, lambda: _project_ref(project_id))
+    parts = ("project-ref", project_id)
+    ref = local_cache.cached(CATALOG.key(), parts, lambda: _project_ref(project_id))
     if ref is None:
         if field is not None:
             raise InvalidInput.field(field, "No project with this id.")

@@ -146,8 +146,8 @@ def require_service(service_id: ObjectId, *, field: str | None = None) -> dict:
     The one way to ask "does this service exist?".  NotFound (404) when it does not,
     or, with ``field``, an InvalidInput (422) on that body field.
     """
-    key = caching.make_key("service-ref", service_id)
-    ref = local_cache.cached(CATALOG.key(), key, lambda: _service_ref(service_id))
+    parts = ("service-ref", service_id)
+    ref = local_cache.cached(CATALOG.key(), parts, lambda: _service_ref(service_id))
     if ref is None:
         if field is not None:
             raise InvalidInput.field(field, "No service with this id.")
