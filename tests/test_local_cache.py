@@ -64,17 +64,37 @@ class Counting:
 
 
 def _another_worker_bumps(namespace: str) -> None:
-    """What any worker's write does to the shared cache: the generation moves.  The
-    process memo is never told anything else."""
-    caching.bump(namespace)
+    """What a write in another worker does to the shared cache: the generation moves.
+    (Not ``caching.bump``: a bump made in this process is also told to local_cache.)"""
+    caching._increment([namespace], {}, 0)
+
+
+class Clock:
+    """caching.clock, moved by hand."""
+
+    def __init__(self, monkeypatch):
+        self.now = 1_000_000.0
+        monkeypatch.setattr(caching, "clock", lambda: self.now)
+
+    def advance(self, ms: float) -> None:
+        self.now += ms / 1000.0
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    return Clock(monkeypatch)
+
+
+BOUND_MS = 500  # REFERENCE_RECHECK_MS's default
 
 
 # --- through the HTTP API, auth on --------------------------------------------------------
 
 
-def test_a_warm_post_reads_the_key_project_and_service_in_one_round_trip(
-    app, key, svc, monkeypatch
+def test_warm_posts_read_the_key_project_and_service_once_per_window(
+    app, key, svc, clock, monkeypatch
 ):
+    assert app.config["REFERENCE_RECHECK_MS"] == BOUND_MS
     assert key.post("/api/logs", json=body(svc)).status_code == 201  # warms the memo
     reads = Counting(monkeypatch, cache, "get_many")
     queries = Counting(monkeypatch, services, "_service_ref")
@@ -82,39 +102,85 @@ def test_a_warm_post_reads_the_key_project_and_service_in_one_round_trip(
     project_rows = Counting(monkeypatch, projects, "_project_ref")
     for _ in range(3):
         assert key.post("/api/logs", json=body(svc)).status_code == 201
-    assert reads.calls == 3  # one MGET (both generations) per request, was three
+    assert reads.calls == 0  # no round trip for them inside the window (was three each)
+    clock.advance(BOUND_MS)
+    for _ in range(3):
+        assert key.post("/api/logs", json=body(svc)).status_code == 201
+    assert reads.calls == 1  # one MGET of both generations, then trusted again
     assert (queries.calls, key_rows.calls, project_rows.calls) == (0, 0, 0)
-    assert LogEntry.objects.count() == 4
+    assert LogEntry.objects.count() == 7
 
 
-def test_a_key_revoked_by_another_worker_is_refused_by_the_next_request(app, key, svc):
+def test_exact_setting_reads_the_generations_once_per_request(app, key, svc, monkeypatch):
+    app.config["REFERENCE_RECHECK_MS"] = 0
     assert key.post("/api/logs", json=body(svc)).status_code == 201
-    ApiKey.objects.update(revoked_at=datetime(2026, 11, 30))  # the other worker's write…
-    # …not yet announced: the cached answer (local or Redis) still holds, as before.
+    reads = Counting(monkeypatch, cache, "get_many")
+    key_rows = Counting(monkeypatch, auth, "_key_row")
+    for _ in range(3):
+        assert key.post("/api/logs", json=body(svc)).status_code == 201
+    assert (reads.calls, key_rows.calls) == (3, 0)
+
+
+def test_a_key_revoked_by_another_worker_is_refused_once_the_bound_has_passed(app, key, svc, clock):
     assert key.post("/api/logs", json=body(svc)).status_code == 201
-    _another_worker_bumps(auth.KEYS.key())  # …then its bump: the bound is that request
+    ApiKey.objects.update(revoked_at=datetime(2026, 11, 30))  # the other worker's write
+    _another_worker_bumps(auth.KEYS.key())  # and its bump
+    clock.advance(BOUND_MS - 1)
+    assert key.post("/api/logs", json=body(svc)).status_code == 201  # inside the bound
+    clock.advance(1)
     response = key.post("/api/logs", json=body(svc))
     assert response.status_code == 401
     assert LogEntry.objects.count() == 2
 
 
-def test_revoking_through_the_api_is_refused_at_once(app, client, key, svc):
+def test_with_the_exact_setting_another_workers_revocation_is_seen_at_once(app, key, svc):
+    app.config["REFERENCE_RECHECK_MS"] = 0
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    ApiKey.objects.update(revoked_at=datetime(2026, 11, 30))
+    assert key.post("/api/logs", json=body(svc)).status_code == 201  # not announced yet
+    _another_worker_bumps(auth.KEYS.key())
+    assert key.post("/api/logs", json=body(svc)).status_code == 401
+    assert LogEntry.objects.count() == 2
+
+
+def test_revoking_through_the_api_is_refused_at_once_in_this_worker(app, client, key, svc, clock):
     assert key.post("/api/logs", json=body(svc)).status_code == 201
     (row,) = auth.list_api_keys(svc.project_id)
     url = f"/api/projects/{svc.project_id}/keys/{row['id']}"
     assert client.delete(url).status_code == 204
-    assert key.post("/api/logs", json=body(svc)).status_code == 401
+    assert key.post("/api/logs", json=body(svc)).status_code == 401  # no time passed
     assert LogEntry.objects.count() == 1
 
 
-def test_a_service_deleted_elsewhere_is_refused_by_the_next_request(app, key, svc):
+def test_a_service_deleted_by_another_worker_is_refused_once_the_bound_has_passed(
+    app, key, svc, clock
+):
     assert key.post("/api/logs", json=body(svc)).status_code == 201
     Service.objects(id=svc.id).delete()
     _another_worker_bumps(services.CATALOG.key())
+    clock.advance(BOUND_MS)
     response = key.post("/api/logs", json=body(svc))
     assert response.status_code == 422
     assert response.json["errors"]["json"]["service_id"] == ["No service with this id."]
     assert LogEntry.objects.count() == 1
+
+
+def test_a_read_overtaken_by_a_bump_of_this_worker_is_not_trusted(app, key, svc, clock):
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    local_cache._checked.clear()
+    real_read = local_cache._read
+
+    def read_then_bump(namespaces):
+        found = real_read(namespaces)  # the read of a request…
+        caching.bump(auth.KEYS.key())  # …overtaken by a bump of this worker
+        return found
+
+    local_cache._read = read_then_bump
+    try:
+        assert key.post("/api/logs", json=body(svc)).status_code == 201
+    finally:
+        local_cache._read = real_read
+    assert local_cache._checked == {}  # what it read is not trusted by later requests
 
 
 def test_a_project_deleted_through_the_api_is_refused_at_once(app, client, svc):
@@ -133,7 +199,7 @@ def test_a_project_deleted_through_the_api_is_refused_at_once(app, client, svc):
 # --- at the service layer ----------------------------------------------------------------
 
 
-def test_the_local_answer_is_used_until_the_generation_moves(ctx, svc):
+def test_the_local_answer_is_used_until_the_generation_moves(ctx, svc, clock):
     rows = []
 
     def producer():
@@ -148,12 +214,16 @@ def test_the_local_answer_is_used_until_the_generation_moves(ctx, svc):
         )  # not even Redis is asked
         assert local_cache.cached("catalog", ("k",), producer) == {"n": 1}
     _another_worker_bumps("catalog")
+    with ctx.test_request_context():  # inside the bound: what was read is trusted
+        assert local_cache.cached("catalog", ("k",), producer) == {"n": 1}
+    clock.advance(BOUND_MS)
     with ctx.test_request_context():
         assert local_cache.cached("catalog", ("k",), producer) == {"n": 2}
     assert len(rows) == 2
 
 
 def test_a_write_landing_during_the_computation_leaves_the_answer_stale(ctx):
+    ctx.config["REFERENCE_RECHECK_MS"] = 0  # the generation read on every request
     calls = []
 
     def producer():
