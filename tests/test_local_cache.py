@@ -288,3 +288,23 @@ def test_the_number_of_kept_answers_is_bounded(ctx, monkeypatch):
     for n in range(7):
         local_cache.cached("catalog", (f"many-{n}",), lambda n=n: n)
     assert len(local_cache._entries) <= 3
+
+
+def test_a_read_overtaken_by_a_bump_of_another_namespace_is_kept(app, key, svc, clock):
+    """Every log write bumps the logs namespaces: under concurrent POSTs that must not
+    keep the generations of keys and catalog from being trusted."""
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    local_cache._checked.clear()
+    real_read = local_cache._read
+
+    def read_then_bump(namespaces):
+        found = real_read(namespaces)
+        caching.bump(f"logs:{svc.project_id}", "logs")  # another thread's log write
+        return found
+
+    local_cache._read = read_then_bump
+    try:
+        assert key.post("/api/logs", json=body(svc)).status_code == 201
+    finally:
+        local_cache._read = real_read
+    assert set(local_cache._checked) == {auth.KEYS.key(), services.CATALOG.key()}

@@ -77,6 +77,8 @@ def _bumped(namespaces: tuple[str, ...] | None) -> None:
     """A bump made in this process (None: forget everything): stop trusting what was
     read of those namespaces."""
     global _bumps
+    if namespaces is not None and not any(ns in _namespaces for ns in namespaces):
+        return  # the many bumps of other namespaces (every log write) change nothing here
     with _lock:
         _bumps += 1
         if namespaces is None:
