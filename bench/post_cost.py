@@ -150,7 +150,9 @@ def measure_server(
         GunicornSettings(1, 4, "gthread"),
         name=f"gunicorn-{tag}",
         ready_path="/api/health/live",
-        extra_args=["--chdir", str(root)],  # that tree's app
+        # That tree's app and gunicorn settings (a later -c wins over the default one:
+        # this tree's config file imports modules an older tree does not have).
+        extra_args=["-c", str(root / "gunicorn.conf.py"), "--chdir", str(root)],
     )
     try:
         body = json.dumps(
@@ -185,6 +187,7 @@ def measure_server(
                     "--rate",
                     "200",
                     "--nonblocking",
+                    *(["--gil"] if args.spy_gil else []),
                     "-o",
                     str(out),
                 ],
@@ -283,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, help="print cProfile's top N")
     parser.add_argument("--no-ratelimit", action="store_true")
     parser.add_argument("--spy", type=int, default=0, help="py-spy the worker: top N frames")
+    parser.add_argument(
+        "--spy-gil",
+        action="store_true",
+        help="with --spy: sample only the thread holding the GIL (Python CPU, no waits)",
+    )
     parser.add_argument(
         "--redis-url", help="a Redis database to use (flushed) instead of a private redis-server"
     )

@@ -166,6 +166,12 @@ class Config:
     # else changed it (each list is then recomputed at most about once per window per
     # worker under continuous writes); a caller always sees its own writes.  0: exact.
     LIST_STALENESS_MS = 1000
+    # How long (ms) a worker trusts the generations of API keys and of the catalog it
+    # last read before reading them again (polymicro/common/local_cache.py): a key
+    # revoked, or a project or service deleted, by another worker is still accepted
+    # here for at most this long (the worker that wrote knows at once).  0: exact (one
+    # Redis round trip per request).
+    REFERENCE_RECHECK_MS = 500
     # Group commit of single log POSTs: concurrent ones in a worker are written in one
     # insert_many, each answered once its row is durable (see polymicro/common/atomic.py).
     LOG_GROUP_COMMIT = False

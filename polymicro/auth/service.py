@@ -25,7 +25,7 @@ from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token
 
 from polymicro.auth.models import ApiKey, User
-from polymicro.common import caching
+from polymicro.common import caching, local_cache
 from polymicro.common.models import as_view, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.common.timeutil import utcnow
@@ -335,7 +335,9 @@ def verify_api_key(raw_key: str) -> dict | None:
     if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX or len(raw_key) > 200:
         return None
     prefix = parts[1]
-    row = caching.cached(KEYS.key(), caching.make_key("key", prefix), lambda: _key_row(prefix))
+    # Kept in this process too, exact across workers (local_cache): a key is verified on
+    # every ingest request.
+    row = local_cache.cached(KEYS.key(), ("key", prefix), lambda: _key_row(prefix))
     if not row or row["revoked"]:
         return None
     if not hmac.compare_digest(row["key_hash"], _digest(raw_key)):

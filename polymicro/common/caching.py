@@ -124,6 +124,13 @@ _bump_lock = threading.Lock()
 def reset_state() -> None:
     """Forget outages and pending bumps (tests start each app with a clean slate)."""
     _breaker.reset()
+    for listener in bump_listeners:
+        listener(None)
+
+
+# Called with the namespaces of every bump made in this process once it was sent (None:
+# forget them all, from reset_state): local_cache stops trusting what it last read.
+bump_listeners: list[Callable[[tuple[str, ...] | None], None]] = []
 
 
 def _guard(operation: Callable, *args):
@@ -320,6 +327,8 @@ def bump(*namespaces: str) -> None:
         _guard(_increment, list(namespaces), writer, window)
     except CacheDown:
         _breaker.pending.update(namespaces)
+    for listener in bump_listeners:
+        listener(namespaces)
 
 
 def make_key(*parts: Any, **params: Any) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from blinker import Namespace as Signals
 from bson import ObjectId
 
-from polymicro.common import caching, retention
+from polymicro.common import caching, local_cache, retention
 from polymicro.common.models import apply_changes, as_view, contains_literally, name_key
 from polymicro.common.pagination import PagedQuery
 from polymicro.errors import Conflict, InvalidInput, NotFound
@@ -152,8 +152,8 @@ def require_project(project_id: ObjectId, *, field: str | None = None) -> dict:
     or, with ``field``, an InvalidInput (422) on that body field (the id came in a
     request body rather than in the path).
     """
-    key = caching.make_key("project-ref", project_id)
-    ref = caching.cached(CATALOG.key(), key, lambda: _project_ref(project_id))
+    parts = ("project-ref", project_id)
+    ref = local_cache.cached(CATALOG.key(), parts, lambda: _project_ref(project_id))
     if ref is None:
         if field is not None:
             raise InvalidInput.field(field, "No project with this id.")
