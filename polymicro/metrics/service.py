@@ -59,14 +59,18 @@ from polymicro.projects import service as projects
 from polymicro.security import charge_ingest, ensure_project
 from polymicro.services import service as services
 
-# Points past the retention horizon are hidden; the horizon (it moves with the time and
-# the project's override) is part of every cached read's key.
+# Points past the retention horizon are hidden.  As in the logs namespace: the days kept
+# (the project's override) are part of every cached read's key; the horizon's minute is
+# the epoch of its entries, not part of the key (it was, and at each minute every
+# cached read of every reader missed at once), so an entry of the minute before is
+# served like one of an older generation: within the staleness window, refreshed ahead.
 METRICS = caching.Namespace(
     "metrics",
     scope="project_id",
     unscoped=False,
     bounded_staleness=True,
-    salt=lambda project_id: retention.horizon(RETENTION, project_id),
+    salt=lambda project_id: retention.visible_key(RETENTION, project_id),
+    epoch=lambda project_id: retention.visible_epoch(RETENTION, project_id),
 )
 
 _signals = Signals()
@@ -181,10 +185,11 @@ def list_project_metrics(
 ) -> caching.CachedQuery:
     """The entries of a project with their points (cached per project)."""
     projects.require_project(project_id)
+    epoch = retention.visible_epoch(RETENTION, project_id)  # taken before the horizon
     paged = list_metrics(project_id=project_id, since=since, until=until, points=points)
-    kept = retention.horizon(RETENTION, project_id)  # moves by the minute: part of the key
+    kept = retention.visible_key(RETENTION, project_id)  # the days, not the minute
     key = caching.make_key("project-metrics", since=since, until=until, points=points, kept=kept)
-    return caching.CachedQuery(METRICS.key(project_id), key, paged)
+    return caching.CachedQuery(METRICS.key(project_id), key, paged, epoch=epoch)
 
 
 def list_service_metrics(

@@ -1,0 +1,154 @@
+"""The CPU metrics of a project when the retention horizon moves by a minute (issue 9):
+counts, not times.
+
+The horizon of raw points moves with the time (whole days before now, rounded up to the
+minute).  It was the ``salt`` of the metrics namespace and part of the cached list's
+key, so at each minute every cached read (the service's list and the response cache)
+missed for every reader at once.  Now the days kept are the salt and the minute is the
+entries' epoch (as in the logs namespace): an entry of the minute before is served like
+one of an older generation, inside the staleness window, and refreshed ahead.
+
+Time moves only by ``caching.clock`` and the process clock; retention is on, as in
+production.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from bson import ObjectId
+
+from polymicro.common import caching, retention
+from polymicro.common import clock as common_clock
+from polymicro.common.clock import ManualClock
+from polymicro.common.pagination import PagedQuery
+from polymicro.metrics import service as metrics
+from tests.conftest import client_as
+from tests.test_staleness_counts import Clocks, _drain
+
+WINDOW_MS = 1000
+WRITES = 40  # 2 s at 20 writes/s
+READS_PER_WRITE = 5
+
+
+@pytest.fixture
+def world(app, client, monkeypatch):
+    """A project with a CPU entry, an API key that appends points, and the clocks at
+    59.5 s past a minute: the horizon moves half a second into the mix."""
+    app.config["LIST_STALENESS_MS"] = WINDOW_MS
+    app.config["RETENTION_POINTS_DAYS"] = 30
+    start = datetime.utcnow().replace(second=0, microsecond=0) + timedelta(seconds=59.5)
+    manual = ManualClock(start)
+    clocks = Clocks(manual)
+    monkeypatch.setattr(caching, "clock", clocks)
+    monkeypatch.setattr(caching.Reader, "_took", lambda self: 100)  # every computation
+    counts: dict = {"served": 0, "computed": 0, "db": 0}
+    count, getitem = PagedQuery.count, PagedQuery.__getitem__
+
+    def counted_count(self):
+        counts["db"] += 1
+        return count(self)
+
+    def counted_getitem(self, window):
+        counts["db"] += 1
+        return getitem(self, window)
+
+    monkeypatch.setattr(PagedQuery, "count", counted_count)
+    monkeypatch.setattr(PagedQuery, "__getitem__", counted_getitem)
+    peek = caching.Reader.peek
+
+    def counted_peek(self, key, background=False):
+        value = peek(self, key, background)
+        counts["served" if value is not None else "computed"] += 1
+        return value
+
+    monkeypatch.setattr(caching.Reader, "peek", counted_peek)
+    project = client.post("/api/projects", json={"name": "Shop"}).json
+    client.post("/api/services", json={"project_id": project["id"], "name": "api"})
+    metric = client.post(
+        "/api/metrics/cpu", json={"project_id": project["id"], "service_name": "api"}
+    ).json
+    key = client.post(f"/api/projects/{project['id']}/keys", json={"name": "agent"}).json["key"]
+    writer = app.test_client()
+    writer.environ_base["HTTP_X_API_KEY"] = key
+    with common_clock.use(manual):
+        yield {
+            "project": project,
+            "metric": metric,
+            "writer": writer,
+            "clocks": clocks,
+            "manual": manual,
+            "counts": counts,
+        }
+    _drain()
+
+
+def _mix(app, world) -> dict:
+    """A writer appends a point 20 times a second (with the API key); a viewer reads the
+    project's metrics five times between two writes, for two seconds.  Returns the
+    counts of the reads."""
+    viewer = client_as(app, "viewer")
+    path = f"/api/metrics/cpu/project/{world['project']['id']}"
+    data = f"/api/metrics/cpu/{world['metric']['id']}/data"
+    assert world["writer"].post(data, json={"load": 1.0}).status_code == 201
+    assert viewer.get(path).status_code == 200  # an open dashboard
+    counts = world["counts"]
+    reads = {"served": 0, "computed": 0, "db": 0}
+    epochs = set()
+    for i in range(WRITES):
+        assert world["writer"].post(data, json={"load": float(i)}).status_code == 201
+        for _ in range(READS_PER_WRITE):
+            counts.update(served=0, computed=0, db=0)
+            world["clocks"].advance_ms(1000 / 20 / READS_PER_WRITE)
+            response = viewer.get(path)
+            assert response.status_code == 200
+            assert response.json[0]["data"]  # the points are there
+            _drain()
+            for name in reads:
+                reads[name] += counts[name]
+            with app.app_context():
+                epochs.add(retention.visible_epoch(metrics.RETENTION, world["project"]["id"]))
+    assert len(epochs) == 2  # the horizon moved by a minute during the mix
+    return reads
+
+
+def test_the_horizon_moving_by_a_minute_misses_no_read(app, world):
+    """Every one of the 200 reads is answered from the response cache, across the
+    minute; the database sees only the refreshes ahead (a count and a page each)."""
+    reads = _mix(app, world)
+    assert reads == {"served": WRITES * READS_PER_WRITE, "computed": 0, "db": 4}
+
+
+def test_with_the_minute_in_the_key_a_read_missed(app, world, monkeypatch):
+    """The same mix with the horizon back in the salt (as before): the first read of
+    the new minute finds no entry and waits for the database.  (Shows that the test
+    above counts what it names.)"""
+    monkeypatch.setattr(
+        metrics.METRICS, "salt", lambda project_id: retention.horizon(metrics.RETENTION, project_id)
+    )
+    monkeypatch.setattr(metrics.METRICS, "epoch", None)
+    reads = _mix(app, world)
+    assert reads["computed"] == 1
+    assert reads["served"] == WRITES * READS_PER_WRITE - 1
+
+
+@pytest.mark.usefixtures("ctx")
+def test_the_service_read_keeps_its_key_across_the_minute(app, world):
+    """Service layer: the cached list of a project's metrics has the same key in two
+    minutes and carries the minute as its epoch; the entry of the minute before is
+    served (no computation) inside the window, and not after it."""
+    project_id = ObjectId(world["metric"]["project_id"])
+    first = metrics.list_project_metrics(project_id)
+    assert [m["id"] for m in first[0:10]] == [ObjectId(world["metric"]["id"])]
+    db = world["counts"]["db"]
+    world["clocks"].advance_ms(600)  # past the minute, inside the window
+    second = metrics.list_project_metrics(project_id)
+    assert second.key == first.key
+    assert second._reader.epoch == first._reader.epoch + 1
+    assert [m["id"] for m in second[0:10]] == [ObjectId(world["metric"]["id"])]
+    assert world["counts"]["db"] == db  # served from the entry of the minute before
+    world["clocks"].advance_ms(WINDOW_MS)  # past the window: computed again
+    third = metrics.list_project_metrics(project_id)
+    assert [m["id"] for m in third[0:10]] == [ObjectId(world["metric"]["id"])]
+    assert world["counts"]["db"] == db + 1
