@@ -152,3 +152,61 @@ def test_the_service_read_keeps_its_key_across_the_minute(app, world):
     third = metrics.list_project_metrics(project_id)
     assert [m["id"] for m in third[0:10]] == [ObjectId(world["metric"]["id"])]
     assert world["counts"]["db"] == db + 1
+
+
+# --- the latest points of an entry: a window of the range, not the whole range ---------
+
+
+@pytest.mark.usefixtures("ctx")
+@pytest.mark.parametrize(
+    ("spacing_s", "age_h", "want", "reads"),
+    [(10, 0, 60, 1), (10, 0, 500, 2), (3600, 0, 20, 2), (600, 0, 500, 2), (60, 2, 60, 2)],
+    ids=["dense-60", "dense-500", "hourly-20", "10min-500", "none-in-the-last-hour"],
+)
+def test_the_latest_points_read_a_window_of_the_range(
+    app, monkeypatch, spacing_s, age_h, want, reads
+):
+    """SecantusDB reads every point of a range before it sorts and stops, so the latest
+    points of an entry are read from a window at the end of the range, widened only
+    when it holds too few: the answer is the whole range's, and the points the ranges
+    read hold (counted with ``count_documents`` on those ranges) stay near ``want``
+    instead of every point kept (3,000 here)."""
+    from polymicro.common.timeutil import utcnow
+    from polymicro.metrics.models import CpuPoint
+
+    app.config["RETENTION_POINTS_DAYS"] = 30
+    metric_id = ObjectId()
+    now = utcnow().replace(microsecond=0) - timedelta(hours=age_h)
+    total = 3000
+    CpuPoint._get_collection().insert_many(
+        [
+            {
+                "metric_id": metric_id,
+                "time": now - timedelta(seconds=spacing_s * i),
+                "load": float(i),
+            }
+            for i in range(total)
+        ]
+    )
+    expected = sorted((now - timedelta(seconds=spacing_s * i) for i in range(total)), reverse=True)
+    floor = retention.floor(metrics.RETENTION, None, None)
+    expected = sorted(t for t in expected if t >= floor)[-want:]
+    ranges = []
+    latest = metrics._latest
+
+    def counted(metric, since, until, points):
+        ranges.append((since, until))
+        return latest(metric, since, until, points)
+
+    monkeypatch.setattr(metrics, "_latest", counted)
+    got = metrics.latest_points(metric_id, floor, None, want)
+    assert [p["time"] for p in got] == expected
+    assert len(ranges) == reads
+    collection = CpuPoint._get_collection()
+    read = sum(
+        collection.count_documents({"metric_id": metric_id, "time": {"$gte": low or floor}})
+        for low, _ in ranges
+    )
+    kept = collection.count_documents({"metric_id": metric_id, "time": {"$gte": floor}})
+    first_window = 3600 // spacing_s  # the points of the last hour: read at least
+    assert read <= max(4 * want, first_window) + (24 * first_window if age_h else 0) < kept
