@@ -210,3 +210,41 @@ def test_the_latest_points_read_a_window_of_the_range(
     kept = collection.count_documents({"metric_id": metric_id, "time": {"$gte": floor}})
     first_window = 3600 // spacing_s  # the points of the last hour: read at least
     assert read <= max(4 * want, first_window) + (24 * first_window if age_h else 0) < kept
+
+
+@pytest.mark.parametrize(
+    ("query", "minutes"),
+    [
+        ("points=5", [0, 1, 2, 3, 4]),
+        ("points=3&until={until}", [90, 91, 92]),
+        ("until=0001-01-01T00:00:00Z", []),
+    ],
+    ids=["latest", "until", "until-year-1"],
+)
+def test_through_the_api_the_latest_points_stay_right(app, client, query, minutes):
+    """As a viewer (auth on), with retention on: the latest points of the window, oldest
+    first (points a minute apart for three hours, the newest now, then with ``until``
+    90 minutes ago); a window reaching before year 1 is read whole (empty), not an
+    error."""
+    from polymicro.common.timeutil import format_time, utcnow
+    from polymicro.metrics.models import CpuPoint
+
+    app.config["RETENTION_POINTS_DAYS"] = 30
+    project = client.post("/api/projects", json={"name": "Shop"}).json
+    client.post("/api/services", json={"project_id": project["id"], "name": "api"})
+    metric = client.post(
+        "/api/metrics/cpu", json={"project_id": project["id"], "service_name": "api"}
+    ).json
+    now = utcnow().replace(second=0, microsecond=0)
+    with app.app_context():
+        CpuPoint._get_collection().insert_many(
+            [
+                {"metric_id": ObjectId(metric["id"]), "time": now - timedelta(minutes=m), "load": m}
+                for m in range(180)
+            ]
+        )
+    until = format_time(now - timedelta(minutes=90))
+    viewer = client_as(app, "viewer")
+    response = viewer.get(f"/api/metrics/cpu/project/{project['id']}?{query.format(until=until)}")
+    assert response.status_code == 200, response.json
+    assert [p["load"] for p in response.json[0]["data"]] == sorted(minutes, reverse=True)
