@@ -149,8 +149,8 @@ def _query(
     if when:
         match["timestamp"] = when
     if q:
-        match.update(contains_literally("message", q, ignore_case=True))
-    match.update(kept)  # what else the retention asks (a $nor of shorter overrides)
+        match |= contains_literally("message", q, ignore_case=True)
+    match |= kept  # what else the retention asks (a $nor of shorter overrides)
     if levels and len(levels) > 1 and when and set(match) <= {"project_id", "level", "timestamp"}:
         parts = [_newest_first({**match, "level": level}) for level in levels]
         return LevelsMerged(_newest_first(match), parts, per_page=_rows)
