@@ -13,6 +13,8 @@ domain, above this one, counts them as heartbeats of the services that opt in).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -104,41 +106,95 @@ def list_logs(
     return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters), epoch=epoch)
 
 
+# How SecantusDB (0.7) serves a log list (read in its storage planner, and counted with a
+# server that counted the rows it fetched: 5 projects of 2,000 logs, 40 days of them, a
+# 30-day horizon).  An index is used in two shapes only: equalities on the leading fields
+# of a compound index, then one range or ``$in`` on its next field (``project_id = x,
+# level = 3, timestamp >= cut``: the 157 rows that match); otherwise the *first* clause
+# of the filter, in its order, that leads an index, every other clause being checked on
+# each row fetched.  So ``level $in [...]`` (or ``level >= n``) beside the horizon fetched
+# every row of the horizon, 7,561 of 10,000, as did ``service_id = y, level = 3`` (no
+# compound index starts with the two), while ``explain()`` called both a collection scan.
+# A ``hint()`` is no cure: explain then shows the index and 227 rows examined, but the
+# server walks the whole index (10,000 rows fetched, 4 times slower than without it).
+# Hence: the filter's clauses go in the order below (the narrowest equality first), and
+# several levels with a time range and no other filter than the project are one query
+# per level (``level = n`` each: the compound index, exact), merged (227 rows fetched;
+# a count and a page of a project's errors and criticals took 80 ms instead of 1.33 s).
+NARROWEST_FIRST = ("test_id", "func_id", "source", "service_id", "project_id")
+
+
 def _query(
     project_id, service_id, severity, min_severity, source, test_id, func_id, since, until, q, kept
 ) -> PagedQuery:
-    query = LogEntry.objects
-    if kept:
-        query = query.filter(__raw__=kept)
-    if project_id is not None:
-        query = query.filter(project_id=project_id)
-    if service_id is not None:
-        query = query.filter(service_id=service_id)
-    if severity:
-        # One severity (the dashboard's filter) is an equality, not a one-element $in:
-        # SecantusDB plans project_id = x, level $in [...] and the retention horizon
-        # (timestamp >= cut) as a scan of the whole collection (explain: 10,000 rows
-        # examined instead of 338 with 5 projects of 2,000 logs), and a horizon is in
-        # every list query while retention is on.
-        levels = [SEVERITY_LEVEL[name] for name in severity]
-        query = (
-            query.filter(level=levels[0]) if len(levels) == 1 else query.filter(level__in=levels)
-        )
-    if min_severity:
-        query = query.filter(level__gte=SEVERITY_LEVEL[min_severity])
-    if source:
-        query = query.filter(source=source)
-    if test_id:
-        query = query.filter(test_id=test_id)
-    if func_id:
-        query = query.filter(func_id=func_id)
+    equal = {
+        "test_id": test_id or None,
+        "func_id": func_id or None,
+        "source": source or None,
+        "service_id": service_id,
+        "project_id": project_id,
+    }
+    match = {name: equal[name] for name in NARROWEST_FIRST if equal[name] is not None}
+    levels = _levels(severity, min_severity)
+    if levels is not None and len(levels) == 1:
+        match["level"] = levels[0]
+    elif levels is not None:  # min_severity alone is one range
+        match["level"] = {"$in": levels} if severity else {"$gte": min(levels)}
+    kept = dict(kept or {})
+    when = dict(kept.pop("timestamp", None) or {})  # the horizon, with since and until
     if since is not None:
-        query = query.filter(timestamp__gte=since)
+        when["$gte"] = max(since, when["$gte"]) if "$gte" in when else since
     if until is not None:
-        query = query.filter(timestamp__lte=until)
+        when["$lte"] = until
+    if when:
+        match["timestamp"] = when
     if q:
-        query = query.filter(__raw__=contains_literally("message", q, ignore_case=True))
-    return PagedQuery(query.order_by(*ORDER).as_pymongo(), per_page=_rows)
+        match |= contains_literally("message", q, ignore_case=True)
+    match |= kept  # what else the retention asks (a $nor of shorter overrides)
+    if levels and len(levels) > 1 and when and set(match) <= {"project_id", "level", "timestamp"}:
+        parts = [_newest_first({**match, "level": level}) for level in levels]
+        return LevelsMerged(_newest_first(match), parts, per_page=_rows)
+    return PagedQuery(_newest_first(match), per_page=_rows)
+
+
+def _levels(severity: list[str], min_severity: str | None) -> list[int] | None:
+    """The levels a list keeps (None: all); ``severity`` and ``min_severity`` together
+    keep the levels both allow."""
+    if not severity and not min_severity:
+        return None
+    levels = [SEVERITY_LEVEL[name] for name in severity] or list(SEVERITY_LEVEL.values())
+    lowest = SEVERITY_LEVEL[min_severity] if min_severity else 0
+    return sorted({level for level in levels if level >= lowest}, reverse=True)
+
+
+def _newest_first(match: dict):
+    return LogEntry.objects(__raw__=match).order_by(*ORDER).as_pymongo()
+
+
+def _newest_key(row: dict) -> tuple:
+    return row["timestamp"], row["_id"]
+
+
+class LevelsMerged(PagedQuery):
+    """A list of several levels as one query per level (see above ``NARROWEST_FIRST``):
+    the count is the sum of theirs; a page ``[a:b]`` merges the first ``b`` rows of
+    each, newest first (``ORDER``), as the database orders a single query.  ``queryset``
+    stays the single query (``level $in``) for what adds clauses to it (a log stream).
+    Written by hand: SecantusDB has no plan that serves ``level $in`` beside a time
+    range from an index, and a ``$or`` of the equalities is a collection scan there."""
+
+    def __init__(self, queryset, parts: list, per_page):
+        super().__init__(queryset, per_page)
+        self.parts = parts
+
+    def count(self) -> int:
+        return sum(part.count() for part in self.parts)
+
+    def __getitem__(self, window: slice) -> list:
+        start, stop = window.start or 0, window.stop
+        firsts = [part if stop is None else part[0:stop] for part in self.parts]
+        merged = heapq.merge(*firsts, key=_newest_key, reverse=True)
+        return self.per_page(list(itertools.islice(merged, start, stop)))
 
 
 @LOGS.reads
