@@ -195,6 +195,47 @@ def _delete(keys: list[str]) -> None:
         cache.delete(key)
 
 
+# KEYS: the generation key, the entry key.  ARGV: the generation, the entry, its time to
+# live in seconds (-1: none).
+_SET_IF_GENERATION_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  else
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+  return 1
+end
+return 0
+"""
+
+
+def _set_if_generation(namespace: str, generation: int, key: str, value: Any) -> bool:
+    """Store ``value`` under ``key`` only while ``namespace`` is still at ``generation``
+    (atomic on Redis; under a lock with the in-process cache of the tests)."""
+    if _is_redis():
+        backend = cache.cache
+        client = backend._write_client
+        script = _scripts.get(("if-generation", id(client)))
+        if script is None:
+            script = _scripts[("if-generation", id(client))] = client.register_script(
+                _SET_IF_GENERATION_LUA
+            )
+        prefix = backend._get_prefix()
+        ttl = backend._normalize_timeout(None)
+        return bool(
+            script(
+                keys=[prefix + _generation_key(namespace), prefix + key],
+                args=[str(generation), backend.serializer.dumps(value), ttl],
+            )
+        )
+    with _bump_lock:
+        if cache.get(_generation_key(namespace)) != generation:
+            return False
+        cache.set(key, value)
+        return True
+
+
 def _generation(namespace: str) -> int:
     key = _generation_key(namespace)
     value = cache.get(key)
@@ -254,7 +295,7 @@ for i = 1, n do
 end
 return n
 """
-_scripts: dict[int, Any] = {}
+_scripts: dict[Any, Any] = {}
 
 
 def _bump_script(client):
@@ -368,6 +409,10 @@ WAIT_POLL_S = 0.02
 # writer: when waiters gave up after one window and all computed, SecantusDB fell behind
 # and a project's logs answered 41 req/s with a p99 of 9.4 s.
 LEASE_MS = 10_000
+# A current entry is re-stamped with the time a reader found it current once it is older
+# than this fraction of the window (Reader._confirm): at most about 1/fraction writes of
+# the entry per window and reader, each one SET.
+CONFIRM_FRACTION = 0.125
 # The start times of entries served stale during the computation of another value.
 _stale_inputs: ContextVar[list[float] | None] = ContextVar("polymicro_stale", default=None)
 
@@ -461,6 +506,7 @@ class Reader:
         too (``refresh_due`` is set: it must refresh the entry without making its own
         caller wait)."""
         entry_key = _entry_key(self.namespace, key)
+        before = _now_ms()  # the entry, if current, is exact as of this moment
         try:
             generation, entry, last_write, lease = self._read(entry_key)
         except CacheDown:
@@ -472,6 +518,8 @@ class Reader:
         if entry is not None:
             entry_generation, started, value, took = entry
             if entry_generation == current:
+                if self.window_ms and before - started > self.window_ms * CONFIRM_FRACTION:
+                    self._confirm(entry_key, entry, generation, before)
                 return True, value, None
             if self._may_serve(entry, last_write, now):
                 # Refresh ahead: once less than three times its last computation is
@@ -500,6 +548,26 @@ class Reader:
                 return True, waited, None
             now = self._looked_up = _now_ms()
         return False, None, (current, now)
+
+    def _confirm(self, entry_key: str, entry: tuple, generation: int, seen: float) -> None:
+        """Re-stamp a current entry with ``seen``, the time just before the lookup that
+        found its generation still current (only if the generation has not moved since:
+        one Lua script on Redis).
+
+        Why it is right: the entry was computed after reading generation *g*, and every
+        write bumps the generation after it is stored, so a write acknowledged before
+        ``seen`` bumped to at most *g* before the computation read the database: the
+        value is exact as of ``seen``, and the window may count from there.  Why it is
+        needed (issue 9, batch writer): an entry's window used to count from the start of
+        its computation; under one batch a second into a project with a window of a
+        second, the entry computed after one batch was a window old just as the next
+        batch made it stale, so every batch made readers wait for a whole refresh of the
+        list (p99 232-613 ms for a project's logs in ``bench/mixed.py``).  Re-stamped
+        while it is current, the entry is served for a window after the write that made
+        it stale, and the refresh ahead has that long to replace it."""
+        stamped = (entry[0], seen, entry[2], entry[3])
+        with contextlib.suppress(CacheDown):
+            _guard(_set_if_generation, self.namespace, generation, entry_key, stamped)
 
     def _may_serve(self, entry: tuple, last_write: int | None, now: float | None) -> bool:
         """An entry of another generation may be served: inside the window (``now`` None:
