@@ -23,7 +23,7 @@ from flask import current_app
 from polymicro.common import atomic, caching, retention
 from polymicro.common.atomic import insert_all_or_nothing, insert_row
 from polymicro.common.models import average_size, contains_literally, row_view, to_row
-from polymicro.common.pagination import PagedQuery
+from polymicro.common.pagination import NewestFirst, PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, TYPICAL_LOG_BYTES, LogEntry
@@ -101,13 +101,28 @@ def list_logs(
     epoch = retention.visible_epoch(RETENTION, project_id)
     key = caching.make_key("logs", kept=retention.visible_key(RETENTION, project_id), **filters)
     filters["kept"] = retention.visible(RETENTION, project_id)
-    return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters), epoch=epoch)
+    query = NewestFirst(
+        _query(**filters).queryset,
+        narrowed=lambda t: _query(**{**filters, "since": max(since, t) if since else t}).queryset,
+        time_field="timestamp",
+        hint_key=key,
+        per_page=_rows,
+    )
+    return caching.CachedQuery(LOGS.key(project_id), key, query, epoch=epoch)
 
 
 def _query(
     project_id, service_id, severity, min_severity, source, test_id, func_id, since, until, q, kept
 ) -> PagedQuery:
     query = LogEntry.objects
+    # The horizon and ``since`` are one bound on the timestamp (``kept`` also holds the
+    # shorter project overrides as ``$nor`` when no project is given): a second filter
+    # on the same field replaced the first (mongoengine merges the two into one key, so
+    # ``since`` older than the horizon showed rows retention no longer keeps), and a
+    # second bound kept apart is an ``$and`` that SecantusDB plans as a collection scan.
+    kept = dict(kept or {})
+    cut = kept.pop("timestamp", {}).get("$gte")
+    since = max(since, cut) if since is not None and cut is not None else since or cut
     if kept:
         query = query.filter(__raw__=kept)
     if project_id is not None:
@@ -132,10 +147,8 @@ def _query(
         query = query.filter(test_id=test_id)
     if func_id:
         query = query.filter(func_id=func_id)
-    if since is not None:
-        query = query.filter(timestamp__gte=since)
-    if until is not None:
-        query = query.filter(timestamp__lte=until)
+    bounds = {"timestamp__gte": since, "timestamp__lte": until}
+    query = query.filter(**{name: value for name, value in bounds.items() if value is not None})
     if q:
         query = query.filter(__raw__=contains_literally("message", q, ignore_case=True))
     return PagedQuery(query.order_by(*ORDER).as_pymongo(), per_page=_rows)
