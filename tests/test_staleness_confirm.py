@@ -142,3 +142,43 @@ def test_api_others_writes_lag_by_at_most_the_window_with_re_stamped_entries(app
     messages, pagination = listed()
     assert messages == ["x"]
     assert '"total": 1' in pagination
+
+
+# --- a reader waiting for another's computation ------------------------------------------
+
+
+def _stored_then_staled(app, svc, namespace: str, started_ms: float) -> str:
+    """An entry computed from ``started_ms`` under the current generation, then made
+    stale by another's write, with the refresh lease held by another reader."""
+    generation = caching._generation(namespace)
+    entry_key = caching._entry_key(namespace, "k")
+    caching.cache.set(entry_key, (generation, started_ms, "computed", 2000.0))
+    as_someone_else(app, lambda: logs.create_log(_entry(svc)))
+    assert caching._add(caching._lease_key(entry_key), caching.LEASE_MS)
+    return entry_key
+
+
+@pytest.mark.usefixtures("ctx")
+def test_service_a_waiting_reader_takes_a_computation_started_within_a_window_of_its_read(
+    app, clock
+):
+    """The livelock it prevents: a computation longer than the window, under a steady
+    writer, was stored already too old for every waiting reader to take."""
+    svc = make_service()
+    namespace = logs.LOGS.key(svc.project_id)
+    read_started = caching._now_ms()
+    entry_key = _stored_then_staled(app, svc, namespace, read_started + 1)
+    clock.advance_ms(WINDOW_MS * 3)  # the computation took three windows
+    assert caching.Reader(namespace)._wait_for(entry_key, 1, read_started) == "computed"
+
+
+@pytest.mark.usefixtures("ctx")
+def test_service_a_waiting_reader_never_takes_a_computation_older_than_the_window(
+    app, clock, monkeypatch
+):
+    monkeypatch.setattr(caching, "LEASE_MS", 100)  # the wait runs out after 100 ms
+    svc = make_service()
+    namespace = logs.LOGS.key(svc.project_id)
+    read_started = caching._now_ms()
+    entry_key = _stored_then_staled(app, svc, namespace, read_started - WINDOW_MS - 1)
+    assert caching.Reader(namespace)._wait_for(entry_key, 1, read_started) is None

@@ -543,7 +543,7 @@ class Reader:
         if self.window_ms and (entry is None or self._may_serve(entry, last_write, None)):
             # Nothing to serve, and this caller has no write of its own to see: if another
             # reader is computing this entry, wait for it rather than compute it again.
-            waited = self._wait_for(entry_key, lease)
+            waited = self._wait_for(entry_key, lease, before)
             if waited is not None:
                 return True, waited, None
             now = self._looked_up = _now_ms()
@@ -581,10 +581,19 @@ class Reader:
             return False
         return now is None or now - started < self.window_ms
 
-    def _wait_for(self, entry_key: str, lease: Any) -> Any:
+    def _wait_for(self, entry_key: str, lease: Any, read_started: float) -> Any:
         """The value another reader stores under ``entry_key`` while it holds the lease
         (polled every ``WAIT_POLL_S``, for at most ``LEASE_MS``); None when this reader
-        took the lease itself, or the wait ran out."""
+        took the lease itself, or the wait ran out.
+
+        What may be served is judged at ``read_started``, when this read began (the
+        promise is about writes acknowledged a window before the read *started*): an
+        entry whose computation started less than a window before that is served
+        however long the wait.  Judged at each poll instead, a list whose computation
+        takes longer than the window was never servable to anyone once it was stored
+        under a steady writer; every reader waited for the next computation, which
+        ended the same way (issue 9: ``bench/mixed.py`` completed no read of a
+        project's logs in 3 s under the batch writer at load average 10-15)."""
         if lease is None and self._take_lease(entry_key):
             return None
         deadline = time.monotonic() + LEASE_MS / 1000
@@ -596,7 +605,7 @@ class Reader:
                 return None
             current = self._current(generation)
             if entry is not None and (
-                entry[0] == current or self._may_serve(entry, last_write, _now_ms())
+                entry[0] == current or self._may_serve(entry, last_write, read_started)
             ):
                 if entry[0] != current:
                     _note_stale(entry[1])
