@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from polymicro.common import clock
-from polymicro.common.pagination import NewestFirst
+from polymicro.common.pagination import BOUNDARY_MARGIN, NewestFirst
 from polymicro.logs import service as logs
 from tests.conftest import client_as
 from tests.factories import make_logs, make_service
@@ -81,7 +81,7 @@ def test_service_a_page_comes_from_the_range_since_its_last_row_once_known(manua
     query = logs.list_logs(project_id=svc.project_id).query
     asked = _counted(query)
     assert _messages(query[0:4]) == _whole(svc.project_id, slice(0, 4)) == ["s9", "s8", "s7", "s6"]
-    assert asked == [START + timedelta(seconds=4)]  # the last row of the previous page
+    assert asked == [START + timedelta(seconds=4) - BOUNDARY_MARGIN]  # the previous last row
     assert _messages(query[2:6]) == _whole(svc.project_id, slice(2, 6))
 
 
@@ -97,7 +97,7 @@ def test_service_a_range_that_falls_short_asks_the_whole_query(manual):
     query = logs.list_logs(project_id=svc.project_id).query
     asked = _counted(query)
     assert _messages(query[0:3]) == ["s3", "s2", "s1"]  # the range since s3 holds one row
-    assert asked == [START + timedelta(seconds=3)]
+    assert asked == [START + timedelta(seconds=3) - BOUNDARY_MARGIN]
 
 
 def test_service_since_older_than_the_horizon_shows_nothing_retention_no_longer_keeps(manual):
@@ -131,3 +131,29 @@ def test_api_pages_and_totals_of_a_growing_project_stay_exact(app, manual):
     assert '"total": 7' in again.headers["X-Pagination"]
     second = admin.get(path + "&page=2")
     assert [e["message"] for e in second.json] == ["s3", "s2", "s1"]
+
+
+def test_service_a_page_ending_at_the_bound_asks_the_whole_query(manual):
+    """SecantusDB's ``$gte`` on the (project, -timestamp) index leaves out a row equal to
+    the bound: a page from the narrowed range is taken only if it ends strictly after
+    the bound."""
+    svc = make_service()
+    _store(svc, [1, 2.998, 2.998, 2.999, 4, 5])
+    assert _messages(logs.list_logs(project_id=svc.project_id).query[0:3]) == [
+        "s5",
+        "s4",
+        "s2.999",
+    ]
+    for row in logs.list_logs(project_id=svc.project_id).query.queryset.filter(message="s4"):
+        logs.delete_log(logs.get_log(row["_id"]))
+    query = logs.list_logs(project_id=svc.project_id).query
+    narrowed = query.narrowed
+
+    def like_secantus(t):  # the last of the rows equal to the bound is left out
+        rows = narrowed(t)
+        at_bound = [row["_id"] for row in rows.filter(timestamp=t)]
+        return rows.filter(id__ne=max(at_bound)) if at_bound else rows
+
+    query.narrowed = like_secantus
+    whole = logs._query(**_filters(svc.project_id)).queryset[0:3]
+    assert [row["id"] for row in query[0:3]] == [row["_id"] for row in whole]

@@ -42,7 +42,11 @@ Bounded staleness (``LIST_STALENESS_MS``, default 1000; 0 = exact)
     while the others keep serving the entry; a reader that finds nothing it may serve
     waits for the reader holding the lease instead of computing the same entry again;
     and a value computed from entries served stale is stored as old as the oldest of
-    them (and never as current), so nothing outlives the window.
+    them (and never as current), so nothing outlives the window.  The window of an
+    entry counts from the last moment it was known exact: the start of its computation,
+    or a later lookup that found its generation still current (the entry is then
+    re-stamped, see ``Reader._confirm``).  A reader waiting for another's computation
+    takes any entry whose moment is less than a window before its own read started.
 
     With authentication off every caller is the same anonymous admin, so everyone
     "wrote" every write and lists are exact.  Times are wall-clock milliseconds from
