@@ -42,7 +42,11 @@ Bounded staleness (``LIST_STALENESS_MS``, default 1000; 0 = exact)
     while the others keep serving the entry; a reader that finds nothing it may serve
     waits for the reader holding the lease instead of computing the same entry again;
     and a value computed from entries served stale is stored as old as the oldest of
-    them (and never as current), so nothing outlives the window.
+    them (and never as current), so nothing outlives the window.  The window of an
+    entry counts from the last moment it was known exact: the start of its computation,
+    or a later lookup that found its generation still current (the entry is then
+    re-stamped, see ``Reader._confirm``).  A reader waiting for another's computation
+    takes any entry whose moment is less than a window before its own read started.
 
     With authentication off every caller is the same anonymous admin, so everyone
     "wrote" every write and lists are exact.  Times are wall-clock milliseconds from
@@ -202,6 +206,47 @@ def _delete(keys: list[str]) -> None:
         cache.delete(key)
 
 
+# KEYS: the generation key, the entry key.  ARGV: the generation, the entry, its time to
+# live in seconds (-1: none).
+_SET_IF_GENERATION_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  else
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+  return 1
+end
+return 0
+"""
+
+
+def _set_if_generation(namespace: str, generation: int, key: str, value: Any) -> bool:
+    """Store ``value`` under ``key`` only while ``namespace`` is still at ``generation``
+    (atomic on Redis; under a lock with the in-process cache of the tests)."""
+    if _is_redis():
+        backend = cache.cache
+        client = backend._write_client
+        script = _scripts.get(("if-generation", id(client)))
+        if script is None:
+            script = _scripts[("if-generation", id(client))] = client.register_script(
+                _SET_IF_GENERATION_LUA
+            )
+        prefix = backend._get_prefix()
+        ttl = backend._normalize_timeout(None)
+        return bool(
+            script(
+                keys=[prefix + _generation_key(namespace), prefix + key],
+                args=[str(generation), backend.serializer.dumps(value), ttl],
+            )
+        )
+    with _bump_lock:
+        if cache.get(_generation_key(namespace)) != generation:
+            return False
+        cache.set(key, value)
+        return True
+
+
 def _generation(namespace: str) -> int:
     key = _generation_key(namespace)
     value = cache.get(key)
@@ -261,7 +306,7 @@ for i = 1, n do
 end
 return n
 """
-_scripts: dict[int, Any] = {}
+_scripts: dict[Any, Any] = {}
 
 
 def _bump_script(client):
@@ -377,6 +422,10 @@ WAIT_POLL_S = 0.02
 # writer: when waiters gave up after one window and all computed, SecantusDB fell behind
 # and a project's logs answered 41 req/s with a p99 of 9.4 s.
 LEASE_MS = 10_000
+# A current entry is re-stamped with the time a reader found it current once it is older
+# than this fraction of the window (Reader._confirm): at most about 1/fraction writes of
+# the entry per window and reader, each one SET.
+CONFIRM_FRACTION = 0.125
 # The start times of entries served stale during the computation of another value.
 _stale_inputs: ContextVar[list[float] | None] = ContextVar("polymicro_stale", default=None)
 
@@ -530,6 +579,7 @@ class Reader:
         ``epoch``); if it says False the key was a wrong guess: nothing is decided,
         ``unsettled`` is set and the lookup answers a miss with nothing to store."""
         entry_key = _entry_key(self.namespace, key)
+        before = _now_ms()  # the entry, if current, is exact as of this moment
         try:
             generation, entry, last_write, lease = self._read(entry_key)
         except CacheDown:
@@ -544,6 +594,8 @@ class Reader:
         if entry is not None:
             entry_generation, started, value, took = entry
             if entry_generation == current:
+                if self.window_ms and before - started > self.window_ms * CONFIRM_FRACTION:
+                    self._confirm(entry_key, entry, generation, before)
                 return True, value, None
             if self._may_serve(entry, last_write, now):
                 # Refresh ahead: once less than three times its last computation is
@@ -567,11 +619,31 @@ class Reader:
         if self.window_ms and (entry is None or self._may_serve(entry, last_write, None)):
             # Nothing to serve, and this caller has no write of its own to see: if another
             # reader is computing this entry, wait for it rather than compute it again.
-            waited = self._wait_for(entry_key, lease)
+            waited = self._wait_for(entry_key, lease, before)
             if waited is not None:
                 return True, waited, None
             now = self._looked_up = _now_ms()
         return False, None, (current, now)
+
+    def _confirm(self, entry_key: str, entry: tuple, generation: int, seen: float) -> None:
+        """Re-stamp a current entry with ``seen``, the time just before the lookup that
+        found its generation still current (only if the generation has not moved since:
+        one Lua script on Redis).
+
+        Why it is right: the entry was computed after reading generation *g*, and every
+        write bumps the generation after it is stored, so a write acknowledged before
+        ``seen`` bumped to at most *g* before the computation read the database: the
+        value is exact as of ``seen``, and the window may count from there.  Why it is
+        needed (issue 9, batch writer): an entry's window used to count from the start of
+        its computation; under one batch a second into a project with a window of a
+        second, the entry computed after one batch was a window old just as the next
+        batch made it stale, so every batch made readers wait for a whole refresh of the
+        list (p99 232-613 ms for a project's logs in ``bench/mixed.py``).  Re-stamped
+        while it is current, the entry is served for a window after the write that made
+        it stale, and the refresh ahead has that long to replace it."""
+        stamped = (entry[0], seen, entry[2], entry[3])
+        with contextlib.suppress(CacheDown):
+            _guard(_set_if_generation, self.namespace, generation, entry_key, stamped)
 
     def _may_serve(self, entry: tuple, last_write: int | None, now: float | None) -> bool:
         """An entry of another generation may be served: inside the window (``now`` None:
@@ -585,10 +657,19 @@ class Reader:
             return False
         return now is None or now - started < self.window_ms
 
-    def _wait_for(self, entry_key: str, lease: Any) -> Any:
+    def _wait_for(self, entry_key: str, lease: Any, read_started: float) -> Any:
         """The value another reader stores under ``entry_key`` while it holds the lease
         (polled every ``WAIT_POLL_S``, for at most ``LEASE_MS``); None when this reader
-        took the lease itself, or the wait ran out."""
+        took the lease itself, or the wait ran out.
+
+        What may be served is judged at ``read_started``, when this read began (the
+        promise is about writes acknowledged a window before the read *started*): an
+        entry whose computation started less than a window before that is served
+        however long the wait.  Judged at each poll instead, a list whose computation
+        takes longer than the window was never servable to anyone once it was stored
+        under a steady writer; every reader waited for the next computation, which
+        ended the same way (issue 9: ``bench/mixed.py`` completed no read of a
+        project's logs in 3 s under the batch writer at load average 10-15)."""
         if lease is None and self._take_lease(entry_key):
             return None
         deadline = time.monotonic() + LEASE_MS / 1000
@@ -600,7 +681,7 @@ class Reader:
                 return None
             current = self._current(generation)
             if entry is not None and (
-                entry[0] == current or self._may_serve(entry, last_write, _now_ms())
+                entry[0] == current or self._may_serve(entry, last_write, read_started)
             ):
                 if entry[0] != current:
                     _note_stale(entry[1])

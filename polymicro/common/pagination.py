@@ -7,7 +7,10 @@ A page past the end is answered without querying (so ``?page=10**12`` costs noth
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
 
 from flask_smorest import Page
 
@@ -44,8 +47,83 @@ class PagedQuery:
         return self.queryset.count()
 
     def __getitem__(self, window: slice) -> list:
-        rows = list(self.queryset[window])
+        rows = self._fetch(window)
         return self.per_page(rows) if self.per_page else rows
+
+    def _fetch(self, window: slice) -> list:
+        return list(self.queryset[window])
 
     def __iter__(self):
         return iter(self[0 : self.count()])
+
+
+# The narrowed range starts this much before the hint, and a page taken from it must end
+# strictly inside it: SecantusDB's ``$gte`` on a compound index (``project_id``,
+# ``-timestamp``) leaves out the rows *equal* to the bound (measured 2026-11-30 on a
+# ``bench/mixed.py`` database: 99 rows for 100 expected, the one missing at the bound;
+# ``$gt`` and the rows above the bound were exact).  Stored times have millisecond
+# precision.
+BOUNDARY_MARGIN = timedelta(milliseconds=1)
+
+
+class NewestFirst(PagedQuery):
+    """A :class:`PagedQuery` ordered newest first (its first sort key is a time field,
+    descending) whose pages are fetched from a narrowed time range when that is exact.
+
+    ``narrowed(t)`` is the same query restricted to ``time >= t``.  Its first *n* rows
+    are the first *n* of the whole query whenever it has at least *n* rows: a row left
+    out is older than ``t``, so it sorts after every row kept.  A page ``[start:stop]``
+    is therefore fetched from ``narrowed(t)`` with ``t`` just before the time of the row
+    at ``stop - 1`` when this page was last fetched (kept per process under
+    ``hint_key``); when that returns a full page ending strictly after ``t`` (see
+    :data:`BOUNDARY_MARGIN`) it is the answer, else (rows deleted, retention, the first
+    fetch) the whole query is asked, which records the hint for the next time.
+
+    Why (issue 9, measured on SecantusDB with 2,000 logs in a project): SecantusDB does
+    not walk an index in sort order under a filter; it fetches every row of the range
+    and sorts them (140 ms for the first page of a project's logs, growing by the
+    project's 100 logs a second under the batch writer); the range since the last
+    page's oldest row holds that page plus the rows written since.
+    """
+
+    HINTS_KEPT = 1024
+    _hints: dict[Any, Any] = {}
+    _hints_lock = threading.Lock()
+
+    def __init__(
+        self,
+        queryset,
+        narrowed: Callable[[Any], Any],
+        time_field: str,
+        hint_key: str,
+        per_page: Callable[[list], list] | None = None,
+    ):
+        super().__init__(queryset, per_page)
+        self.narrowed = narrowed
+        self.time_field = time_field
+        self.hint_key = hint_key
+
+    def _fetch(self, window: slice) -> list:
+        start, stop = window.start or 0, window.stop
+        if stop is None or window.step is not None or stop <= start:
+            return super()._fetch(window)
+        hint = self._hints.get((self.hint_key, stop))
+        rows = None
+        if hint is not None:
+            bound = hint - BOUNDARY_MARGIN
+            rows = list(self.narrowed(bound)[start:stop])
+            if len(rows) < stop - start or not rows[-1].get(self.time_field) > bound:
+                rows = None  # the range may not hold the page: ask the whole query
+        if rows is None:
+            rows = list(self.queryset[start:stop])
+        if len(rows) == stop - start:
+            self._remember(stop, rows[-1].get(self.time_field))
+        return rows
+
+    def _remember(self, stop: int, time) -> None:
+        if time is None:
+            return
+        with self._hints_lock:
+            if len(self._hints) >= self.HINTS_KEPT:
+                self._hints.clear()
+            self._hints[(self.hint_key, stop)] = time

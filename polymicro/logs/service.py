@@ -25,7 +25,7 @@ from flask import current_app
 from polymicro.common import atomic, caching, retention
 from polymicro.common.atomic import insert_all_or_nothing, insert_row
 from polymicro.common.models import average_size, contains_literally, row_view, to_row
-from polymicro.common.pagination import PagedQuery
+from polymicro.common.pagination import NewestFirst, PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, TYPICAL_LOG_BYTES, LogEntry
@@ -103,7 +103,16 @@ def list_logs(
     epoch = retention.visible_epoch(RETENTION, project_id)
     key = caching.make_key("logs", kept=retention.visible_key(RETENTION, project_id), **filters)
     filters["kept"] = retention.visible(RETENTION, project_id)
-    return caching.CachedQuery(LOGS.key(project_id), key, _query(**filters), epoch=epoch)
+    query = _query(**filters)
+    if not isinstance(query, LevelsMerged):  # each level's query is already narrow
+        query = NewestFirst(
+            query.queryset,
+            narrowed=lambda t: _query(**{**filters, "since": max(since, t) if since else t}).queryset,
+            time_field="timestamp",
+            hint_key=key,
+            per_page=_rows,
+        )
+    return caching.CachedQuery(LOGS.key(project_id), key, query, epoch=epoch)
 
 
 # How SecantusDB (0.7) serves a log list (read in its storage planner, and counted with a
