@@ -107,7 +107,9 @@ def list_logs(
     if not isinstance(query, LevelsMerged):  # each level's query is already narrow
         query = NewestFirst(
             query.queryset,
-            narrowed=lambda t: _query(**{**filters, "since": max(since, t) if since else t}).queryset,
+            narrowed=lambda t: (
+                _query(**{**filters, "since": max(since, t) if since else t}).queryset
+            ),
             time_field="timestamp",
             hint_key=key,
             per_page=_rows,
