@@ -96,8 +96,18 @@ def assert_chains_consistent(svc_ids) -> None:
         assert LivenessState.objects.get(id=sid).state == chain[-1][1]
 
 
-def test_two_workers_racing_record_each_change_once(apps, jitter):
-    first, second = apps
+# Attempts of the race below: whether the two threads interleave is up to the scheduler
+# (about one run in four on a 2-core machine had one worker record all 30 while the other
+# was still starting); every attempt checks that each change is recorded once, and the
+# test requires that in one of them both workers recorded some.
+RACE_ATTEMPTS = 5
+
+
+def _race_to_critical_and_offline(first, second) -> list[int]:
+    """On an empty database: SERVICES services miss their deadline while both workers
+    run; each change is recorded once.  Returns what each worker recorded of the
+    critical changes."""
+    _empty_database()
     with Timeline() as line:
         project = make_project()
         svcs = [
@@ -105,10 +115,12 @@ def test_two_workers_racing_record_each_change_once(apps, jitter):
         ]
         for svc in svcs:
             liveness.heartbeat(svc.id)
+        # Warm both "processes" first (their connections, the first use of each app):
+        # nothing is due yet.
+        assert race([(first, liveness.record_due), (second, liveness.record_due)]) == [0, 0]
         line.advance(25, worker=False)  # every deadline has passed (no outage: 25 s < 30 s)
         won = race([(first, liveness.record_due), (second, liveness.record_due)])
         assert sum(won) == SERVICES
-        assert all(won), won  # both workers did record some: they really raced
         line.advance(60, worker=False)
         race([(first, liveness.record_due), (second, liveness.record_due)])  # offline now
         assert race([(first, liveness.record_due), (second, liveness.record_due)]) == [0, 0]
@@ -120,6 +132,17 @@ def test_two_workers_racing_record_each_change_once(apps, jitter):
         ]
     assert len(liveness_events()) == 3 * SERVICES
     assert_chains_consistent([svc.id for svc in svcs])
+    return won
+
+
+def test_two_workers_racing_record_each_change_once(apps, jitter):
+    first, second = apps
+    attempts = []
+    for _ in range(RACE_ATTEMPTS):
+        attempts.append(_race_to_critical_and_offline(first, second))
+        if all(attempts[-1]):
+            break
+    assert all(attempts[-1]), attempts  # both workers did record some: they really raced
 
 
 def test_heartbeats_racing_the_workers_leave_one_consistent_chain(apps, jitter):
