@@ -86,6 +86,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app, g, has_app_context, has_request_context, request
@@ -293,8 +294,10 @@ def staleness_ms(namespace: str) -> int:
 
 # --- writes: bumps ---------------------------------------------------------------------
 
-# KEYS: n generation keys, then one "last write" key for each of the first m of them.
-# ARGV: n, m, the window in ms, n random starting generations.  Returns nothing.
+# KEYS: n generation keys, then one "last write" key for each of the first m of them, then
+# h history keys (see "Append history" below).  ARGV: n, m, the window in ms, n random
+# starting generations, h, the write's oldest row time in ms (-1: not an append), h
+# random starting history generations.  Returns nothing.
 _BUMP_LUA = """
 local n, m, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, n do
@@ -302,6 +305,15 @@ for i = 1, n do
   local generation = redis.call('INCR', KEYS[i])
   if i <= m then
     redis.call('SET', KEYS[n + i], generation, 'PX', window)
+  end
+end
+local h, low = tonumber(ARGV[4 + n]), tonumber(ARGV[5 + n])
+for j = 1, h do
+  local key = KEYS[n + m + j]
+  local floor = tonumber(redis.call('HGET', key, 'floor') or '-1')
+  if low < 0 or low < floor then
+    redis.call('HSETNX', key, 'gen', ARGV[5 + n + j])
+    redis.call('HINCRBY', key, 'gen', 1)
   end
 end
 return n
@@ -316,9 +328,14 @@ def _bump_script(client):
     return script
 
 
-def _increment(namespaces: list[str], writer: dict[str, str], window_ms: int) -> None:
-    """Bump every namespace; record ``writer[ns]`` (a caller key) for those in it."""
+def _increment(
+    namespaces: list[str], writer: dict[str, str], window_ms: int, appended_ms: int = -1
+) -> None:
+    """Bump every namespace; record ``writer[ns]`` (a caller key) for those in it; move
+    the append history of those that keep one (``appended_ms``: the oldest time of the
+    rows the write appended, -1 when it changed anything else)."""
     ordered = sorted(namespaces, key=lambda ns: ns not in writer)
+    tracked = [ns for ns in ordered if _keeps_history(ns)]
     if _is_redis():
         # One round trip for every bump of a write (it used to be three per namespace).
         # cachelib stores ints as plain ASCII, so the generations stay readable by MGET.
@@ -326,12 +343,14 @@ def _increment(namespaces: list[str], writer: dict[str, str], window_ms: int) ->
         prefix = backend._get_prefix()
         keys = [prefix + _generation_key(ns) for ns in ordered]
         keys += [prefix + writer[ns] for ns in ordered if ns in writer]
+        keys += [prefix + _history_key(ns) for ns in tracked]
         # random, not secrets: a start only has to differ from earlier generations, and
         # secrets.randbits is a getrandom() system call per namespace per write.
         starts = [random.getrandbits(48) for _ in ordered]
         m = sum(1 for ns in ordered if ns in writer)
+        history = [len(tracked), appended_ms, *(random.getrandbits(48) for _ in tracked)]
         _bump_script(backend._write_client)(
-            keys=keys, args=[len(ordered), m, max(window_ms, 1), *starts]
+            keys=keys, args=[len(ordered), m, max(window_ms, 1), *starts, *history]
         )
         return
     with _bump_lock:  # SimpleCache lives in this process: a lock makes it atomic
@@ -341,39 +360,123 @@ def _increment(namespaces: list[str], writer: dict[str, str], window_ms: int) ->
             cache.set(key, generation, timeout=0)
             if ns in writer:  # SimpleCache counts whole seconds from int(time()): +1
                 cache.set(writer[ns], generation, timeout=math.ceil(window_ms / 1000) + 1)
+        for ns in tracked:
+            floor, generation = cache.get(_history_key(ns)) or (-1, None)
+            if appended_ms < 0 or appended_ms < floor:
+                generation = (generation or random.getrandbits(48)) + 1
+                cache.set(_history_key(ns), (floor, generation), timeout=0)
 
 
 def _replay_pending() -> None:
     while _breaker.pending:
         namespace = next(iter(_breaker.pending))
-        _increment([namespace], {}, 0)
+        _increment([namespace], {}, 0)  # as a change of anything: the history moves too
         _breaker.pending.discard(namespace)
 
 
-def bump(*namespaces: str) -> None:
+def bump(*namespaces: str, appended_from: datetime | None = None) -> None:
     """Invalidate every cached read of these namespaces (call after the write).
 
     Inside a transaction the bump runs after the commit.  For namespaces with a
     staleness window, the caller's write is recorded so its own reads see it.
+    ``appended_from``: the write only inserted rows, none older than this time (see
+    :func:`history`); None (the default) for any other write.
     """
     namespaces = tuple(dict.fromkeys(namespaces))
     if not namespaces:
         return
     _forget(namespaces)
     if atomic.in_transaction():
-        atomic.after_commit(lambda: bump(*namespaces))
+        atomic.after_commit(lambda: bump(*namespaces, appended_from=appended_from))
         return
     window = max((staleness_ms(ns) for ns in namespaces), default=0)
     writer = {}
     if window:
         who = caller()
         writer = {ns: _writer_key(ns, who) for ns in namespaces if staleness_ms(ns)}
+    appended = -1 if appended_from is None else max(0, _ms_since_1970(appended_from))
     try:
-        _guard(_increment, list(namespaces), writer, window)
+        _guard(_increment, list(namespaces), writer, window, appended)
     except CacheDown:
         _breaker.pending.update(namespaces)
     for listener in bump_listeners:
         listener(namespaces)
+
+
+# --- append history: what an incremental count may rely on ---------------------------
+
+# KEYS: the history key.  ARGV: the floor (ms), a random starting generation.
+_HISTORY_LUA = """
+redis.call('HSETNX', KEYS[1], 'gen', ARGV[2])
+local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '-1')
+if tonumber(ARGV[1]) > floor then
+  redis.call('HSET', KEYS[1], 'floor', ARGV[1])
+end
+return redis.call('HGET', KEYS[1], 'gen')
+"""
+
+
+def _history_key(namespace: str) -> str:
+    return f"hist:{namespace}"
+
+
+def _keeps_history(namespace: str) -> bool:
+    declared = _NAMESPACES.get(namespace.split(":", 1)[0])
+    return declared is not None and declared.append_history
+
+
+def _ms_since_1970(value: datetime) -> int:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return (value - _EPOCH) // timedelta(milliseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def history(namespace: str, floor: datetime) -> int | None:
+    """Raise the *append floor* of ``namespace`` to ``floor`` and return its *history
+    generation*, which moves with every write to it except an append of rows none older
+    than the floor (None: the cache is down, or the namespace keeps no history).
+
+    What a reader may build on it (``pagination.AppendCount``): if two calls return the
+    same generation, the rows older than the floor of the first call are the same at the
+    second (and at any moment between): an insert moves the generation when its oldest
+    row is older than the floor at the time of its bump, which comes after its commit,
+    and every other write (an update, a delete, a write whose bump did not say
+    ``appended_from``) moves it always.  The floor only rises (the highest asked by any
+    reader); the generation starts at a random number, as :func:`bump`'s do, so a key
+    lost to a Redis restart or eviction (the floor and the generation are one hash) can
+    never match an earlier one.  Rows deleted by a TTL index or a sweep are not writes
+    the service sees: a reader must not rely on a count across a move of the retention
+    horizon (``AppendCount`` recounts when the epoch moves).
+    """
+    if not _keeps_history(namespace):
+        return None
+    floor_ms = _ms_since_1970(floor)
+    start = random.getrandbits(48)
+
+    def read() -> int:
+        if _is_redis():
+            backend = cache.cache
+            client = backend._write_client
+            script = _scripts.get(("history", id(client)))
+            if script is None:
+                script = _scripts[("history", id(client))] = client.register_script(_HISTORY_LUA)
+            return int(
+                script(
+                    keys=[backend._get_prefix() + _history_key(namespace)], args=[floor_ms, start]
+                )
+            )
+        with _bump_lock:
+            old_floor, generation = cache.get(_history_key(namespace)) or (-1, start)
+            cache.set(_history_key(namespace), (max(old_floor, floor_ms), generation), timeout=0)
+            return generation
+
+    try:
+        return _guard(read)
+    except CacheDown:
+        return None
 
 
 def make_key(*parts: Any, **params: Any) -> str:
@@ -828,6 +931,8 @@ class Namespace:
     but stamped on each entry with its generation, so an entry of an older epoch is stale
     like one of an older generation (served within the staleness window, refreshed
     ahead) instead of missing for every reader at once when the epoch moves.
+    ``append_history`` keeps the namespace's append history (see :func:`history`), for
+    counts that add the rows appended since the last one.
     """
 
     def __init__(
@@ -839,7 +944,9 @@ class Namespace:
         bounded_staleness: bool = False,
         salt: Callable[[Any], Any] | None = None,
         epoch: Callable[[Any], Any] | None = None,
+        append_history: bool = False,
     ):
+        self.append_history = append_history
         self.salt = salt
         self.epoch = epoch
         self.name = name
@@ -872,12 +979,13 @@ class Namespace:
         func.bumps_namespaces = (*bumps, self)
         return func
 
-    def bump(self, *scope_values: Any) -> None:
-        """Invalidate the reads of these scopes (and the unscoped ones)."""
+    def bump(self, *scope_values: Any, appended_from: datetime | None = None) -> None:
+        """Invalidate the reads of these scopes (and the unscoped ones); see
+        :func:`bump` for ``appended_from``."""
         keys = [self.key(value) for value in dict.fromkeys(scope_values) if value is not None]
         if self.scope is None or self.unscoped or not keys:
             keys.append(self.name)
-        bump(*dict.fromkeys(keys))
+        bump(*dict.fromkeys(keys), appended_from=appended_from)
 
 
 _NAMESPACES: dict[str, Namespace] = {}

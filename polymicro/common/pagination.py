@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask_smorest import Page
@@ -97,11 +97,16 @@ class NewestFirst(PagedQuery):
         time_field: str,
         hint_key: str,
         per_page: Callable[[list], list] | None = None,
+        counter: AppendCount | None = None,
     ):
         super().__init__(queryset, per_page)
         self.narrowed = narrowed
         self.time_field = time_field
         self.hint_key = hint_key
+        self.counter = counter
+
+    def count(self) -> int:
+        return self.counter.count() if self.counter is not None else super().count()
 
     def _fetch(self, window: slice) -> list:
         start, stop = window.start or 0, window.stop
@@ -127,3 +132,80 @@ class NewestFirst(PagedQuery):
             if len(self._hints) >= self.HINTS_KEPT:
                 self._hints.clear()
             self._hints[(self.hint_key, stop)] = time
+
+
+class AppendCount:
+    """The count of a list whose rows mostly arrive as appends (logs: the newest rows are
+    the ones written), kept per process as *the rows older than a bound*, counted once,
+    plus the rows since the bound, counted at each call.
+
+    ``between(low, high)`` is the list's query restricted to ``low <= time < high``
+    (either may be None: no bound), something with ``count()``.  ``history(floor)`` is
+    :func:`polymicro.common.caching.history` for the list's namespace: it raises the
+    namespace's append floor to ``floor`` and returns its history generation (None: no
+    history, count it all).  ``epoch`` is what else the list depends on that moves with
+    the time (the minute of the retention horizon, whose rows a TTL index deletes
+    without a write the service sees).
+
+    A call takes ``bound`` = now − :data:`SLACK` (whole milliseconds), raises the floor
+    to it and reads the generation.  With a kept ``(generation, epoch, old bound,
+    below)`` of this list equal in generation and epoch, the rows older than the old
+    bound are still ``below`` (no write older than the floor, which is at least the old
+    bound, and no other write, since), so the count is ``below`` + the rows in
+    ``[old bound, bound)`` + the rows from ``bound`` on; otherwise ``below`` is counted
+    anew.  Either way ``(generation, epoch, bound, below + …)`` is kept for the next
+    call: the rows in ``[old bound, bound)`` were counted after the floor reached
+    ``bound``, so they stay counted.  The count is exact as of its own queries, like a
+    full count; the difference is the rows it reads: those of the last SLACK plus the
+    time since the last call, instead of the whole list.
+
+    Why (issue 9): SecantusDB counts by fetching every row of the range (no count from
+    an index), 300–500 ms for the 4,000 logs of a project that grows by 100 a second
+    under the batch writer of ``bench/mixed.py``, and each refresh of a project's log
+    list is a count; the page itself is already narrowed (:class:`NewestFirst`).
+
+    Appends older than the floor (a shipper sending logs more than SLACK late, a replay)
+    move the generation, and the next count is a whole one: correct, only not cheaper.
+    """
+
+    SLACK = timedelta(seconds=2)
+    KEPT = 1024
+    _kept: dict[Any, tuple] = {}
+    _kept_lock = threading.Lock()
+
+    def __init__(
+        self,
+        between: Callable[[Any, Any], Any],
+        history: Callable[[datetime], Any],
+        key: Any,
+        epoch: Any,
+        now: Callable[[], datetime],
+    ):
+        self.between = between
+        self.history = history
+        self.key = key
+        self.epoch = epoch
+        self.now = now
+
+    def count(self) -> int:
+        bound = _whole_ms(self.now() - self.SLACK)
+        generation = self.history(bound)
+        if generation is None:
+            return self.between(None, None).count()
+        kept = self._kept.get(self.key)
+        if kept is not None and kept[:2] == (generation, self.epoch) and kept[2] <= bound:
+            _, _, old_bound, below = kept
+            if bound > old_bound:
+                below += self.between(old_bound, bound).count()
+        else:
+            below = self.between(None, bound).count()
+        above = self.between(bound, None).count()
+        with self._kept_lock:
+            if len(self._kept) >= self.KEPT:
+                self._kept.clear()
+            self._kept[self.key] = (generation, self.epoch, bound, below)
+        return below + above
+
+
+def _whole_ms(value: datetime) -> datetime:
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)

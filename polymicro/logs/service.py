@@ -25,7 +25,7 @@ from flask import current_app
 from polymicro.common import atomic, caching, retention
 from polymicro.common.atomic import insert_all_or_nothing, insert_row
 from polymicro.common.models import average_size, contains_literally, row_view, to_row
-from polymicro.common.pagination import NewestFirst, PagedQuery
+from polymicro.common.pagination import AppendCount, NewestFirst, PagedQuery
 from polymicro.common.timeutil import utcnow
 from polymicro.errors import InvalidInput, NotFound
 from polymicro.logs.models import SEVERITY_ALIASES, SEVERITY_LEVEL, TYPICAL_LOG_BYTES, LogEntry
@@ -45,6 +45,7 @@ LOGS = caching.Namespace(
     bounded_staleness=True,
     salt=lambda project_id: retention.visible_key(RETENTION, project_id),
     epoch=lambda project_id: retention.visible_epoch(RETENTION, project_id),
+    append_history=True,
 )
 
 _signals = Signals()
@@ -104,6 +105,7 @@ def list_logs(
     key = caching.make_key("logs", kept=retention.visible_key(RETENTION, project_id), **filters)
     filters["kept"] = retention.visible(RETENTION, project_id)
     query = _query(**filters)
+    namespace = LOGS.key(project_id)
     if not isinstance(query, LevelsMerged):  # each level's query is already narrow
         query = NewestFirst(
             query.queryset,
@@ -113,8 +115,15 @@ def list_logs(
             time_field="timestamp",
             hint_key=key,
             per_page=_rows,
+            counter=AppendCount(
+                between=lambda low, high: _query(**filters, at_least=low, below=high).queryset,
+                history=lambda floor: caching.history(namespace, floor),
+                key=key,
+                epoch=epoch,
+                now=utcnow,
+            ),
         )
-    return caching.CachedQuery(LOGS.key(project_id), key, query, epoch=epoch)
+    return caching.CachedQuery(namespace, key, query, epoch=epoch)
 
 
 # How SecantusDB (0.7) serves a log list (read in its storage planner, and counted with a
@@ -132,12 +141,27 @@ def list_logs(
 # several levels with a time range and no other filter than the project are one query
 # per level (``level = n`` each: the compound index, exact), merged (227 rows fetched;
 # a count and a page of a project's errors and criticals took 80 ms instead of 1.33 s).
+MS = timedelta(milliseconds=1)
 NARROWEST_FIRST = ("test_id", "func_id", "source", "service_id", "project_id")
 
 
 def _query(
-    project_id, service_id, severity, min_severity, source, test_id, func_id, since, until, q, kept
+    project_id,
+    service_id,
+    severity,
+    min_severity,
+    source,
+    test_id,
+    func_id,
+    since,
+    until,
+    q,
+    kept,
+    at_least: datetime | None = None,
+    below: datetime | None = None,
 ) -> PagedQuery:
+    """The query of a list; ``at_least``/``below`` bound its time further (for
+    ``AppendCount``: ``at_least <= timestamp < below``)."""
     equal = {
         "test_id": test_id or None,
         "func_id": func_id or None,
@@ -157,6 +181,15 @@ def _query(
         when["$gte"] = max(since, when["$gte"]) if "$gte" in when else since
     if until is not None:
         when["$lte"] = until
+    if at_least is not None and at_least > when.get("$gte", at_least - MS):
+        # ``$gt`` a millisecond before, not ``$gte``: SecantusDB's ``$gte`` on the
+        # (project, -timestamp) index leaves out the rows equal to the bound (see
+        # pagination.BOUNDARY_MARGIN); stored times are whole milliseconds.
+        when.pop("$gte", None)
+        when["$gt"] = at_least - MS
+    if below is not None and not ("$lte" in when and when["$lte"] < below):
+        when.pop("$lte", None)
+        when["$lt"] = below
     if when:
         match["timestamp"] = when
     if q:
@@ -297,7 +330,8 @@ def create_log(data: dict, scope: ObjectId | None = None) -> LogEntry:
     # (a second validation, to_mongo) was a fifth of the Python time of a single POST.
     insert_row(LogEntry._get_collection(), row, grouped=current_app.config["LOG_GROUP_COMMIT"])
     atomic.after_commit(lambda: record_ingest("logs", 1))
-    LOGS.bump(row["project_id"])
+    # An append (see caching.history): a count may keep what it counted before this time.
+    LOGS.bump(row["project_id"], appended_from=row["timestamp"])
     entries_stored.send(None, service_ids=[row["service_id"]])
     return LogEntry._from_son(row)
 
@@ -333,7 +367,9 @@ def create_logs(
     rows = [to_row(LogEntry, _new_entry(data, received)) for data in entries]
     ids = insert_all_or_nothing(LogEntry._get_collection(), rows)
     atomic.after_commit(lambda: record_ingest("logs", len(ids)))
-    LOGS.bump(*(row["project_id"] for row in rows))
+    LOGS.bump(
+        *(row["project_id"] for row in rows), appended_from=min(row["timestamp"] for row in rows)
+    )
     entries_stored.send(None, service_ids=list(dict.fromkeys(row["service_id"] for row in rows)))
     return ids
 
