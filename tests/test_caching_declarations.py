@@ -164,9 +164,9 @@ def bumped(monkeypatch):
     keys: list[str] = []
     real = caching.bump
 
-    def spy(*namespaces):
+    def spy(*namespaces, **options):
         keys.extend(namespaces)
-        return real(*namespaces)
+        return real(*namespaces, **options)
 
     monkeypatch.setattr(caching, "bump", spy)
     return keys

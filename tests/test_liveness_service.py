@@ -72,7 +72,7 @@ def test_a_steady_heartbeat_is_one_write_with_no_cache_bump_and_no_event(timelin
     svc = fast()
     liveness.heartbeat(svc.id)
     bumps = []
-    monkeypatch.setattr(caching, "bump", lambda *ns: bumps.append(ns))
+    monkeypatch.setattr(caching, "bump", lambda *ns, **_: bumps.append(ns))
     for _ in range(5):
         timeline.advance(5)
         before = state_row(svc.id)["version"]
@@ -87,7 +87,7 @@ def test_a_changed_report_is_recorded_by_the_heartbeat_itself(timeline, monkeypa
     liveness.heartbeat(svc.id)
     bumps = []
     real = caching.bump
-    monkeypatch.setattr(caching, "bump", lambda *ns: (bumps.append(ns), real(*ns)))
+    monkeypatch.setattr(caching, "bump", lambda *ns, **kw: (bumps.append(ns), real(*ns, **kw)))
     version = state_row(svc.id)["version"]
     report = liveness.heartbeat(svc.id, data={"status": "warning", "note": "disk 91%"})
     assert state_row(svc.id)["version"] == version + 1  # the change rode on the same write

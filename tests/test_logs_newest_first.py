@@ -157,3 +157,47 @@ def test_service_a_page_ending_at_the_bound_asks_the_whole_query(manual):
     query.narrowed = like_secantus
     whole = logs._query(**_filters(svc.project_id)).queryset[0:3]
     assert [row["id"] for row in query[0:3]] == [row["_id"] for row in whole]
+
+
+def test_api_logs_exactly_at_the_horizon_since_and_until_are_listed_and_counted(app):
+    """SecantusDB's ``$gte`` on the (project, -timestamp) index left out the rows equal
+    to the bound: a log exactly at the retention horizon, or at ``since``, was missing
+    from the list and its total (found on the wire run, 2026-11-30)."""
+    app.config["RETENTION_LOGS_DAYS"] = 30
+    # near the real time: a TTL index deletes by the real time
+    now = clock.SystemClock().now().replace(second=10, microsecond=0)
+    with app.app_context(), clock.use(clock.ManualClock(now)):
+        svc = make_service()
+        cut = logs.retention.horizon(logs.RETENTION, svc.project_id)
+        since, until = now - timedelta(hours=2), now - timedelta(hours=1)
+        make_logs(
+            svc,
+            [
+                {"message": "before the horizon", "timestamp": cut - timedelta(milliseconds=1)},
+                {"message": "at the horizon", "timestamp": cut},
+                {"message": "at since", "timestamp": since},
+                {"message": "at until", "timestamp": until},
+                {"message": "after until", "timestamp": until + timedelta(milliseconds=1)},
+            ],
+        )
+        whole = logs.list_logs(project_id=svc.project_id)
+        assert _messages(whole[0:10]) == [
+            "after until",
+            "at until",
+            "at since",
+            "at the horizon",
+        ]
+        assert whole.count() == 4
+        ranged = logs.list_logs(project_id=svc.project_id, since=since, until=until)
+        assert _messages(ranged[0:10]) == ["at until", "at since"]
+        assert ranged.count() == 2
+        viewer = client_as(app, "viewer")
+        answer = viewer.get(
+            f"/api/logs/project/{svc.project_id}",
+            query_string={"since": since.isoformat() + "Z", "until": until.isoformat() + "Z"},
+        )
+        assert answer.status_code == 200
+        assert [e["message"] for e in answer.json] == ["at until", "at since"]
+        assert '"total": 2' in answer.headers["X-Pagination"]
+        everything = viewer.get(f"/api/logs/project/{svc.project_id}")
+        assert "at the horizon" in [e["message"] for e in everything.json]

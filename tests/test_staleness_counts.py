@@ -20,7 +20,7 @@ import pytest
 from polymicro.common import caching
 from polymicro.common import clock as common_clock
 from polymicro.common.clock import ManualClock
-from polymicro.common.pagination import PagedQuery
+from polymicro.common.pagination import NewestFirst, PagedQuery
 from polymicro.logs import service as logs
 from tests.conftest import client_as
 
@@ -72,6 +72,10 @@ def mix(app, client, monkeypatch, request):
     monkeypatch.setattr(
         PagedQuery, "count", lambda self: _count(counts["db"], "count") or count(self)
     )
+    counted = NewestFirst.count  # a log list's total (AppendCount): one count as well
+    monkeypatch.setattr(
+        NewestFirst, "count", lambda self: _count(counts["db"], "count") or counted(self)
+    )
     monkeypatch.setattr(
         PagedQuery,
         "__getitem__",
@@ -88,11 +92,11 @@ def mix(app, client, monkeypatch, request):
     monkeypatch.setattr(caching.Reader, "peek", counted_peek)
     bump = caching.bump
 
-    def counted_bump(*namespaces):
+    def counted_bump(*namespaces, **options):
         _count(counts["bumps"], "calls")
         for namespace in namespaces:
             _count(counts["bumps"], namespace.split(":")[0])
-        return bump(*namespaces)
+        return bump(*namespaces, **options)
 
     monkeypatch.setattr(caching, "bump", counted_bump)
     get = caching.Reader.get

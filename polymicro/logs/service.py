@@ -176,19 +176,19 @@ def _query(
     elif levels is not None:  # min_severity alone is one range
         match["level"] = {"$in": levels} if severity else {"$gte": min(levels)}
     kept = dict(kept or {})
-    when = dict(kept.pop("timestamp", None) or {})  # the horizon, with since and until
-    if since is not None:
-        when["$gte"] = max(since, when["$gte"]) if "$gte" in when else since
-    if until is not None:
-        when["$lte"] = until
-    if at_least is not None and at_least > when.get("$gte", at_least - MS):
+    horizon = (kept.pop("timestamp", None) or {}).get("$gte")
+    lower = max((t for t in (horizon, since, at_least) if t is not None), default=None)
+    upper = until if below is None or (until is not None and until < below) else None
+    when = {}
+    if lower is not None:
         # ``$gt`` a millisecond before, not ``$gte``: SecantusDB's ``$gte`` on the
-        # (project, -timestamp) index leaves out the rows equal to the bound (see
-        # pagination.BOUNDARY_MARGIN); stored times are whole milliseconds.
-        when.pop("$gte", None)
-        when["$gt"] = at_least - MS
-    if below is not None and not ("$lte" in when and when["$lte"] < below):
-        when.pop("$lte", None)
+        # (project, -timestamp) index leaves out the rows equal to the bound (a log at
+        # the horizon or at ``since`` was missing; see pagination.BOUNDARY_MARGIN).
+        # Stored times are whole milliseconds, so the two select the same rows.
+        when["$gt"] = _ceil_ms(lower) - MS
+    if upper is not None:
+        when["$lte"] = upper
+    elif below is not None:
         when["$lt"] = below
     if when:
         match["timestamp"] = when
@@ -199,6 +199,12 @@ def _query(
         parts = [_newest_first({**match, "level": level}) for level in levels]
         return LevelsMerged(_newest_first(match), parts, per_page=_rows)
     return PagedQuery(_newest_first(match), per_page=_rows)
+
+
+def _ceil_ms(value: datetime) -> datetime:
+    """``value`` rounded up to a whole millisecond."""
+    rest = value.microsecond % 1000
+    return value + timedelta(microseconds=1000 - rest) if rest else value
 
 
 def _levels(severity: list[str], min_severity: str | None) -> list[int] | None:
