@@ -17,10 +17,10 @@ from polymicro.common.pagination import AppendCount, NewestFirst
 from polymicro.logs import service as logs
 from tests.conftest import client_as
 from tests.factories import log_body, make_key, make_logs, make_service
+from tests.log_helpers import plain_query
 
 # Near the real time: a TTL index (mongomock's too) deletes by the real time.
 START = clock.SystemClock().now().replace(second=10, microsecond=500000)  # a minute to go
-_plain_query = logs._query  # before the ``asked`` fixture records it
 
 
 @pytest.fixture
@@ -57,22 +57,7 @@ def _count(asked: list, **filters) -> int:
 
 def _truth(**filters) -> int:
     """The same total as one plain query (no AppendCount)."""
-    filters = {
-        "project_id": None,
-        "service_id": None,
-        "severity": [],
-        "min_severity": None,
-        "source": None,
-        "test_id": None,
-        "func_id": None,
-        "since": None,
-        "until": None,
-        "q": None,
-        **filters,
-    }
-    filters["severity"] = sorted(logs.canonical_severity(s) for s in filters["severity"])
-    filters["kept"] = logs.retention.visible(logs.RETENTION, filters.get("project_id"))
-    return _plain_query(**filters).queryset.count()
+    return plain_query(**filters).queryset.count()
 
 
 def _store(svc, count: int, *, ago: timedelta = timedelta(0), severity: str = "info"):

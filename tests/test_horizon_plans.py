@@ -25,6 +25,7 @@ from polymicro.common import clock
 from polymicro.logs import service as logs
 from polymicro.logs.models import SEVERITIES, SEVERITY_LEVEL, LogEntry
 from tests.conftest import USES_REAL_DB, client_as
+from tests.log_helpers import plain_query
 
 DAYS = 30
 
@@ -166,26 +167,8 @@ def test_several_levels_with_the_horizon_list_the_right_rows(app, rows, case):
         assert listed.count() == len(expected)
         assert [str(row["id"]) for row in listed[0 : len(expected)]] == expected
         for start, stop in [(0, 3), (3, 7), (5, 6), (len(expected) - 2, len(expected) + 5)]:
-            page = logs._query(**_query_args(filters))[start:stop]
+            page = plain_query(**filters)[start:stop]
             assert [str(row["id"]) for row in page] == expected[start:stop]
-
-
-def _query_args(filters):
-    args = {
-        "project_id": None,
-        "service_id": None,
-        "severity": [],
-        "min_severity": None,
-        "source": None,
-        "test_id": None,
-        "func_id": None,
-        "since": None,
-        "until": None,
-        "q": None,
-        "kept": logs.retention.visible(logs.RETENTION, filters.get("project_id")),
-    }
-    args.update(filters)
-    return args
 
 
 def _ids(response):

@@ -16,6 +16,7 @@ from polymicro.common.pagination import BOUNDARY_MARGIN, NewestFirst
 from polymicro.logs import service as logs
 from tests.conftest import client_as
 from tests.factories import make_logs, make_service
+from tests.log_helpers import plain_query
 
 START = datetime(2026, 11, 1, 12, 0, 0)
 
@@ -47,25 +48,7 @@ def _messages(rows) -> list[str]:
 
 
 def _whole(project_id, window: slice) -> list[str]:
-    return _messages(logs._query(**_filters(project_id)).queryset[window])
-
-
-def _filters(project_id) -> dict:
-    query = logs.list_logs(project_id=project_id).query
-    assert isinstance(query, NewestFirst)
-    return {
-        "project_id": project_id,
-        "service_id": None,
-        "severity": [],
-        "min_severity": None,
-        "source": None,
-        "test_id": None,
-        "func_id": None,
-        "since": None,
-        "until": None,
-        "q": None,
-        "kept": logs.retention.visible(logs.RETENTION, project_id),
-    }
+    return _messages(plain_query(project_id=project_id).queryset[window])
 
 
 def test_service_a_page_comes_from_the_range_since_its_last_row_once_known(manual):
@@ -155,7 +138,7 @@ def test_service_a_page_ending_at_the_bound_asks_the_whole_query(manual):
         return rows.filter(id__ne=max(at_bound)) if at_bound else rows
 
     query.narrowed = like_secantus
-    whole = logs._query(**_filters(svc.project_id)).queryset[0:3]
+    whole = plain_query(project_id=svc.project_id).queryset[0:3]
     assert [row["id"] for row in query[0:3]] == [row["_id"] for row in whole]
 
 
