@@ -22,9 +22,9 @@ from bson import ObjectId
 from polymicro.common import caching, retention
 from polymicro.common import clock as common_clock
 from polymicro.common.clock import ManualClock
-from polymicro.common.pagination import PagedQuery
 from polymicro.metrics import service as metrics
 from tests.conftest import client_as
+from tests.staleness_helpers import count_list_queries, count_lookups
 from tests.test_staleness_counts import Clocks, _drain
 
 WINDOW_MS = 1000
@@ -44,27 +44,12 @@ def world(app, client, monkeypatch):
     monkeypatch.setattr(caching, "clock", clocks)
     monkeypatch.setattr(caching.Reader, "_took", lambda self: 100)  # every computation
     counts: dict = {"served": 0, "computed": 0, "db": 0}
-    count, getitem = PagedQuery.count, PagedQuery.__getitem__
 
-    def counted_count(self):
+    def record(_kind: str) -> None:
         counts["db"] += 1
-        return count(self)
 
-    def counted_getitem(self, window):
-        counts["db"] += 1
-        return getitem(self, window)
-
-    monkeypatch.setattr(PagedQuery, "count", counted_count)
-    monkeypatch.setattr(PagedQuery, "__getitem__", counted_getitem)
-    peek = caching.Reader.peek
-
-    def counted_peek(self, key, background=False, settle=None):
-        value = peek(self, key, background, settle)
-        if not self.unsettled:  # a key guessed wrong is looked up again: count that one
-            counts["served" if value is not None else "computed"] += 1
-        return value
-
-    monkeypatch.setattr(caching.Reader, "peek", counted_peek)
+    count_list_queries(monkeypatch, record)
+    count_lookups(monkeypatch, counts)
     project = client.post("/api/projects", json={"name": "Shop"}).json
     client.post("/api/services", json={"project_id": project["id"], "name": "api"})
     metric = client.post(

@@ -20,9 +20,9 @@ import pytest
 from polymicro.common import caching
 from polymicro.common import clock as common_clock
 from polymicro.common.clock import ManualClock
-from polymicro.common.pagination import NewestFirst, PagedQuery
 from polymicro.logs import service as logs
 from tests.conftest import client_as
+from tests.staleness_helpers import count_list_queries, count_lookups
 
 WINDOW_MS = 1000
 WRITES = 40  # 2 s at 20 writes/s
@@ -68,28 +68,8 @@ def mix(app, client, monkeypatch, request):
     monkeypatch.setattr(caching, "clock", clocks)
     counts: dict = {"served": 0, "computed": 0, "db": {}, "bumps": {}, "cached_reads": {}}
 
-    count, getitem = PagedQuery.count, PagedQuery.__getitem__
-    monkeypatch.setattr(
-        PagedQuery, "count", lambda self: _count(counts["db"], "count") or count(self)
-    )
-    counted = NewestFirst.count  # a log list's total (AppendCount): one count as well
-    monkeypatch.setattr(
-        NewestFirst, "count", lambda self: _count(counts["db"], "count") or counted(self)
-    )
-    monkeypatch.setattr(
-        PagedQuery,
-        "__getitem__",
-        lambda self, window: _count(counts["db"], "page") or getitem(self, window),
-    )
-    peek = caching.Reader.peek
-
-    def counted_peek(self, key, background=False, settle=None):
-        value = peek(self, key, background, settle)
-        if not self.unsettled:  # a key guessed wrong is looked up again: count that one
-            counts["served" if value is not None else "computed"] += 1
-        return value
-
-    monkeypatch.setattr(caching.Reader, "peek", counted_peek)
+    count_list_queries(monkeypatch, lambda kind: _count(counts["db"], kind))
+    count_lookups(monkeypatch, counts)
     bump = caching.bump
 
     def counted_bump(*namespaces, **options):
