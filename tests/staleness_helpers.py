@@ -38,3 +38,16 @@ def count_lookups(monkeypatch, counts: dict) -> None:
         return value
 
     monkeypatch.setattr(caching.Reader, "peek", counted_peek)
+
+
+def log_writer(app, client) -> dict:
+    """A project with a service, and a test client that writes logs with the project's
+    API key (as a service does): ``project`` (its JSON), ``writer``, and ``entry``, the
+    fields of an error log of that service for ``POST /api/logs``."""
+    project = client.post("/api/projects", json={"name": "Shop"}).json
+    svc = client.post("/api/services", json={"project_id": project["id"], "name": "api"}).json
+    key = client.post(f"/api/projects/{project['id']}/keys", json={"name": "svc"}).json["key"]
+    writer = app.test_client()
+    writer.environ_base["HTTP_X_API_KEY"] = key
+    entry = {"project_id": project["id"], "service_id": svc["id"], "severity": "error"}
+    return {"project": project, "writer": writer, "entry": entry}

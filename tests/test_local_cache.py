@@ -5,6 +5,7 @@ the next request, with no time bound at all."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 import pytest
@@ -165,21 +166,29 @@ def test_a_service_deleted_by_another_worker_is_refused_once_the_bound_has_passe
     assert LogEntry.objects.count() == 1
 
 
-def test_a_read_overtaken_by_a_bump_of_this_worker_is_not_trusted(app, key, svc, clock):
-    assert key.post("/api/logs", json=body(svc)).status_code == 201
-    local_cache._checked.clear()
+@contextlib.contextmanager
+def _bumped_after_each_read(*namespaces: str):
+    """Each generation read of ``local_cache`` (a request's) is overtaken by a bump of
+    ``namespaces`` in this worker before the answer is used."""
     real_read = local_cache._read
 
-    def read_then_bump(namespaces):
-        found = real_read(namespaces)  # the read of a request…
-        caching.bump(auth.KEYS.key())  # …overtaken by a bump of this worker
+    def read_then_bump(names):
+        found = real_read(names)
+        caching.bump(*namespaces)
         return found
 
     local_cache._read = read_then_bump
     try:
-        assert key.post("/api/logs", json=body(svc)).status_code == 201
+        yield
     finally:
         local_cache._read = real_read
+
+
+def test_a_read_overtaken_by_a_bump_of_this_worker_is_not_trusted(app, key, svc, clock):
+    assert key.post("/api/logs", json=body(svc)).status_code == 201
+    local_cache._checked.clear()
+    with _bumped_after_each_read(auth.KEYS.key()):  # a bump of this worker overtakes
+        assert key.post("/api/logs", json=body(svc)).status_code == 201
     assert local_cache._checked == {}  # what it read is not trusted by later requests
 
 
@@ -295,16 +304,6 @@ def test_a_read_overtaken_by_a_bump_of_another_namespace_is_kept(app, key, svc, 
     keep the generations of keys and catalog from being trusted."""
     assert key.post("/api/logs", json=body(svc)).status_code == 201
     local_cache._checked.clear()
-    real_read = local_cache._read
-
-    def read_then_bump(namespaces):
-        found = real_read(namespaces)
-        caching.bump(f"logs:{svc.project_id}", "logs")  # another thread's log write
-        return found
-
-    local_cache._read = read_then_bump
-    try:
+    with _bumped_after_each_read(f"logs:{svc.project_id}", "logs"):  # another thread's write
         assert key.post("/api/logs", json=body(svc)).status_code == 201
-    finally:
-        local_cache._read = real_read
     assert set(local_cache._checked) == {auth.KEYS.key(), services.CATALOG.key()}

@@ -15,6 +15,7 @@ from polymicro.common import caching
 from polymicro.logs import service as logs
 from tests.conftest import client_as
 from tests.factories import make_service
+from tests.staleness_helpers import log_writer
 from tests.test_staleness import WINDOW_MS, Clock, _entry, as_someone_else
 
 
@@ -30,13 +31,7 @@ def clock(monkeypatch, app):
 
 @pytest.fixture
 def api(app, client, clock):
-    project = client.post("/api/projects", json={"name": "Shop"}).json
-    svc = client.post("/api/services", json={"project_id": project["id"], "name": "api"}).json
-    key = client.post(f"/api/projects/{project['id']}/keys", json={"name": "svc"}).json["key"]
-    writer = app.test_client()
-    writer.environ_base["HTTP_X_API_KEY"] = key
-    entry = {"project_id": project["id"], "service_id": svc["id"], "severity": "error"}
-    return {"project": project, "writer": writer, "entry": entry}
+    return log_writer(app, client)
 
 
 def _producer(calls: list):

@@ -22,7 +22,7 @@ from polymicro.common import clock as common_clock
 from polymicro.common.clock import ManualClock
 from polymicro.logs import service as logs
 from tests.conftest import client_as
-from tests.staleness_helpers import count_list_queries, count_lookups
+from tests.staleness_helpers import count_list_queries, count_lookups, log_writer
 
 WINDOW_MS = 1000
 WRITES = 40  # 2 s at 20 writes/s
@@ -94,17 +94,10 @@ def mix(app, client, monkeypatch, request):
         logs, "insert_row", lambda *a, **kw: _count(counts["db"], "insert") or insert_row(*a, **kw)
     )
 
-    project = client.post("/api/projects", json={"name": "Shop"}).json
-    svc = client.post("/api/services", json={"project_id": project["id"], "name": "api"}).json
-    key = client.post(f"/api/projects/{project['id']}/keys", json={"name": "svc"}).json["key"]
-    writer = app.test_client()
-    writer.environ_base["HTTP_X_API_KEY"] = key
-    entry = {"project_id": project["id"], "service_id": svc["id"], "severity": "error"}
+    world = log_writer(app, client)
     with common_clock.use(manual):
         yield {
-            "project": project,
-            "writer": writer,
-            "entry": entry,
+            **world,
             "clocks": clocks,
             "counts": counts,
         }
