@@ -8,6 +8,7 @@ Time: the injectable clock (``polymicro.common.clock``) moves by hand; nothing s
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -237,3 +238,54 @@ def test_api_totals_stay_exact_while_a_key_appends_and_a_viewer_reads(app, manua
     assert total() == 7
     assert admin.delete(f"/api/logs/{late}").status_code == 204
     assert total() == 6 == _truth(project_id=svc.project_id)
+
+
+def test_service_counts_while_threads_append_never_overcount_and_end_exact(app):
+    """Real threads (on the wire run: SecantusDB and Redis) append fresh and late logs
+    while another counts the project's logs again and again: each count is exact as of
+    a moment (never above what was stored, never below an earlier count: rows are only
+    added), and the count after the writers stop is the number stored."""
+    app.config["RETENTION_LOGS_DAYS"] = 30
+    AppendCount._kept.clear()
+    with app.app_context():
+        svc = make_service()
+    writers, batches, size = 3, 12, 5
+    counts: list[int] = []
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write(index: int) -> None:
+        try:
+            with app.app_context():
+                for batch in range(batches):
+                    late = (index + batch) % 4 == 0  # a quarter of the batches 10 s late
+                    when = clock.now() - timedelta(seconds=10 if late else 0)
+                    make_logs(svc, [{"message": f"w{index}", "timestamp": when}] * size)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def count() -> None:
+        try:
+            with app.app_context():
+                while not done.is_set():
+                    counts.append(logs.list_logs(project_id=svc.project_id).query.count())
+        except BaseException as exc:
+            errors.append(exc)
+
+    counter = threading.Thread(target=count)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    counter.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    done.set()
+    counter.join(timeout=120)
+    assert not errors, errors
+    stored = writers * batches * size
+    assert len(counts) > 1
+    assert counts == sorted(counts)
+    assert counts[-1] <= stored
+    with app.app_context():
+        assert logs.list_logs(project_id=svc.project_id).query.count() == stored
+        assert _truth(project_id=svc.project_id) == stored
