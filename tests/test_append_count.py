@@ -20,15 +20,15 @@ from tests.conftest import client_as
 from tests.factories import log_body, make_key, make_logs, make_service
 from tests.log_helpers import plain_query
 
-# Near the real time: a TTL index (mongomock's too) deletes by the real time.
-START = clock.SystemClock().now().replace(second=10, microsecond=500000)  # a minute to go
-
 
 @pytest.fixture
 def manual(app):
+    """The clock, set near the real time (a TTL index, mongomock's too, deletes by the
+    real time) at 10.5 s past a minute: the horizon stays put for the tests' seconds."""
+    start = clock.SystemClock().now().replace(second=10, microsecond=500000)
     app.config["RETENTION_LOGS_DAYS"] = 30
     AppendCount._kept.clear()
-    with app.app_context(), clock.use(clock.ManualClock(START)) as manual_clock:
+    with app.app_context(), clock.use(clock.ManualClock(start)) as manual_clock:
         yield manual_clock
 
 
@@ -74,17 +74,18 @@ def _bound(now: datetime) -> datetime:
 
 
 def test_service_a_count_after_fresh_appends_reads_only_the_rows_since_its_bound(manual, asked):
+    start = clock.now()
     svc = make_service()
     pid = svc.project_id
     _store(svc, 30, ago=timedelta(hours=3))
     assert _count(asked, project_id=pid) == 30 == _truth(project_id=pid)
-    first = _bound(START)
+    first = _bound(start)
     assert asked == [(None, first), (first, None)]  # nothing kept yet: below, then above
 
     manual.advance(1)
     _store(svc, 4)  # fresh: at the time of the write
     assert _count(asked, project_id=pid) == 34 == _truth(project_id=pid)
-    second = _bound(START + timedelta(seconds=1))
+    second = _bound(start + timedelta(seconds=1))
     assert asked == [(first, second), (second, None)]  # never the rows below `first` again
 
     manual.advance(1)
@@ -109,10 +110,11 @@ def test_service_a_late_append_older_than_the_floor_makes_the_next_count_whole(m
 
 
 def test_service_an_append_exactly_at_the_floor_is_counted_once(manual, asked):
+    start = clock.now()
     svc = make_service()
     pid = svc.project_id
     assert _count(asked, project_id=pid) == 0
-    floor = _bound(START)
+    floor = _bound(start)
     manual.advance(1)
     make_logs(svc, [{"message": "at the floor", "timestamp": floor}])
     assert _count(asked, project_id=pid) == 1 == _truth(project_id=pid)
@@ -182,8 +184,9 @@ def test_service_filtered_and_unscoped_lists_count_incrementally_and_exactly(man
 
 
 def test_service_history_moves_for_every_write_but_an_append_at_or_after_the_floor(manual):
+    start = clock.now()
     namespace = logs.LOGS.key(make_service().project_id)
-    floor = START - timedelta(seconds=2)
+    floor = start - timedelta(seconds=2)
     first = caching.history(namespace, floor)
     assert first is not None
     caching.bump(namespace, appended_from=floor)
@@ -202,6 +205,7 @@ def test_service_history_moves_for_every_write_but_an_append_at_or_after_the_flo
 
 
 def test_api_totals_stay_exact_while_a_key_appends_and_a_viewer_reads(app, manual, asked):
+    start = clock.now()
     app.config["LIST_STALENESS_MS"] = 0  # exact lists: this is about totals, not staleness
     svc = make_service()
     key = make_key(project=type("P", (), {"id": svc.project_id})())
@@ -221,7 +225,7 @@ def test_api_totals_stay_exact_while_a_key_appends_and_a_viewer_reads(app, manua
         assert answer.status_code == 200
         return int(answer.headers["X-Pagination"].split('"total": ')[1].split(",")[0].strip("}"))
 
-    old = (START - timedelta(hours=1)).isoformat() + "Z"
+    old = (start - timedelta(hours=1)).isoformat() + "Z"
     for _ in range(3):
         post(timestamp=old)
     assert total() == 3
