@@ -49,6 +49,9 @@ only its CPU-point POSTs), with the CPU seconds that SecantusDB and the app's wo
 spent in each step and the load average after it.  With ``--against DIR`` both trees are
 served on the same data and each round (``--rounds``, 2) measures the steps of one, then
 of the other (the order rotated); each round posts points of hours of its own.
+``--tree DIR`` (with ``--only``) serves the checkout in DIR as "this", measured by this
+bench (e.g. ``git archive <rev> | tar -x -C DIR`` to bisect; the app's dependencies come
+from this venv), on a database of its own.
 
 ``--sweep 1x8,2x4,...`` (workers x threads) runs only the ceiling and the reads, once per
 combination, and prints a comparison table; use it to choose gunicorn's settings.
