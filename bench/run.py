@@ -9,6 +9,9 @@ Usage (from the repository root; ``make bench`` builds .venv first)::
     make bench BENCH_ARGS='--against /tmp/base'    # reads only: this tree and the one in
                                                    # /tmp/base (git archive), interleaved
     make bench BENCH_ARGS='--auth'                 # authentication on (a viewer reads)
+    make bench BENCH_ARGS='--only ingest'          # seed, then the ingest steps only
+    make bench BENCH_ARGS='--only points --against /tmp/base --rounds 3'
+                                                   # CPU-point ingest of both trees, interleaved
     .venv/bin/python bench/run.py --help
 
 One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, SIGTERM):
@@ -40,6 +43,15 @@ One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, 
    var/bench/<UTC timestamp>.json, then PASS/MISS per target:
    every GET >= 50% of the ceiling; every GET's p99 < 100 ms; batch log ingest >= 20x
    single-POST ingest and >= 30% of raw insert_many.
+
+``--only ingest`` skips the ceiling and the reads: seeding, then step 6 (``--only points``:
+only its CPU-point POSTs), with the CPU seconds that SecantusDB and the app's workers
+spent in each step and the load average after it.  With ``--against DIR`` both trees are
+served on the same data and each round (``--rounds``, 2) measures the steps of one, then
+of the other (the order rotated); each round posts points of hours of its own.
+``--tree DIR`` (with ``--only``) serves the checkout in DIR as "this", measured by this
+bench (e.g. ``git archive <rev> | tar -x -C DIR`` to bisect; the app's dependencies come
+from this venv), on a database of its own.
 
 ``--sweep 1x8,2x4,...`` (workers x threads) runs only the ceiling and the reads, once per
 combination, and prints a comparison table; use it to choose gunicorn's settings.
@@ -105,6 +117,7 @@ from polymicro_dev import (
     Processes,
     Server,
     app_env,
+    child_pids,
     encode,
     run_main,
     start_gunicorn,
@@ -169,11 +182,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reads only: also serve the code in DIR (e.g. main exported with git archive) "
         "and measure both, interleaved with the ceiling",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="--against: rounds (2)")
+    parser.add_argument(
+        "--only",
+        choices=("ingest", "points"),
+        help="no ceiling, no reads: seed, then every ingest step (ingest) or only the "
+        "CPU-point POSTs (points); with --against, both trees interleaved",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="--against: rounds (2); --only without --against: (1)"
+    )
     parser.add_argument(
         "--auth",
         action="store_true",
         help="authentication on: seeded with an admin's token, read with a viewer's",
+    )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        metavar="DIR",
+        help="--only: serve the polymicro tree in DIR as 'this' (e.g. a git archive of "
+        "another commit), measured by this bench",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the generated data")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
@@ -190,6 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.ingest_clients = args.connections
     args.plan = QUICK if args.quick else FULL
     args.combos = parse_sweep(parser, args.sweep) if args.sweep else None
+    if args.rounds is None:
+        args.rounds = 2 if args.against is not None else 1
     for name in ("workers", "threads", "connections", "wrk_threads", "ingest_clients"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -197,12 +227,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--app-env takes KEY=VALUE")
     if args.batch_clients < 1 or args.duration <= 0 or args.rounds < 1:
         parser.error("--batch-clients, --duration and --rounds must be positive")
-    if args.against is not None:
-        if args.combos:
-            parser.error("--against and --sweep do not go together")
-        if not (args.against / "wsgi.py").is_file():
-            parser.error(f"--against: {args.against} has no wsgi.py (a polymicro tree)")
-        args.against = args.against.resolve()
+    if args.against is not None and args.combos:
+        parser.error("--against and --sweep do not go together")
+    if args.only and args.combos:
+        parser.error("--only and --sweep do not go together")
+    if args.tree is not None and not args.only:
+        parser.error("--tree goes with --only")
+    for option in ("against", "tree"):
+        tree = getattr(args, option)
+        if tree is not None:
+            if not (tree / "wsgi.py").is_file():
+                parser.error(f"--{option}: {tree} has no wsgi.py (a polymicro tree)")
+            setattr(args, option, tree.resolve())
     return args
 
 
@@ -302,8 +338,25 @@ def with_ceiling(reads: list[dict], ceiling: dict) -> list[dict]:
 # --- ingest --------------------------------------------------------------------------------
 
 
-def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, args) -> dict:
+def measure_ingest(
+    port: int,
+    mongo_uri: str,
+    seeded: Seeded,
+    maker: DataMaker,
+    args,
+    points_only: bool = False,
+    first_hour: int = 0,
+    watch: StepCpu | None = None,
+) -> dict:
+    """Step 6 of the module docstring; ``points_only``: only the CPU-point POSTs, whose
+    points start ``first_hour`` hours after 30 days ago (a round of its own).  ``watch``
+    adds each step's CPU seconds of the database and the app."""
     plan: Plan = args.plan
+    watch = watch or StepCpu()
+    if points_only:
+        return {
+            "cpu_points": watch.step(lambda: measure_points(port, seeded, maker, args, first_hour))
+        }
 
     def entries(count: int) -> list[dict]:
         out = []
@@ -315,7 +368,9 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
     # Single POSTs: one entry per request, --ingest-clients keep-alive connections.
     singles = entries(plan.single_posts)
     jobs = [("POST", "/api/logs", encode(entry)) for entry in singles]
-    single = post_rate(port, "single POST /api/logs", jobs, args.ingest_clients, len(singles))
+    single = watch.step(
+        lambda: post_rate(port, "single POST /api/logs", jobs, args.ingest_clients, len(singles))
+    )
 
     # Batches of batch_size; the same entries (as stored) go to insert_many below.
     batches = [entries(plan.batch_size) for _ in range(plan.log_batches)]
@@ -325,22 +380,49 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         if answer.get("inserted") != plan.batch_size:
             raise DevError(f"POST /api/logs/batch answered inserted={answer.get('inserted')}")
 
-    batch = post_rate(
-        port,
-        f"POST /api/logs/batch x {plan.batch_size}",
-        jobs,
-        args.batch_clients,
-        plan.log_batches * plan.batch_size,
-        check=check_batch,
+    batch = watch.step(
+        lambda: post_rate(
+            port,
+            f"POST /api/logs/batch x {plan.batch_size}",
+            jobs,
+            args.batch_clients,
+            plan.log_batches * plan.batch_size,
+            check=check_batch,
+        )
     )
 
-    # CPU points: point_posts requests of points_per_post, one entry each (round-robin).
+    points = watch.step(lambda: measure_points(port, seeded, maker, args, first_hour))
+
+    def raw_step() -> dict:
+        say(
+            f"ingest: raw insert_many, {plan.log_batches} x {plan.batch_size} into a logs-like copy"
+        )
+        raw_s = raw_insert_many(mongo_uri, [[stored_log(e) for e in b] for b in batches], args)
+        raw = rate(plan.log_batches * plan.batch_size, plan.log_batches, raw_s, args.batch_clients)
+        say(f"  {raw['per_s']:.0f} logs/s")
+        return raw
+
+    raw = watch.step(raw_step)
+    return {
+        "single_post_logs": single,
+        "batch_post_logs": batch,
+        "cpu_points": points,
+        "raw_insert_many_logs": raw,
+        "batch_vs_single": batch["per_s"] / single["per_s"],
+        "batch_vs_raw": batch["per_s"] / raw["per_s"],
+    }
+
+
+def measure_points(port: int, seeded: Seeded, maker: DataMaker, args, first_hour: int = 0) -> dict:
+    """CPU points: point_posts requests of points_per_post, one entry each (round-robin),
+    a second apart from 30 days ago plus ``first_hour`` + i hours."""
+    plan: Plan = args.plan
     start = maker.now - timedelta(days=30)
     jobs = []
     for i in range(plan.point_posts):
         metric_id = seeded.metric_ids[i % len(seeded.metric_ids)]
         points = maker.points(
-            plan.points_per_post, start + timedelta(hours=i), timedelta(seconds=1)
+            plan.points_per_post, start + timedelta(hours=first_hour + i), timedelta(seconds=1)
         )
         jobs.append(("POST", f"/api/metrics/cpu/{metric_id}/data", encode(points)))
 
@@ -348,7 +430,7 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         if answer != {"inserted": plan.points_per_post}:
             raise DevError(f"POST /api/metrics/cpu/{{id}}/data answered {answer}")
 
-    points = post_rate(
+    return post_rate(
         port,
         f"POST /api/metrics/cpu/{{id}}/data x {plan.points_per_post}",
         jobs,
@@ -358,18 +440,45 @@ def measure_ingest(port: int, mongo_uri: str, seeded: Seeded, maker: DataMaker, 
         unit="points",
     )
 
-    say(f"ingest: raw insert_many, {plan.log_batches} x {plan.batch_size} into a logs-like copy")
-    raw_s = raw_insert_many(mongo_uri, [[stored_log(e) for e in b] for b in batches], args)
-    raw = rate(plan.log_batches * plan.batch_size, plan.log_batches, raw_s, args.batch_clients)
-    say(f"  {raw['per_s']:.0f} logs/s")
-    return {
-        "single_post_logs": single,
-        "batch_post_logs": batch,
-        "cpu_points": points,
-        "raw_insert_many_logs": raw,
-        "batch_vs_single": batch["per_s"] / single["per_s"],
-        "batch_vs_raw": batch["per_s"] / raw["per_s"],
-    }
+
+class StepCpu:
+    """CPU seconds (user + system, from /proc) that the watched processes spent during
+    each step, added to the step's figures as ``cpu_s`` (by name), with the load average
+    after it.  Watched: ``db`` (SecantusDB) and ``app`` (a gunicorn master and its
+    workers); without any, a step only gets its load average."""
+
+    def __init__(self, db: Server | None = None, app: Server | None = None) -> None:
+        self.db, self.app = db, app
+
+    def _pids(self) -> dict[str, list[int]]:
+        pids = {}
+        if self.db is not None:
+            pids["db"] = [self.db.proc.pid]
+        if self.app is not None:
+            pids["app"] = [self.app.proc.pid, *child_pids(self.app.proc.pid)]
+        return pids
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def step(self, run) -> dict:
+        pids = self._pids()
+        before = {name: self._cpu(p) for name, p in pids.items()}
+        result = run()
+        cpu = {name: round(self._cpu(p) - before[name], 2) for name, p in pids.items()}
+        result["load_after"] = round(os.getloadavg()[0], 2)
+        if cpu:
+            result["cpu_s"] = cpu
+            say("  CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+        return result
 
 
 def post_rate(
@@ -487,6 +596,101 @@ def run_sweep(wrk, procs, workdir, env, redis_url, args) -> dict:
 AGAINST_PREFIX = "polymicro-against:"
 
 
+def start_tree(
+    procs, workdir, env, settings: GunicornSettings, tree: Path, name: str = "against"
+) -> Server:
+    """The polymicro tree in ``tree`` under gunicorn: ``--chdir`` puts it first on
+    ``sys.path`` (ahead of this venv's editable install), bench/gunicorn_conf.py reads
+    that tree's gunicorn.conf.py; as ``against``, its cache keys have a prefix of their
+    own."""
+    env = {**env, "POLYMICRO_BENCH_TREE": str(tree)}
+    if name == "against":
+        env["POLYMICRO_CACHE_KEY_PREFIX"] = AGAINST_PREFIX
+    return start_gunicorn(
+        procs, env, workdir, settings, name=name, extra_args=["--chdir", str(tree)]
+    )
+
+
+def run_ingest_only(procs, workdir, env, db: Server, args) -> dict:
+    """``--only ingest|points``: seed, then the ingest steps (or only the CPU-point
+    POSTs) of this tree, and with ``--against`` of that tree too, both served on the
+    same data; per round each tree's steps run one after the other, the order rotated
+    each round, and each round posts points of its own hours."""
+    settings = GunicornSettings(args.workers, args.threads, args.worker_class)
+    say(f"gunicorn {settings.label}; only {args.only}, {args.rounds} round(s)")
+    if args.tree is None:
+        this = start_gunicorn(procs, env, workdir, settings, name="polymicro")
+    else:
+        say(f"this: {args.tree}")
+        this = start_tree(procs, workdir, env, settings, args.tree, name="polymicro")
+    servers = {"this": this}
+    if args.against is not None:
+        say(f"against: {args.against}")
+        servers["against"] = start_tree(procs, workdir, env, settings, args.against)
+    maker = DataMaker(args.seed)
+    seeded = seed(servers["this"].port, args.plan, maker, args.batch_clients, args.seed_headers)
+    names = list(servers)
+    rounds = []
+    for number in range(args.rounds):
+        shift = number % len(names)
+        measured = {}
+        for name in names[shift:] + names[:shift]:
+            say(f"round {number + 1}: {name}")
+            measured[name] = measure_ingest(
+                servers[name].port,
+                db.uri,
+                seeded,
+                maker,
+                args,
+                points_only=args.only == "points",
+                first_hour=(number * len(names) + len(measured)) * args.plan.point_posts,
+                watch=StepCpu(db, servers[name]),
+            )
+            servers[name].check_alive()
+        rounds.append(measured)
+    for server in servers.values():
+        procs.stop(server)
+    result = header(args, settings)
+    result.update(
+        data=seed_summary(args.plan, seeded),
+        only=args.only,
+        against=None if args.against is None else str(args.against),
+        tree=None if args.tree is None else str(args.tree),
+        rounds=rounds,
+    )
+    return result
+
+
+INGEST_ROWS = {
+    "single_post_logs": "logs: single `POST /api/logs`",
+    "batch_post_logs": "logs: `POST /api/logs/batch`, 1000 per request",
+    "cpu_points": "CPU points: `POST /api/metrics/cpu/{id}/data`, 10,000 per request",
+    "raw_insert_many_logs": "logs: raw pymongo `insert_many`, 1000 per batch, logs indexes",
+}
+
+
+def render_ingest_only(result: dict) -> str:
+    lines = render_header(result)
+    lines += ["", f"this: {result['tree'] or result['commit']}; against: {result['against']}"]
+    lines += ["", f"### Ingest only ({result['only']}), in the order measured", ""]
+    lines.append(
+        "| round | tree | what | items | s | per s | CPU s SecantusDB | CPU s app | load after |"
+    )
+    lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for number, measured in enumerate(result["rounds"], 1):
+        for name, steps in measured.items():
+            for key, row in steps.items():
+                if key not in INGEST_ROWS:
+                    continue
+                cpu = row.get("cpu_s", {})
+                lines.append(
+                    f"| {number} | {name} | {INGEST_ROWS[key]} | {row['items']:,} | "
+                    f"{row['seconds']:.2f} | {row['per_s']:,.0f} | {cpu.get('db', 0):.1f} | "
+                    f"{cpu.get('app', 0):.1f} | {row['load_after']:.2f} |"
+                )
+    return "\n".join(lines)
+
+
 def run_against(wrk, procs, workdir, env, args) -> dict:
     """Reads of this tree ("this") and of ``--against DIR`` ("against"), both served at
     once on the same data, with the ceiling served beside them: per round and endpoint,
@@ -511,14 +715,7 @@ def run_against(wrk, procs, workdir, env, args) -> dict:
             extra_args=["--pythonpath", str(BENCH_DIR)],
         ),
         "this": start_gunicorn(procs, env, workdir, settings, name="polymicro"),
-        "against": start_gunicorn(
-            procs,
-            {**env, "POLYMICRO_CACHE_KEY_PREFIX": AGAINST_PREFIX},
-            workdir,
-            settings,
-            name="against",
-            extra_args=["--chdir", str(args.against)],
-        ),
+        "against": start_tree(procs, workdir, env, settings, args.against),
     }
     maker = DataMaker(args.seed)
     seeded = seed(servers["this"].port, args.plan, maker, args.batch_clients, args.seed_headers)
@@ -587,6 +784,8 @@ def header(args, settings: GunicornSettings | None) -> dict:
     mode = "sweep" if args.combos else "quick" if args.quick else "full"
     if args.against is not None:
         mode = "against"
+    if args.only:
+        mode = f"only-{args.only}" + ("-against" if args.against is not None else "")
     return {
         "mode": mode,
         "date": STARTED.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -812,6 +1011,8 @@ def render_against(result: dict) -> str:
 def write_json(result: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = {"sweep": "-sweep", "against": "-against"}.get(result["mode"], "")
+    if result["mode"].startswith("only-"):
+        suffix = "-" + result["mode"]
     path = out_dir / f"{STARTED.strftime('%Y%m%dT%H%M%SZ')}{suffix}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return path
@@ -839,7 +1040,10 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
             bearer(credentials["admin"]),
             bearer(credentials["viewer"]),
         )
-    if args.against is not None:
+    if args.only:
+        result = run_ingest_only(procs, workdir, env, db, args)
+        report = render_ingest_only(result)
+    elif args.against is not None:
         result = run_against(wrk, procs, workdir, env, args)
         report = render_against(result)
     elif args.combos:

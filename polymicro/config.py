@@ -75,6 +75,10 @@ class Config:
     RETENTION_SWEEP_SECONDS = 300
     RETENTION_SWEEP_BATCH = 1000
     RETENTION_SWEEP_MAX_BATCHES = 100
+    # TTL indexes (true) or the sweep alone (false) delete past the global horizon; auto:
+    # false on SecantusDB, whose TTL monitor reads every row of each TTL collection each
+    # minute (polymicro/common/retention.py says why), true elsewhere.
+    RETENTION_TTL_INDEXES = "auto"
     # /api/retention and /metrics say `behind` when rows older than the horizon plus this
     # are still stored (the TTL monitor runs every 60 s, the sweep every few minutes).
     RETENTION_BEHIND_MARGIN_MINUTES = 30
@@ -225,6 +229,9 @@ class TestingConfig(Config):
     RETENTION_POINTS_DAYS = 0
     RETENTION_ROLLUPS_5M_DAYS = 0
     RETENTION_ROLLUPS_1H_DAYS = 0
+    # The retention tests check TTL indexes on both databases (mongomock and the wire
+    # run's SecantusDB); the tests of auto and of the sweep alone set their own.
+    RETENTION_TTL_INDEXES = "true"
 
 
 def _coerce(default: Any, raw: str) -> Any:

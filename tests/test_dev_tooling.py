@@ -342,3 +342,27 @@ def test_a_tool_imports_and_parses_help(tool):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage:"), done.stdout[:500]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tree", "."], "--tree goes with --only"),
+        (["--only", "points", "--tree", "tests"], "has no wsgi.py"),
+        (["--only", "ingest", "--sweep", "1x1"], "--only and --sweep do not go together"),
+        (["--only", "everything"], "invalid choice"),
+    ],
+)
+def test_bench_only_and_tree_options_are_checked_before_anything_starts(argv, message):
+    """bench/run.py --only (ingest steps without the reads) and --tree (another checkout
+    measured by this bench) refuse what they cannot do, before any server starts."""
+    done = subprocess.run(  # noqa: S603 (our own script)
+        [sys.executable, "bench/run.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr

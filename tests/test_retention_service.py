@@ -9,6 +9,7 @@ so the rows a test stores stay in the database until the sweep or the test remov
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,7 +25,7 @@ from polymicro.metrics import service as metrics
 from polymicro.metrics.models import CpuPoint
 from polymicro.projects import service as projects
 from tests import retention_helpers
-from tests.conftest import USES_REAL_DB, _empty_database, make_config
+from tests.conftest import TEST_DB, USES_REAL_DB, _empty_database, make_config
 from tests.factories import make_logs, make_metric, make_service
 
 # The shared fixtures (an app context with retention days, a ManualClock).
@@ -32,6 +33,7 @@ ctx = retention_helpers.ctx
 manual = retention_helpers.manual
 
 DAY = 86400
+USES_SECANTUS = TEST_DB == "secantus"
 
 
 def listed(**filters) -> list[str]:
@@ -245,6 +247,83 @@ def test_a_changed_setting_uses_collmod_where_the_database_has_it(ctx):
     # mongomock has no collMod: the workaround drops the index and makes it again.
     assert action == ("collMod" if USES_REAL_DB else "recreated")
     assert collection.index_information()["retention_ttl"]["expireAfterSeconds"] == 7 * DAY
+
+
+# --- without TTL indexes (SecantusDB) -------------------------------------------------------
+
+
+class _Admin:
+    def __init__(self, build_info: dict) -> None:
+        self.build_info, self.asked = build_info, 0
+
+    def command(self, name: str) -> dict:
+        assert name == "buildInfo"
+        self.asked += 1
+        return self.build_info
+
+
+def _collection_of(build_info: dict) -> SimpleNamespace:
+    """A stand-in collection whose database answers ``buildInfo`` with ``build_info``."""
+    return SimpleNamespace(
+        database=SimpleNamespace(client=SimpleNamespace(admin=_Admin(build_info)))
+    )
+
+
+def test_auto_means_no_ttl_indexes_on_secantusdb_only_and_asks_once(ctx):
+    ctx.config["RETENTION_TTL_INDEXES"] = "auto"
+    secantus = _collection_of({"version": "7.0.0", "secantusVersion": "0.7.0b3"})
+    mongod = _collection_of({"version": "7.0.0"})
+    assert retention.ttl_indexes(secantus) is False
+    assert retention.ttl_indexes(secantus) is False
+    assert secantus.database.client.admin.asked == 1  # remembered on the client
+    assert retention.ttl_indexes(mongod) is True
+    assert retention.ttl_indexes(LogEntry._get_collection()) is not USES_SECANTUS
+    ctx.config["RETENTION_TTL_INDEXES"] = "true"
+    assert retention.ttl_indexes(secantus) is True
+    ctx.config["RETENTION_TTL_INDEXES"] = "false"
+    assert retention.ttl_indexes(mongod) is False
+    ctx.config["RETENTION_TTL_INDEXES"] = "sometimes"
+    with pytest.raises(RuntimeError, match="POLYMICRO_RETENTION_TTL_INDEXES"):
+        retention.ttl_indexes(mongod)
+
+
+def test_without_ttl_indexes_the_time_field_gets_an_ordinary_index_unless_one_leads_with_it(ctx):
+    retention.ensure_applied()  # TTL indexes, as a start before this setting made them
+    assert ttl_days(metrics.RETENTION) == 5
+    ctx.config["RETENTION_TTL_INDEXES"] = "false"
+    done = retention.apply_all()
+    assert done["points"] == "replaced"  # the TTL index goes, an ordinary one takes its place
+    assert done["logs"] == "dropped"  # the logs' timestamp index serves the sweep
+    assert done["events"] == "replaced"
+    points = CpuPoint._get_collection().index_information()
+    assert points[metrics.RETENTION.index_name]["key"] == [("time", 1)]
+    assert "expireAfterSeconds" not in points[metrics.RETENTION.index_name]
+    assert logs.RETENTION.index_name not in LogEntry._get_collection().index_information()
+    assert [ttl_days(kind) for kind in (logs.RETENTION, metrics.RETENTION)] == [None, None]
+    assert retention.apply_all()["points"] == "unchanged"
+    assert retention.apply_all()["logs"] == "none"
+    ctx.config["RETENTION_POINTS_DAYS"] = 0  # kept forever: nothing to sweep, no index
+    assert retention.apply_all()["points"] == "dropped"
+    assert metrics.RETENTION.index_name not in CpuPoint._get_collection().index_information()
+
+
+def test_without_ttl_indexes_the_sweep_deletes_past_the_global_horizon(ctx, manual):
+    ctx.config["RETENTION_TTL_INDEXES"] = "false"
+    svc = make_service()
+    aged_logs(svc, manual, [0, 6, 8, 9])
+    now = manual.now()
+    make_metric(svc, points=[{"time": now - timedelta(days=d), "load": 1.0} for d in (0, 4, 6)])
+    swept = retention.sweep()
+    assert (swept["logs"], swept["points"]) == (2, 1)  # logs kept 7 days, points 5
+    assert stored_logs() == 2
+    assert CpuPoint._get_collection().count_documents({}) == 2
+    assert listed() == ["age 0", "age 6"]
+    report = {entry["kind"]: entry for entry in retention.status()}
+    assert report["logs"]["index_days"] is None
+    assert report["logs"]["oldest"] == now - timedelta(days=6)
+    assert report["points"]["oldest"] == now - timedelta(days=4)
+    assert not report["logs"]["behind"]
+    assert not report["points"]["behind"]
 
 
 # --- status ---------------------------------------------------------------------------------

@@ -232,11 +232,20 @@ def insert_all_or_nothing(collection: Collection, rows: list[dict]) -> list:
 
 
 def _flush_after_commit(client) -> bool:
-    flush = client.__dict__.get(_FLUSH)
-    if flush is None:
-        flush = is_secantus(client.admin.command("buildInfo"))
-        client.__dict__[_FLUSH] = flush
-    return flush
+    return on_secantus(client)
+
+
+def on_secantus(client) -> bool:
+    """Whether ``client`` talks to SecantusDB: asked once per client (``buildInfo``) and
+    remembered on it.  A database without ``buildInfo`` (mongomock) is not SecantusDB."""
+    known = client.__dict__.get(_FLUSH)
+    if known is None:
+        try:
+            known = is_secantus(client.admin.command("buildInfo"))
+        except NotImplementedError:
+            known = False
+        client.__dict__[_FLUSH] = known
+    return known
 
 
 def is_secantus(build_info: dict) -> bool:

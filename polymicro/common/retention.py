@@ -34,8 +34,21 @@ A registered kind gets, with no further code:
   project past its override in batches of ``RETENTION_SWEEP_BATCH`` (each batch a
   ``find`` of ids then a ``delete_many`` by ``_id``: short writes, other writers go
   between them), and the read horizon honours the override at once.
-- a backstop: where the TTL index is missing (it could not be made), the sweep deletes
-  past the global horizon too.
+- a backstop: where the TTL index is missing (it could not be made, or TTL indexes are
+  off), the sweep deletes past the global horizon too.
+- TTL indexes or the sweep alone (``RETENTION_TTL_INDEXES``: ``auto``, the default, is
+  ``false`` on SecantusDB and ``true`` elsewhere).  Without TTL indexes a kind's rows
+  past the global horizon are deleted by the worker's sweep (the backstop above, in
+  batches, every ``RETENTION_SWEEP_SECONDS``), and :func:`apply` keeps an ordinary index
+  on the time field for it (named like the TTL index), none when another index already
+  leads with that field (the logs').  Why not on SecantusDB (0.7.0b3): its TTL monitor
+  (every 60 s, in the server's one Python process) decodes and matches *every*
+  document of every collection that has a TTL index, whatever the index says, under
+  the storage's lock; with the raw points and logs kept 30 days that is every row
+  stored, each minute, and the ingest that meets it stalls (make bench: CPU-point
+  ingest 414-934 points/s with the TTL indexes, the server spending 45-67 CPU s per
+  100,000 points, against 1,207 and 37 CPU s at 5fd7a1f, before retention; see
+  bench/repro_secantus_ttl.py, which shows it with pymongo alone).
 - a status (:func:`status`): the setting, what the index says, the oldest stored time,
   and ``behind`` when rows older than the horizon plus ``RETENTION_BEHIND_MARGIN_MINUTES``
   are still stored.  ``GET /api/retention`` and ``/metrics`` show it.
@@ -55,11 +68,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bson import ObjectId
-from flask import current_app
+from flask import current_app, has_app_context
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from polymicro.common import clock
+from polymicro.common import atomic, clock
 from polymicro.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -253,12 +266,36 @@ def visible_epoch(kind: Kind, project_id: ObjectId | None = None) -> int | None:
 # --- TTL indexes --------------------------------------------------------------------------
 
 
+TTL_CHOICES = ("auto", "true", "false")
+
+
+def ttl_indexes(collection: Collection) -> bool:
+    """Whether retention is enforced by TTL indexes on ``collection``'s database
+    (``RETENTION_TTL_INDEXES``; ``auto``: not on SecantusDB, see the module docstring),
+    else by the worker's sweep alone."""
+    choice = "auto"
+    if has_app_context():
+        choice = str(current_app.config.get("RETENTION_TTL_INDEXES", "auto")).strip().lower()
+    if choice not in TTL_CHOICES:
+        raise RuntimeError(
+            f"invalid POLYMICRO_RETENTION_TTL_INDEXES: expected one of "
+            f"{', '.join(TTL_CHOICES)}, got {choice!r}"
+        )
+    if choice == "auto":
+        return not atomic.on_secantus(collection.database.client)
+    return choice == "true"
+
+
 def apply_ttl(collection: Collection, field: str, name: str, age_days: int) -> str:
     """Make the TTL index ``name`` on ``field`` say ``age_days`` (none when 0).
 
     Returns what was done: ``unchanged``, ``created``, ``collMod``, ``recreated`` (no
-    ``collMod`` on this database: mongomock), ``dropped`` or ``none``.
+    ``collMod`` on this database: mongomock), ``dropped`` or ``none``.  Without TTL
+    indexes (:func:`ttl_indexes`) the index ``name`` is an ordinary one on ``field``
+    for the sweep (:func:`_apply_sweep_index`).
     """
+    if not ttl_indexes(collection):
+        return _apply_sweep_index(collection, field, name, age_days)
     current = collection.index_information().get(name)
     seconds = age_days * DAY
     if age_days == 0:
@@ -283,6 +320,27 @@ def apply_ttl(collection: Collection, field: str, name: str, age_days: int) -> s
         collection.drop_index(name)
     collection.create_index([(field, 1)], name=name, expireAfterSeconds=seconds)
     return "recreated"
+
+
+def _apply_sweep_index(collection: Collection, field: str, name: str, age_days: int) -> str:
+    """Without TTL indexes: no TTL index ``name``; for a kept age, an ordinary index
+    ``name`` on ``field`` that the sweep's ``field < horizon`` reads, unless another index
+    leads with ``field``.  Returns ``unchanged``, ``created``, ``replaced`` (a TTL index
+    made before was replaced), ``dropped`` or ``none``."""
+    indexes = collection.index_information()
+    current = indexes.get(name)
+    ttl = current is not None and current.get("expireAfterSeconds") is not None
+    other = any(spec["key"][0][0] == field for index, spec in indexes.items() if index != name)
+    wanted = bool(age_days) and not other
+    if current is not None and (ttl or not wanted):
+        with contextlib.suppress(OperationFailure):  # another process dropped it first
+            collection.drop_index(name)
+        if not wanted:
+            return "dropped"
+    elif current is not None or not wanted:
+        return "unchanged" if current is not None else "none"
+    collection.create_index([(field, 1)], name=name)
+    return "replaced" if ttl else "created"
 
 
 def apply(kind: Kind) -> str:
@@ -381,7 +439,7 @@ def sweep() -> dict[str, int]:
                 scope = kind.project_scope(project_id)
                 query = {**scope, kind.time_field: {"$lt": _cut(override)}}
                 deleted += _delete_older(collection, query, batch, budget)
-        if base and kind.index_name not in collection.index_information():
+        if base and index_days(kind) is None:  # no TTL index deletes them
             query = {kind.time_field: {"$lt": _cut(base)}}
             deleted += _delete_older(collection, query, batch, budget)
         done[kind.name] = deleted
