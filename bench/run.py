@@ -12,6 +12,7 @@ Usage (from the repository root; ``make bench`` builds .venv first)::
     make bench BENCH_ARGS='--only ingest'          # seed, then the ingest steps only
     make bench BENCH_ARGS='--only points --against /tmp/base --rounds 3'
                                                    # CPU-point ingest of both trees, interleaved
+    make bench BENCH_ARGS='--gzip'                 # reads accept gzip, as a browser's do
     .venv/bin/python bench/run.py --help
 
 One run, everything on 127.0.0.1 and stopped at the end (also on error, Ctrl-C, SIGTERM):
@@ -202,6 +203,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="--only: serve the polymicro tree in DIR as 'this' (e.g. a git archive of "
         "another commit), measured by this bench",
+    )
+    parser.add_argument(
+        "--gzip",
+        action="store_true",
+        help="reads send Accept-Encoding: gzip, as a browser (the dashboard) does; the "
+        "default sends none, so large bodies are measured uncompressed",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed of the generated data")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "var" / "bench")
@@ -807,6 +814,7 @@ def header(args, settings: GunicornSettings | None) -> dict:
             "tool": "wrk",
             "threads": min(args.wrk_threads, args.connections),
             "connections": args.connections,
+            "accept_encoding": "gzip" if args.gzip else None,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "ingest_clients": args.ingest_clients,
@@ -880,7 +888,9 @@ def render_header(result: dict) -> list[str]:
         )
     lines.append(
         f"| reads | {v['wrk']}: {load['threads']} threads, {load['connections']} connections, "
-        f"{load['duration_s']:g} s per endpoint after {load['warmup_s']:g} s warm-up, --latency |"
+        f"{load['duration_s']:g} s per endpoint after {load['warmup_s']:g} s warm-up, --latency"
+        + (", Accept-Encoding: gzip" if load.get("accept_encoding") else ", no Accept-Encoding")
+        + " |"
     )
     d = result["data"]
     lines.append(
@@ -1040,6 +1050,8 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
             bearer(credentials["admin"]),
             bearer(credentials["viewer"]),
         )
+    if args.gzip:
+        args.read_headers = {**(args.read_headers or {}), "Accept-Encoding": "gzip"}
     if args.only:
         result = run_ingest_only(procs, workdir, env, db, args)
         report = render_ingest_only(result)

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from polymicro import create_app
-from polymicro.common import caching
+from polymicro.common import cache_reads, caching
 from polymicro.extensions import cache, close_db
 from tests.conftest import _empty_database, client_as, free_port, make_config
 
@@ -95,6 +95,7 @@ def test_a_bump_that_failed_is_replayed_before_the_cache_is_used_again(monkeypat
 def test_a_failing_cache_falls_back_to_the_producer_and_warns_once(monkeypatch, caplog):
     for operation in ("get", "get_many", "set"):  # every call a read or a store makes
         monkeypatch.setattr(cache, operation, _failing)
+    monkeypatch.setattr(cache_reads, "get_many", _failing)  # the lookups' MGET on Redis
     monkeypatch.setattr(caching, "RETRY_SECONDS", 0.0)
     producer, calls = counting(5)
     with caplog.at_level(logging.WARNING, logger="polymicro.common.caching"):

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from flask import session
 
-from polymicro import CookieSessions, create_app
-from polymicro.common import clock
+from polymicro import CookieSessions, PolymicroFlask, create_app
+from polymicro.common import cache_reads, clock
 from polymicro.extensions import cache
 from tests.conftest import client_as, make_config
 from tests.factories import make_logs, make_metric, make_project, make_service
@@ -106,16 +106,28 @@ def _count_lookups(monkeypatch) -> list[int]:
     """Counts the cache's multi-key reads (one round trip each on Redis) and single gets."""
     counts = [0, 0]
     get_many, get = cache.get_many, cache.get
+    read_many = cache_reads.get_many  # the lookups' MGET (cache.get_many without Redis)
+    inside = []
 
     def counted_get_many(*keys):
-        counts[0] += 1
+        if not inside:
+            counts[0] += 1
         return get_many(*keys)
+
+    def counted_read_many(*keys):
+        counts[0] += 1
+        inside.append(True)
+        try:
+            return read_many(*keys)
+        finally:
+            inside.pop()
 
     def counted_get(key):
         counts[1] += 1
         return get(key)
 
     monkeypatch.setattr(cache, "get_many", counted_get_many)
+    monkeypatch.setattr(cache_reads, "get_many", counted_read_many)
     monkeypatch.setattr(cache, "get", counted_get)
     return counts
 
@@ -167,3 +179,60 @@ def test_a_changed_salt_is_looked_up_again_and_served_right(app, client, shop, m
     before = counts[0]
     assert [row["message"] for row in editor.get(path).json] == ["recent"]
     assert counts[0] - before == 1  # learned again: one lookup
+
+
+# --- Flask's ensure_sync, remembered per function --------------------------------------
+
+
+def test_ensure_sync_asks_once_per_function_and_answers_as_flask(monkeypatch):
+    import polymicro
+
+    app = create_app(make_config())
+    assert isinstance(app, PolymicroFlask)
+    asked = []
+    real = polymicro.iscoroutinefunction
+    monkeypatch.setattr(polymicro, "iscoroutinefunction", lambda f: asked.append(f) or real(f))
+    client = app.test_client()
+    assert client.get("/api/health/live").status_code == 200
+    first = len(asked)
+    assert first > 0
+    for _ in range(3):
+        assert client.get("/api/health/live").status_code == 200
+    assert len(asked) == first  # each hook and view asked about once, not per request
+
+    class View:
+        def sync(self):
+            return "sync"
+
+        async def coro(self):
+            return "async"
+
+    # A bound method is remembered by its function (a method view's instance is new
+    # each request); a coroutine function is handed to async_to_sync as in Flask.
+    one, two = View(), View()
+    assert app.ensure_sync(one.sync) == one.sync
+    assert app.ensure_sync(two.sync) == two.sync
+    wrapped = []
+    monkeypatch.setattr(app, "async_to_sync", lambda f: wrapped.append(f) or "wrapped")
+    assert app.ensure_sync(one.coro) == "wrapped"
+    assert app.ensure_sync(one.coro) == "wrapped"  # never remembered as plain
+    assert wrapped == [one.coro, one.coro]
+
+
+# --- the response key, remembered ------------------------------------------------------
+
+
+def test_the_remembered_response_key_is_make_keys():
+    from polymicro.common import caching
+    from polymicro.common.blueprint import _response_key
+
+    query = [("project_id", "abc"), ("severity", "error")]
+    for salt in (None, 30, "x", [30, []], 1.0, True):
+        for _ in range(2):  # computed, then remembered
+            assert _response_key("/api/logs", query, salt) == caching.make_key(
+                "response", "/api/logs", query, salt
+            )
+    # 1, 1.0 and True are equal in Python and dump differently: three keys.
+    keys = {_response_key("/api/logs", query, salt) for salt in (1, 1.0, True)}
+    assert len(keys) == 3
+    assert _response_key("/api/logs", [], None) != _response_key("/api/logs", query, None)

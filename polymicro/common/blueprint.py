@@ -134,13 +134,13 @@ class Blueprint(flask_smorest.Blueprint):
                 guess = learned.get(scope) if derived else None
                 if guess is None:
                     epoch, salt = derive(scope) if derived else (None, None)
-                    key = caching.make_key("response", path, query, salt)
+                    key = _response_key(path, query, salt)
                     reader = caching.Reader(namespace, epoch)
                     hit = reader.peek(f"{key}:gzip" if gzip_ok else key, background=True)
                 else:
                     # One round trip: the key from the salt of the last request, the reads
                     # the salt takes fetched with the entry; kept if the salt is the same.
-                    key = caching.make_key("response", path, query, guess[0])
+                    key = _response_key(path, query, guess[0])
                     reader = caching.Reader(namespace)
                     reader.also = guess[1]
                     actual = []
@@ -154,7 +154,7 @@ class Blueprint(flask_smorest.Blueprint):
                         f"{key}:gzip" if gzip_ok else key, background=True, settle=settle
                     )
                     if reader.unsettled:  # the salt moved: a new minute, another override
-                        key = caching.make_key("response", path, query, actual[0])
+                        key = _response_key(path, query, actual[0])
                         reader = caching.Reader(namespace, reader.epoch)
                         hit = reader.peek(f"{key}:gzip" if gzip_ok else key, background=True)
 
@@ -198,6 +198,25 @@ class Blueprint(flask_smorest.Blueprint):
             self._check_not_modified(etag_value)
             _get_etag_ctx()["etag"] = etag_value
         return _response(hit)
+
+
+# (path, query items, salt) -> the response key: make_key is a JSON dump and a SHA-1 of
+# them, on every hit.  Only salts of exact types whose equality means equal JSON (1 ==
+# 1.0 == True do not dump alike); bounded like the learned salts.
+_response_keys: dict = {}
+_MEMO_SALTS = (int, str, type(None))
+
+
+def _response_key(path: str, query: list, salt) -> str:
+    if type(salt) not in _MEMO_SALTS:
+        return caching.make_key("response", path, query, salt)
+    memo_key = (path, tuple(query), type(salt), salt)
+    key = _response_keys.get(memo_key)
+    if key is None:
+        if len(_response_keys) >= LEARNED_SCOPES:
+            _response_keys.clear()
+        key = _response_keys[memo_key] = caching.make_key("response", path, query, salt)
+    return key
 
 
 def _response(entry) -> Response:

@@ -91,7 +91,7 @@ from typing import Any
 
 from flask import current_app, g, has_app_context, has_request_context, request
 
-from polymicro.common import atomic
+from polymicro.common import atomic, cache_reads
 from polymicro.extensions import cache
 
 log = logging.getLogger(__name__)
@@ -661,11 +661,11 @@ class Reader:
         also, self.also = self.also, []
         if also:
             extra = [k for ns, key in also for k in (_generation_key(ns), _entry_key(ns, key))]
-            found = _guard(cache.get_many, *keys, *extra)
+            found = _guard(cache_reads.get_many, *keys, *extra)
             _remember(also, found[len(keys) :])
             del found[len(keys) :]
         else:
-            found = _guard(cache.get_many, *keys)
+            found = _guard(cache_reads.get_many, *keys)
         if found[0] is None:
             found[0] = _guard(_generation, self.namespace)
         if not self._writer:

@@ -1,0 +1,126 @@
+"""The cache's MGET on a connection of the thread's own (polymicro/common/cache_reads.py):
+the same answers as flask-caching's ``get_many``, no pool checkout per read, a
+connection per thread and per pool, the client's path with tracing on, and a Redis that
+restarts is read again without the cache being counted down."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from polymicro import create_app
+from polymicro.common import cache_reads, caching
+from polymicro.extensions import cache, close_db
+from polymicro.observability import tracing
+from tests.conftest import free_port, make_config
+from tests.test_caching_service import _start_redis, _stop
+
+
+@pytest.fixture
+def redis_app():
+    """An app on a private redis-server (started here, stopped after)."""
+    port = free_port()
+    state = {"proc": _start_redis(port), "port": port}
+    app = create_app(make_config(None, f"redis://127.0.0.1:{port}/0"))
+    caching.reset_state()
+    yield app, state
+    if state["proc"].poll() is None:
+        _stop(state["proc"])
+    close_db()
+
+
+class CountingCheckouts:
+    """Counts the connections taken from a pool (what the thread's own one avoids)."""
+
+    def __init__(self, pool, monkeypatch):
+        self.count = 0
+        original = pool.get_connection
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(pool, "get_connection", counted)
+
+
+VALUES = {
+    "tuple": (3, 1234.5, (b'{"a": 1}', None, '{"total": 1}', None), 2.0),
+    "int": 7,
+    "text": "é",
+    "dict": {"k": [1, 2]},
+}
+
+
+def test_the_answers_are_those_of_flask_caching(redis_app):
+    app, _state = redis_app
+    with app.app_context():
+        for key, value in VALUES.items():
+            cache.set(key, value)
+        keys = [*VALUES, "missing", "int"]
+        assert cache_reads.get_many(*keys) == cache.get_many(*keys)
+        assert cache_reads.get_many(*keys) == [*VALUES.values(), None, 7]
+
+
+def test_a_thread_reads_on_one_connection_of_its_own(redis_app, monkeypatch):
+    app, _state = redis_app
+    with app.app_context():
+        cache.set("k", "v")
+        pool = cache.cache._read_client.connection_pool
+        checkouts = CountingCheckouts(pool, monkeypatch)
+        assert [cache_reads.get_many("k") for _ in range(5)] == [["v"]] * 5
+        assert checkouts.count == 0
+        mine = cache_reads._local.held[2]
+
+        theirs = []
+
+        def other_thread():
+            with app.app_context():
+                assert cache_reads.get_many("k") == ["v"]
+                theirs.append(cache_reads._local.held[2])
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(theirs) == 1
+        assert theirs[0] is not mine
+        assert cache_reads._local.held[2] is mine
+
+
+def test_another_app_gets_another_connection(redis_app):
+    app, state = redis_app
+    with app.app_context():
+        cache.set("k", "first")
+        assert cache_reads.get_many("k") == ["first"]
+        first = cache_reads._local.held[2]
+    second_app = create_app(make_config(None, f"redis://127.0.0.1:{state['port']}/1"))
+    with second_app.app_context():
+        assert cache_reads.get_many("k") == [None]  # database 1: its own keys
+        assert cache_reads._local.held[0] is cache.cache._read_client.connection_pool
+        assert cache_reads._local.held[2] is not first
+    assert first._sock is None  # closed: that pool's connection is not used again
+
+
+def test_with_tracing_on_the_read_goes_through_the_client(redis_app, monkeypatch):
+    app, _state = redis_app
+    with app.app_context():
+        cache.set("k", "v")
+        checkouts = CountingCheckouts(cache.cache._read_client.connection_pool, monkeypatch)
+        monkeypatch.setattr(tracing, "_on", True)
+        assert cache_reads.get_many("k") == ["v"]
+        assert checkouts.count == 1  # the client's path, where the instrumentation is
+
+
+def test_a_restarted_redis_is_read_again_without_counting_the_cache_down(redis_app):
+    app, state = redis_app
+    with app.app_context():
+        cache.set("k", "before")
+        assert caching._guard(cache_reads.get_many, "k") == ["before"]
+        _stop(state["proc"])
+        state["proc"] = _start_redis(state["port"])  # empty: nothing saved
+        # The thread's connection is broken: the read goes through the client, which
+        # reconnects; the answer is the restarted server's, and the cache is not down.
+        assert caching._guard(cache_reads.get_many, "k") == [None]
+        assert caching._breaker.down_until == 0.0
+        cache.set("k", "after")
+        assert caching._guard(cache_reads.get_many, "k") == ["after"]
