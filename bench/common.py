@@ -242,12 +242,18 @@ class DataMaker:
             "tags": ["bench"],
         }
 
-    def log(self, project_id: str, service_ids: list[str]) -> dict:
+    def log(self, project_id: str, service_ids: list[str], live: bool = False) -> dict:
+        """A log entry: stamped at random over the seed's window (the last two days), or,
+        ``live``, as a running service's shipper sends it: the time it is sent, less up
+        to a second (a shipper's batching)."""
         rng = self.rng
         severity = rng.choices(SEVERITIES, SEVERITY_WEIGHTS)[0]
         path = rng.choice(self.PATHS).format(n=rng.randint(1, 9999))
         request_id = f"{rng.getrandbits(64):016x}"
-        when = self.now - timedelta(seconds=rng.uniform(0, SEED_WINDOW.total_seconds()))
+        if live:
+            when = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=rng.uniform(0, 1))
+        else:
+            when = self.now - timedelta(seconds=rng.uniform(0, SEED_WINDOW.total_seconds()))
         return {
             "project_id": project_id,
             "service_id": rng.choice(service_ids),

@@ -25,6 +25,9 @@ One run, everything on 127.0.0.1 and stopped at the end:
    - ``idle``: nothing else runs;
    - ``20 POST/s``: a writer thread sends single ``POST /api/logs`` into the same project at
      20 requests/s (paced: request *i* is due at start + i/20 s) for the whole phase;
+     each log is stamped as a running service's shipper stamps it: the time it is sent,
+     less up to a second (until 2026-11-30 the writers stamped them at random over the
+     seed's two days, which no live service does);
    - ``batch 100/s``: a writer sends ``POST /api/logs/batch`` of 100 entries once a second.
 
    Each read under ingest is printed as a fraction of its idle rate, with its p99; each
@@ -289,11 +292,14 @@ def run(procs: Processes, args) -> int:
     with HttpClient(app.port, headers=admin_headers) as admin:
         key = admin.call("POST", f"/api/projects/{project}/keys", {"name": "writer"}, 201)["key"]
 
+    # The writers send live logs (stamped when sent, less up to a second), as a running
+    # service does; the seed's logs are spread over two days.
     def single():
-        return encode(maker.log(project, seeded.service_ids[project]))
+        return encode(maker.log(project, seeded.service_ids[project], live=True))
 
     def batch():
-        return encode([maker.log(project, seeded.service_ids[project]) for _ in range(BATCH_SIZE)])
+        ids = seeded.service_ids[project]
+        return encode([maker.log(project, ids, live=True) for _ in range(BATCH_SIZE)])
 
     phases = {}
     writers = {}
