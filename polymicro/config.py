@@ -234,6 +234,21 @@ class TestingConfig(Config):
     RETENTION_TTL_INDEXES = "true"
 
 
+AUTO_CHOICES = ("auto", "true", "false")
+
+
+def auto_choice(name: str, value: Any) -> str:
+    """A setting that is ``auto``, ``true`` or ``false`` (``MONGODB_RETRY_WRITES``,
+    ``RETENTION_TTL_INDEXES``: ``auto`` decides by the database), lower-cased; anything
+    else is a RuntimeError naming ``POLYMICRO_<name>``."""
+    choice = str(value).strip().lower()
+    if choice not in AUTO_CHOICES:
+        raise RuntimeError(
+            f"invalid POLYMICRO_{name}: expected one of {', '.join(AUTO_CHOICES)}, got {value!r}"
+        )
+    return choice
+
+
 def _coerce(default: Any, raw: str) -> Any:
     """Convert an environment string to the type of the default it overrides."""
     if isinstance(default, bool):

@@ -20,7 +20,9 @@ from pymongo import MongoClient, uri_parser
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import MethodNotAllowed
 
+from polymicro.common import atomic
 from polymicro.common.atomic import is_secantus
+from polymicro.config import auto_choice
 from polymicro.errors import add_default_message
 
 log = logging.getLogger(__name__)
@@ -156,9 +158,6 @@ def init_db(app: Flask) -> None:
     mongoengine.register_connection(**kwargs)
 
 
-RETRY_WRITES_CHOICES = ("auto", "true", "false")
-
-
 def _retry_writes(value: str) -> str:
     """``MONGODB_RETRY_WRITES``: ``true``/``false`` set pymongo's ``retryWrites``;
     ``auto`` (the default) turns retryable writes off on SecantusDB only.
@@ -175,13 +174,7 @@ def _retry_writes(value: str) -> str:
     embedded single-node SecantusDB never does; durability comes from ``j: true`` and
     the transactions.  On MongoDB they stay on (pymongo's default).
     """
-    choice = str(value).strip().lower()
-    if choice not in RETRY_WRITES_CHOICES:
-        raise RuntimeError(
-            f"invalid POLYMICRO_MONGODB_RETRY_WRITES: expected one of "
-            f"{', '.join(RETRY_WRITES_CHOICES)}, got {value!r}"
-        )
-    return choice
+    return auto_choice("MONGODB_RETRY_WRITES", value)
 
 
 # Identifies the current registration: a client whose creation outlived it (a thread
@@ -220,7 +213,7 @@ def _client_deciding_retry_writes(registration: object, **settings) -> MongoClie
     client.close()
     log.info("SecantusDB: retryable writes off (see POLYMICRO_MONGODB_RETRY_WRITES)")
     client = MongoClient(**settings, retryWrites=False)
-    client.__dict__["_polymicro_flush_commits"] = True  # atomic.py asks the same question
+    atomic.remember_secantus(client, True)  # atomic.py asks the same question
     return client
 
 

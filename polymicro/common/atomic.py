@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # "Transaction numbers are only allowed on a replica set member or mongos".
 ILLEGAL_OPERATION = 20
 _FLAG = "_polymicro_transactions"  # remembered on the client: True, False or absent
-_FLUSH = "_polymicro_flush_commits"  # remembered on the client: SecantusDB or not
+_SECANTUS = "_polymicro_on_secantus"  # remembered on the client: SecantusDB or not
 
 
 _current: ContextVar[_Transaction | None] = ContextVar("polymicro_transaction", default=None)
@@ -89,7 +89,7 @@ def transaction(client) -> Iterator[ClientSession | None]:
             with client.start_session() as session, session.start_transaction():
                 state.session = session
                 yield session
-            if _flush_after_commit(client):
+            if on_secantus(client):
                 client.admin.command("fsync")
     finally:
         _current.reset(token)
@@ -226,26 +226,28 @@ def insert_all_or_nothing(collection: Collection, rows: list[dict]) -> list:
         )
         return collection.insert_many(rows, ordered=True).inserted_ids
     client.__dict__[_FLAG] = True
-    if _flush_after_commit(client):
+    if on_secantus(client):
         client.admin.command("fsync")
     return ids
-
-
-def _flush_after_commit(client) -> bool:
-    return on_secantus(client)
 
 
 def on_secantus(client) -> bool:
     """Whether ``client`` talks to SecantusDB: asked once per client (``buildInfo``) and
     remembered on it.  A database without ``buildInfo`` (mongomock) is not SecantusDB."""
-    known = client.__dict__.get(_FLUSH)
+    known = client.__dict__.get(_SECANTUS)
     if known is None:
         try:
             known = is_secantus(client.admin.command("buildInfo"))
         except NotImplementedError:
             known = False
-        client.__dict__[_FLUSH] = known
+        remember_secantus(client, known)
     return known
+
+
+def remember_secantus(client, known: bool) -> None:
+    """Record what :func:`on_secantus` answers for ``client`` (a caller that asked
+    ``buildInfo`` itself: the client made by ``extensions`` for retryable writes)."""
+    client.__dict__[_SECANTUS] = known
 
 
 def is_secantus(build_info: dict) -> bool:

@@ -73,6 +73,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 from polymicro.common import atomic, clock
+from polymicro.config import auto_choice
 from polymicro.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -266,21 +267,12 @@ def visible_epoch(kind: Kind, project_id: ObjectId | None = None) -> int | None:
 # --- TTL indexes --------------------------------------------------------------------------
 
 
-TTL_CHOICES = ("auto", "true", "false")
-
-
 def ttl_indexes(collection: Collection) -> bool:
     """Whether retention is enforced by TTL indexes on ``collection``'s database
     (``RETENTION_TTL_INDEXES``; ``auto``: not on SecantusDB, see the module docstring),
     else by the worker's sweep alone."""
-    choice = "auto"
-    if has_app_context():
-        choice = str(current_app.config.get("RETENTION_TTL_INDEXES", "auto")).strip().lower()
-    if choice not in TTL_CHOICES:
-        raise RuntimeError(
-            f"invalid POLYMICRO_RETENTION_TTL_INDEXES: expected one of "
-            f"{', '.join(TTL_CHOICES)}, got {choice!r}"
-        )
+    value = current_app.config.get("RETENTION_TTL_INDEXES", "auto") if has_app_context() else "auto"
+    choice = auto_choice("RETENTION_TTL_INDEXES", value)
     if choice == "auto":
         return not atomic.on_secantus(collection.database.client)
     return choice == "true"
