@@ -228,11 +228,7 @@ def _set_if_generation(namespace: str, generation: int, key: str, value: Any) ->
     if _is_redis():
         backend = cache.cache
         client = backend._write_client
-        script = _scripts.get(("if-generation", id(client)))
-        if script is None:
-            script = _scripts[("if-generation", id(client))] = client.register_script(
-                _SET_IF_GENERATION_LUA
-            )
+        script = _script(client, _SET_IF_GENERATION_LUA)
         prefix = backend._get_prefix()
         ttl = backend._normalize_timeout(None)
         return bool(
@@ -321,10 +317,11 @@ return n
 _scripts: dict[Any, Any] = {}
 
 
-def _bump_script(client):
-    script = _scripts.get(id(client))
+def _script(client, source: str):
+    """``source`` registered with ``client`` (once per client and script)."""
+    script = _scripts.get((source, id(client)))
     if script is None:
-        script = _scripts[id(client)] = client.register_script(_BUMP_LUA)
+        script = _scripts[(source, id(client))] = client.register_script(source)
     return script
 
 
@@ -349,7 +346,7 @@ def _increment(
         starts = [random.getrandbits(48) for _ in ordered]
         m = sum(1 for ns in ordered if ns in writer)
         history = [len(tracked), appended_ms, *(random.getrandbits(48) for _ in tracked)]
-        _bump_script(backend._write_client)(
+        _script(backend._write_client, _BUMP_LUA)(
             keys=keys, args=[len(ordered), m, max(window_ms, 1), *starts, *history]
         )
         return
@@ -459,10 +456,7 @@ def history(namespace: str, floor: datetime) -> int | None:
     def read() -> int:
         if _is_redis():
             backend = cache.cache
-            client = backend._write_client
-            script = _scripts.get(("history", id(client)))
-            if script is None:
-                script = _scripts[("history", id(client))] = client.register_script(_HISTORY_LUA)
+            script = _script(backend._write_client, _HISTORY_LUA)
             return int(
                 script(
                     keys=[backend._get_prefix() + _history_key(namespace)], args=[floor_ms, start]
