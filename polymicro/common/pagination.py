@@ -126,12 +126,8 @@ class NewestFirst(PagedQuery):
         return rows
 
     def _remember(self, stop: int, time) -> None:
-        if time is None:
-            return
-        with self._hints_lock:
-            if len(self._hints) >= self.HINTS_KEPT:
-                self._hints.clear()
-            self._hints[(self.hint_key, stop)] = time
+        if time is not None:
+            _keep(self._hints, self._hints_lock, self.HINTS_KEPT, (self.hint_key, stop), time)
 
 
 class AppendCount:
@@ -204,12 +200,19 @@ class AppendCount:
         else:
             below = self.between(None, bound).count()
         above = self.between(bound, None).count()
-        with self._kept_lock:
-            if len(self._kept) >= self.KEPT:
-                self._kept.clear()
-            self._kept[self.key] = (generation, self.epoch, bound, below)
+        kept = (generation, self.epoch, bound, below)
+        _keep(self._kept, self._kept_lock, self.KEPT, self.key, kept)
         return below + above
 
 
 def _whole_ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _keep(store: dict, lock: threading.Lock, limit: int, key: Any, value: Any) -> None:
+    """``store[key] = value`` in a per-process dict of at most ``limit`` entries
+    (emptied when full: what it holds is a hint, recomputed when missing)."""
+    with lock:
+        if len(store) >= limit:
+            store.clear()
+        store[key] = value
