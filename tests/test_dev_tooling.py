@@ -328,18 +328,23 @@ def test_the_tools_are_found():
     assert {"bench/post_cost.py", "bench/soak.py", "scripts/fuzz.py"} <= set(TOOLS)
 
 
-@pytest.mark.parametrize("tool", TOOLS)
-def test_a_tool_imports_and_parses_help(tool):
-    """Run as ``make bench`` runs it (from the checkout, its own folder on sys.path): an
-    import broken by a moved or deleted module fails here, not on the next benchmark."""
-    done = subprocess.run(  # noqa: S603 (our own scripts)
-        [sys.executable, tool, "--help"],
+def _run_tool(tool: str, *argv: str) -> subprocess.CompletedProcess:
+    """``python <tool> <argv>`` from the checkout, as ``make bench`` runs it."""
+    return subprocess.run(  # noqa: S603 (our own scripts)
+        [sys.executable, tool, *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_tool_imports_and_parses_help(tool):
+    """Run as ``make bench`` runs it (from the checkout, its own folder on sys.path): an
+    import broken by a moved or deleted module fails here, not on the next benchmark."""
+    done = _run_tool(tool, "--help")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage:"), done.stdout[:500]
 
@@ -356,13 +361,6 @@ def test_a_tool_imports_and_parses_help(tool):
 def test_bench_only_and_tree_options_are_checked_before_anything_starts(argv, message):
     """bench/run.py --only (ingest steps without the reads) and --tree (another checkout
     measured by this bench) refuse what they cannot do, before any server starts."""
-    done = subprocess.run(  # noqa: S603 (our own script)
-        [sys.executable, "bench/run.py", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _run_tool("bench/run.py", *argv)
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr
