@@ -46,12 +46,35 @@ _shared_cache = bool(os.environ.get("POLYMICRO_REDIS_URL", "").strip())
 workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2 if _shared_cache else 1)
 threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
 
-# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new
-# connections over them.  With one shared socket, whichever worker woke first accepted:
-# in 5 of 40 bench runs every keep-alive connection of the load landed on one of the two
-# workers, leaving a core idle (cached reads at a third of their rate).  bench/mixed.py
-# reports the requests served per worker.
-reuse_port = True
+# POLYMICRO_GUNICORN_REUSE_PORT (auto | true | false).  With reuse_port each worker listens
+# on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections over them.
+# With one shared socket, whichever worker wakes first accepts: in 5 of 40 bench runs every
+# keep-alive connection of the load landed on one of the two workers, leaving a core idle.
+# But a worker's own socket dies with it: when a worker is killed (OOM, a crash, the
+# timeout below) the connections waiting in its accept queue are reset, unless the kernel
+# hands them to a sibling socket (net.ipv4.tcp_migrate_req = 1, Linux >= 5.14).  make
+# faults saw that: 3 of 4 runs of its worker-kill scenario had requests fail *after* the
+# kill with reuse_port on and tcp_migrate_req = 0; none with either change.  Losing a
+# request is worse than an idle core, so `auto` uses reuse_port only where the kernel
+# migrates those connections, and the shared socket otherwise.
+_MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def _reuse_port(value: str) -> bool:
+    choice = value.strip().lower() or "auto"
+    if choice == "auto":
+        try:
+            return _MIGRATE_REQ.read_text().strip() == "1"
+        except OSError:
+            return False
+    if choice in ("true", "false"):
+        return choice == "true"
+    raise RuntimeError(
+        f"invalid POLYMICRO_GUNICORN_REUSE_PORT: expected auto, true or false, got {value!r}"
+    )
+
+
+reuse_port = _reuse_port(os.environ.get("POLYMICRO_GUNICORN_REUSE_PORT", "auto"))
 
 # Log filters (a `q` of up to 1,000 characters, several of them) can make a request line
 # longer than gunicorn's default 4,094 bytes, which gunicorn would answer itself (414).
