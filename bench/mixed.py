@@ -79,6 +79,7 @@ from polymicro_dev import (
     HttpClient,
     Processes,
     encode,
+    listens_with_reuse_port,
     run_main,
 )
 
@@ -324,7 +325,10 @@ def run(procs: Processes, args) -> int:
         "commit": commit(),
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "gunicorn": settings.__dict__,
+        "gunicorn": {
+            **settings.__dict__,
+            "reuse_port": listens_with_reuse_port({**os.environ, **env}),
+        },
         "app_env": args.app_env,
         "duration_s": args.duration,
         "phases": phases,
@@ -409,13 +413,18 @@ def evaluate(result: dict) -> list[dict]:
     return targets
 
 
+def sockets(gunicorn: dict) -> str:
+    return "a socket per worker" if gunicorn.get("reuse_port") else "one shared socket"
+
+
 def render(result: dict) -> str:
     phases = list(result["phases"])
     idle = {r["read"]: r for r in result["phases"]["idle"]}
     lines = [
         f"## Dashboard reads under ingest — {result['date']} ({result['commit']})",
         "",
-        f"gunicorn {result['gunicorn']['workers']}×{result['gunicorn']['threads']} gthread, "
+        f"gunicorn {result['gunicorn']['workers']}×{result['gunicorn']['threads']} gthread "
+        f"({sockets(result['gunicorn'])}), "
         f"SecantusDB + Redis, auth on, wrk 8 connections × {result['duration_s']:g} s per read, "
         f"load average {result['load_average_at_start'][0]} at start, "
         f"{result['load_average_at_end'][0]} at end; app env {result['app_env'] or 'default'}",

@@ -120,6 +120,7 @@ from polymicro_dev import (
     app_env,
     child_pids,
     encode,
+    listens_with_reuse_port,
     run_main,
     start_gunicorn,
 )
@@ -801,7 +802,15 @@ def header(args, settings: GunicornSettings | None) -> dict:
         "commit": commit(),
         "machine": machine(),
         "versions": versions(),
-        "gunicorn": None if settings is None else {**settings.__dict__, "access_log": False},
+        "gunicorn": None
+        if settings is None
+        else {
+            **settings.__dict__,
+            "access_log": False,
+            "reuse_port": listens_with_reuse_port(
+                {**os.environ, **dict(item.split("=", 1) for item in args.app_env)}
+            ),
+        },
         "app_env": {
             **TOOL_APP_ENV,
             **(
@@ -886,7 +895,9 @@ def render_header(result: dict) -> list[str]:
         g = result["gunicorn"]
         lines.append(
             f"| gunicorn | {g['workers']} workers × {g['threads']} threads, "
-            f"{g['worker_class']}, no access log |"
+            f"{g['worker_class']}, "
+            f"{'a socket per worker' if g.get('reuse_port') else 'one shared socket'}, "
+            "no access log |"
         )
     lines.append(
         f"| reads | {v['wrk']}: {load['threads']} threads, {load['connections']} connections, "

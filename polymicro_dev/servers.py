@@ -12,6 +12,7 @@ measures.
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,19 @@ def start_gunicorn(
     server = procs.start(name, argv, port, uri, log_dir / f"{name}.log", env=env)
     wait_ready(server, ready_path, timeout)
     return server
+
+
+def listens_with_reuse_port(env: dict) -> bool:
+    """Whether gunicorn.conf.py gives reuse_port (a socket per worker) to a server started
+    with ``env``: its POLYMICRO_GUNICORN_REUSE_PORT, or ``auto`` (the kernel's
+    net.ipv4.tcp_migrate_req).  The benchmarks print it beside the workers' spread."""
+    saved = dict(os.environ)
+    try:
+        conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))  # it may set env variables
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return conf["_reuse_port"](env.get("POLYMICRO_GUNICORN_REUSE_PORT", "auto"))
 
 
 def wait_ready(server: Server, path: str, timeout: float = 60.0) -> float:

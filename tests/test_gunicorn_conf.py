@@ -6,6 +6,7 @@ every request after the kill must succeed."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,14 @@ def test_the_setting_is_read_from_the_environment(monkeypatch, tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.reuse_port is True
+
+
+def test_the_benchmarks_report_the_listening_mode_gunicorn_will_use(monkeypatch):
+    from polymicro_dev import listens_with_reuse_port
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    before = dict(os.environ)
+    assert listens_with_reuse_port({"POLYMICRO_GUNICORN_REUSE_PORT": "true"}) is True
+    assert listens_with_reuse_port({"POLYMICRO_GUNICORN_REUSE_PORT": "false"}) is False
+    # Reading gunicorn.conf.py leaves this process's environment as it was.
+    assert dict(os.environ) == before
