@@ -13,6 +13,8 @@ The database behind the suite is chosen by the environment:
 
 ``POLYMICRO_TEST_REDIS_URL=redis://…/15`` puts the cache on a real Redis (the database
 is flushed before each test); otherwise the cache is an in-process SimpleCache.
+Under pytest-xdist (``-n 2``) each worker has its own SecantusDB (the session fixture
+runs per worker) and its own Redis database (:func:`worker_redis_url`).
 If a requested server cannot be started or reached, the run fails: it never skips.
 
 A test that needs an app of its own builds its settings with ``make_config``.
@@ -37,7 +39,28 @@ from polymicro_dev import free_port as free_port  # tests import it from here
 
 TEST_DB = os.environ.get("POLYMICRO_TEST_DB", "mongomock").lower()
 TEST_MONGODB_URI = os.environ.get("POLYMICRO_TEST_MONGODB_URI", "")
-TEST_REDIS_URL = os.environ.get("POLYMICRO_TEST_REDIS_URL", "")
+
+
+def worker_redis_url(url: str, worker: str) -> str:
+    """The Redis URL for one pytest-xdist worker (``gw0``, ``gw1``…; "" outside xdist):
+    the database number of ``url`` less the worker's index (``/15`` → 15, 14, …), since
+    every test flushes its cache database and two workers must not share one."""
+    if not url or not worker:
+        return url
+    index = int(worker.removeprefix("gw"))
+    parts = urlsplit(url)
+    base = int(parts.path.lstrip("/") or 0)
+    if base - index < 0:
+        raise pytest.UsageError(
+            f"POLYMICRO_TEST_REDIS_URL {url}: worker {worker} would need Redis database "
+            f"{base - index}; name a higher database or run fewer workers"
+        )
+    return parts._replace(path=f"/{base - index}").geturl()
+
+
+TEST_REDIS_URL = worker_redis_url(
+    os.environ.get("POLYMICRO_TEST_REDIS_URL", ""), os.environ.get("PYTEST_XDIST_WORKER", "")
+)
 USES_REAL_DB = bool(TEST_MONGODB_URI) or TEST_DB == "secantus"
 TEST_DATABASE_SUFFIX = "_test"
 

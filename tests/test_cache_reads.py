@@ -124,3 +124,54 @@ def test_a_restarted_redis_is_read_again_without_counting_the_cache_down(redis_a
         assert caching._breaker.down_until == 0.0
         cache.set("k", "after")
         assert caching._guard(cache_reads.get_many, "k") == ["after"]
+
+
+ECHO_LUA = "redis.call('SET', KEYS[1], ARGV[1]) return {KEYS[1], ARGV[1], ARGV[2]}"
+
+
+def _echo(app):
+    prefix = cache.cache._get_prefix()
+    script = caching._script(cache.cache._write_client, ECHO_LUA)
+    return script, [prefix + "s"], ["value", 3]
+
+
+def test_a_script_runs_on_the_threads_connection_with_the_clients_answer(redis_app, monkeypatch):
+    app, _state = redis_app
+    with app.app_context():
+        script, keys, args = _echo(app)
+        expected = script(keys=keys, args=args)  # the client's path (loads the script)
+        checkouts = CountingCheckouts(cache.cache._write_client.connection_pool, monkeypatch)
+        assert [cache_reads.run_script(script, keys, args) for _ in range(3)] == [expected] * 3
+        assert checkouts.count == 0
+        assert cache.cache._write_client.get(keys[0]) == b"value"
+
+
+def test_a_flushed_script_is_loaded_again(redis_app):
+    app, _state = redis_app
+    with app.app_context():
+        script, keys, args = _echo(app)
+        cache.cache._write_client.script_flush()
+        assert cache_reads.run_script(script, keys, args) == [keys[0].encode(), b"value", b"3"]
+        # …and the thread's connection is still usable afterwards.
+        assert cache_reads.run_script(script, keys, ["other", 4])[1] == b"other"
+
+
+def test_a_bump_after_redis_restarted_reaches_the_new_server(redis_app):
+    app, state = redis_app
+    with app.app_context():
+        caching.bump("catalog")
+        _stop(state["proc"])
+        state["proc"] = _start_redis(state["port"])  # empty: no generation, no script
+        caching.bump("catalog")
+        assert caching._breaker.down_until == 0.0
+        assert cache.get(caching._generation_key("catalog")) is not None
+
+
+def test_with_tracing_on_the_script_goes_through_the_client(redis_app, monkeypatch):
+    app, _state = redis_app
+    with app.app_context():
+        script, keys, args = _echo(app)
+        checkouts = CountingCheckouts(cache.cache._write_client.connection_pool, monkeypatch)
+        monkeypatch.setattr(tracing, "_on", True)
+        cache_reads.run_script(script, keys, args)
+        assert checkouts.count >= 1

@@ -1,4 +1,5 @@
-"""The cache's ``MGET``, on a Redis connection of the calling thread's own.
+"""The cache's ``MGET`` and a write's bump script, on a Redis connection of the calling
+thread's own.
 
 Every cached read (a response-cache hit, a ``cached()`` lookup) is one ``MGET``
 (common/caching.py, ``Reader._read``).  Through redis-py's client a call checks a
@@ -22,6 +23,12 @@ what changes is the path, and only when it is safe to take:
 - on a connection error or timeout the connection is closed and the read goes through
   the client (its retry and reconnect, as before); any other error closes it and is
   raised (``caching._guard`` then counts the cache down, as before).
+
+:func:`run_script` does the same for the ``EVALSHA`` of a registered script (every
+write's bump, common/caching.py ``_increment``): a single ``POST /api/logs`` sends one,
+and through the client it cost as much CPU as the ``MGET`` did.  A ``NOSCRIPT`` answer
+(Redis restarted, or ``SCRIPT FLUSH``) leaves the connection clean; the script then
+runs through redis-py's ``Script``, which loads it and runs it again.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from polymicro.extensions import cache
@@ -96,3 +104,24 @@ def get_many(*keys: str) -> list[Any]:
         _drop(connection)  # a reply may be left unread on it
         raise
     return [_loads(value) for value in values]
+
+
+def run_script(script, keys: list, args: list) -> Any:
+    """``script(keys=keys, args=args)`` (a redis-py ``Script`` registered with the cache's
+    write client), sent as ``EVALSHA`` on this thread's connection when safe (as for
+    :func:`get_many`); the raw reply."""
+    client = script.registered_client
+    if type(client) is not Redis or tracing._on:
+        return script(keys=keys, args=args)
+    connection = _connection(client.connection_pool)
+    try:
+        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return connection.read_response()
+    except NoScriptError:
+        return script(keys=keys, args=args)  # the connection is clean: an error reply
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        _drop(connection)
+        return script(keys=keys, args=args)
+    except BaseException:
+        _drop(connection)
+        raise

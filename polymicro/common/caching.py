@@ -346,8 +346,10 @@ def _increment(
         starts = [random.getrandbits(48) for _ in ordered]
         m = sum(1 for ns in ordered if ns in writer)
         history = [len(tracked), appended_ms, *(random.getrandbits(48) for _ in tracked)]
-        _script(backend._write_client, _BUMP_LUA)(
-            keys=keys, args=[len(ordered), m, max(window_ms, 1), *starts, *history]
+        cache_reads.run_script(
+            _script(backend._write_client, _BUMP_LUA),
+            keys,
+            [len(ordered), m, max(window_ms, 1), *starts, *history],
         )
         return
     with _bump_lock:  # SimpleCache lives in this process: a lock makes it atomic
