@@ -175,3 +175,37 @@ def test_with_tracing_on_the_script_goes_through_the_client(redis_app, monkeypat
         monkeypatch.setattr(tracing, "_on", True)
         cache_reads.run_script(script, keys, args)
         assert checkouts.count >= 1
+
+
+def test_the_ingest_budget_is_charged_on_the_threads_limiter_connection(monkeypatch):
+    from bson import ObjectId
+
+    from polymicro.security.limits import IngestRateLimited, charge_ingest, limiter
+
+    port = free_port()
+    proc = _start_redis(port)
+    try:
+        app = create_app(
+            make_config(
+                None,
+                f"redis://127.0.0.1:{port}/0",
+                RATELIMIT_ENABLED=True,
+                INGEST_RATE_PER_SECOND=10,
+                INGEST_BURST=10,
+            )
+        )
+        storage = limiter.storage
+        assert isinstance(storage.lua_acquire_sliding_window, cache_reads.ThreadScript)
+        project = ObjectId()
+        with app.test_request_context():
+            charge_ingest(project, 1)  # NOSCRIPT: redis-py's Script loads it (the pool)
+            checkouts = CountingCheckouts(storage.storage.connection_pool, monkeypatch)
+            for _ in range(9):
+                charge_ingest(project, 1)
+            assert checkouts.count == 0  # every charge on the thread's own connection
+            with pytest.raises(IngestRateLimited):
+                charge_ingest(project, 1)  # the budget is really counted in Redis
+        assert cache_reads._local.limits[0] is storage.storage.connection_pool
+    finally:
+        _stop(proc)
+        close_db()

@@ -65,9 +65,11 @@ def _loads(value: bytes | None) -> Any:
         return value
 
 
-def _connection(pool):
-    """This thread's connection to ``pool``'s server (opened on first use)."""
-    held = getattr(_local, "held", None)
+def _connection(pool, slot: str = "held"):
+    """This thread's connection to ``pool``'s server (opened on first use).  A thread
+    keeps one per ``slot``: the cache's (``held``) and the rate limiter's (``limits``,
+    another client, whose pool may be another server's)."""
+    held = getattr(_local, slot, None)
     pid = os.getpid()
     if held is not None:
         held_pool, held_pid, connection = held
@@ -76,12 +78,12 @@ def _connection(pool):
         if held_pid == pid:
             connection.disconnect()  # another pool (a new app): this one is not used again
     connection = pool.make_connection()
-    _local.held = (pool, pid, connection)
+    setattr(_local, slot, (pool, pid, connection))
     return connection
 
 
-def _drop(connection) -> None:
-    _local.held = None
+def _drop(connection, slot: str = "held") -> None:
+    setattr(_local, slot, None)
     with contextlib.suppress(Exception):  # closing a broken socket: nothing more to do
         connection.disconnect()
 
@@ -106,22 +108,40 @@ def get_many(*keys: str) -> list[Any]:
     return [_loads(value) for value in values]
 
 
-def run_script(script, keys: list, args: list) -> Any:
-    """``script(keys=keys, args=args)`` (a redis-py ``Script`` registered with the cache's
-    write client), sent as ``EVALSHA`` on this thread's connection when safe (as for
+def run_script(script, keys: list, args: list, slot: str = "held") -> Any:
+    """``script(keys=keys, args=args)`` (a redis-py ``Script``), sent as ``EVALSHA`` on
+    this thread's connection of ``slot`` to the script's client when safe (as for
     :func:`get_many`); the raw reply."""
     client = script.registered_client
     if type(client) is not Redis or tracing._on:
         return script(keys=keys, args=args)
-    connection = _connection(client.connection_pool)
+    connection = _connection(client.connection_pool, slot)
     try:
         connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         return connection.read_response()
     except NoScriptError:
         return script(keys=keys, args=args)  # the connection is clean: an error reply
     except (RedisConnectionError, RedisTimeoutError, OSError):
-        _drop(connection)
+        _drop(connection, slot)
         return script(keys=keys, args=args)
     except BaseException:
-        _drop(connection)
+        _drop(connection, slot)
         raise
+
+
+class ThreadScript:
+    """A redis-py ``Script`` that runs through :func:`run_script` on the ``slot``
+    connection, called as redis-py's is (``script(keys, args)``).  The rate limiter's
+    storage (``limits``' RedisStorage) gets one in place of its sliding-window script
+    (polymicro/security/limits.py): the one Redis command of a single POST besides the
+    bump."""
+
+    def __init__(self, script, slot: str):
+        self.script = script
+        self.slot = slot
+        self.registered_client = script.registered_client
+
+    def __call__(self, keys=None, args=None, client=None):
+        if client is not None:
+            return self.script(keys, args, client)
+        return run_script(self.script, list(keys or ()), list(args or ()), self.slot)

@@ -41,7 +41,9 @@ from flask_limiter.util import get_remote_address
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
+from redis.commands.core import Script
 
+from polymicro.common import cache_reads
 from polymicro.common.versioning import V1_PREFIX, canonical_endpoint
 from polymicro.errors import DomainError, error_body
 from polymicro.security.identity import verified_caller
@@ -88,6 +90,16 @@ def charged_per_entry_filter() -> bool:
     return charged_per_entry()
 
 
+def _sliding_window_on_thread_connection(storage) -> None:
+    """Send the Redis storage's sliding-window script (each ingest charge, each limited
+    request) on the thread's own connection (common/cache_reads.py): through redis-py's
+    client, a pool checkout per call cost as much CPU as the command.  Any other
+    storage (memory, or a limits version without this attribute) is left as it is."""
+    script = getattr(storage, "lua_acquire_sliding_window", None)
+    if isinstance(script, Script):
+        storage.lua_acquire_sliding_window = cache_reads.ThreadScript(script, "limits")
+
+
 def init_limits(app: Flask) -> None:
     storage = app.config["RATELIMIT_STORAGE_URI"] or app.config["REDIS_URL"] or "memory://"
     app.config.update(
@@ -101,6 +113,8 @@ def init_limits(app: Flask) -> None:
         RATELIMIT_KEY_PREFIX=app.config["CACHE_KEY_PREFIX"] + "limits",
     )
     limiter.init_app(app)
+    if app.config["RATELIMIT_ENABLED"]:  # else flask-limiter made no storage
+        _sliding_window_on_thread_connection(limiter.storage)
     app.extensions["polymicro-ingest-budget"] = {
         "memory": MemoryStorage(),
         "shared_down_until": 0.0,
