@@ -14,8 +14,13 @@ STAMP  := $(VENV)/.installed
 
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-k projects -x'
 PYTEST_ARGS ?=
-# Redis database used by the wire-protocol run (db 15, flushed by the tests).
+# Redis database used by the wire-protocol run (db 15, flushed by the tests; with several
+# test processes the next ones take 14, 13, …: tests/conftest.py worker_redis_url).
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# Test processes (pytest-xdist; 0 runs them in this one process, as plain pytest does).
+# Whole files go to one process (--dist loadfile), so a module's servers start once.
+TEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadfile
 
 # Extra arguments for the reliability runs, e.g. make soak SOAK_ARGS='--minutes 10'
 FUZZ_ARGS ?=
@@ -53,13 +58,13 @@ run: $(STAMP) ## serve the API on 127.0.0.1 (starts SecantusDB unless POLYMICRO_
 dev: $(STAMP) ## like run, but flask run --debug: restarts on every code change (reloader)
 	scripts/run.sh --dev
 
-test: $(STAMP) ## run the tests on mongomock (PYTEST_ARGS passed through)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP) ## run the tests on mongomock, in TEST_WORKERS processes (PYTEST_ARGS passed through)
+	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-wire: $(STAMP) ## run the tests against SecantusDB and Redis; junit xml in var/test-wire.xml
 	mkdir -p var
 	POLYMICRO_TEST_DB=secantus POLYMICRO_TEST_REDIS_URL=$(TEST_REDIS_URL) \
-		$(BIN)/pytest --junitxml=var/test-wire.xml $(PYTEST_ARGS)
+		$(BIN)/pytest $(PYTEST_XDIST) --junitxml=var/test-wire.xml $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, hadolint Dockerfile, actionlint (.github/workflows)
 	$(BIN)/ruff check .

@@ -1,0 +1,55 @@
+"""scripts/schemathesis_hooks.py drops only the documented answers it names: here, the
+503 of a stream endpoint whose process holds all its stream slots."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+HOOKS = Path(__file__).resolve().parents[1] / "scripts" / "schemathesis_hooks.py"
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    spec = importlib.util.spec_from_file_location("polymicro_fuzz_hooks", HOOKS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FULL = "This server holds its maximum of 2 open streams; try again shortly."
+
+
+def answer(status: int, message: str, retry_after: bool = True):
+    headers = {"content-type": ["application/json"]}
+    if retry_after:
+        headers["retry-after"] = ["1"]
+    body = json.dumps({"code": status, "message": message}).encode()
+    return SimpleNamespace(status_code=status, headers=headers, content=body)
+
+
+def kept(hooks, path: str, response) -> bool:
+    case = SimpleNamespace(path=path, headers={})
+    return hooks.filter_failure(None, SimpleNamespace(code="ST101"), case, response)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events/stream", "/api/v1/logs/stream"])
+def test_a_stream_at_its_cap_is_the_documented_503(hooks, path):
+    assert kept(hooks, path, answer(503, FULL)) is False
+
+
+@pytest.mark.parametrize(
+    ("path", "response"),
+    [
+        ("/api/v1/events/stream", answer(503, FULL, retry_after=False)),  # no Retry-After
+        ("/api/v1/events/stream", answer(503, "Database unavailable.")),  # another 503
+        ("/api/v1/events/stream", answer(500, FULL)),  # not a 503
+        ("/api/v1/projects/", answer(503, FULL)),  # not a stream
+    ],
+)
+def test_every_other_server_error_is_still_a_finding(hooks, path, response):
+    assert kept(hooks, path, response) is True
