@@ -238,22 +238,24 @@ def test_revoking_a_revoked_key_emits_nothing_more(app, admin, world):
     assert counter(app) == after_first
 
 
+# A fixed id that names nothing: test ids must be the same in every pytest-xdist worker.
+UNKNOWN_ID = "65f0c0ffee0000000000c0de"
 FAILURES = [
     ("POST", "/api/projects", {"name": ""}, "admin", 422),
     ("POST", "/api/projects", {"name": "shop"}, "admin", 409),
     ("POST", "/api/projects", {"name": "x", "id": "y"}, "admin", 422),
     ("PATCH", "/api/projects/{pid}", {"name": "OTHER"}, "admin", 409),
-    ("PATCH", f"/api/projects/{ObjectId()}", {"owner": "x"}, "admin", 404),
+    ("PATCH", f"/api/projects/{UNKNOWN_ID}", {"owner": "x"}, "admin", 404),
     ("DELETE", "/api/projects/{pid}", None, "editor", 403),
     ("POST", "/api/projects", {"name": "x"}, "viewer", 403),
-    ("POST", "/api/services", {"project_id": str(ObjectId()), "name": "x"}, "admin", 422),
+    ("POST", "/api/services", {"project_id": UNKNOWN_ID, "name": "x"}, "admin", 422),
     ("POST", "/api/services", {"project_id": "{pid}", "name": "API"}, "admin", 409),
     ("PATCH", "/api/services/{sid}", {"project_id": "{oid}"}, "admin", 422),
     ("PATCH", "/api/services/{sid}", {"port": 0}, "admin", 422),
-    ("DELETE", f"/api/services/{ObjectId()}", None, "admin", 404),
-    ("POST", f"/api/projects/{ObjectId()}/keys", {"name": "k"}, "admin", 404),
-    ("DELETE", f"/api/projects/{{pid}}/keys/{ObjectId()}", None, "admin", 404),
-    ("PATCH", f"/api/auth/users/{ObjectId()}", {"role": "editor"}, "admin", 404),
+    ("DELETE", f"/api/services/{UNKNOWN_ID}", None, "admin", 404),
+    ("POST", f"/api/projects/{UNKNOWN_ID}/keys", {"name": "k"}, "admin", 404),
+    ("DELETE", f"/api/projects/{{pid}}/keys/{UNKNOWN_ID}", None, "admin", 404),
+    ("PATCH", f"/api/auth/users/{UNKNOWN_ID}", {"role": "editor"}, "admin", 404),
     ("PATCH", "/api/auth/users/{uid}", {"role": "owner"}, "admin", 422),
 ]
 
