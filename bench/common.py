@@ -87,6 +87,16 @@ def start_backends(
 # Signs the tokens of the runs with authentication on (a throw-away secret, 32+ bytes).
 AUTH_SECRET = "bench-secret-" + "x" * 40
 
+# The benchmarks serve polymicro as docker-compose deploys it: a listening socket per
+# worker (reuse_port; compose sets net.ipv4.tcp_migrate_req=1, which makes it safe, see
+# gunicorn.conf.py).  On a machine without that sysctl `auto` would give one shared
+# socket, and a run could put every connection of the load on one worker (2026-11-30: the
+# logs of a project at 15% of the ceiling, a third of the run with a socket per worker).
+# POLYMICRO_GUNICORN_REUSE_PORT in the environment wins; the reports say which it was.
+BENCH_APP_ENV = {
+    "POLYMICRO_GUNICORN_REUSE_PORT": os.environ.get("POLYMICRO_GUNICORN_REUSE_PORT", "true")
+}
+
 
 def auth_env(workdir: Path) -> dict[str, str]:
     """App settings for a run with authentication on (the rate limit stays off)."""
@@ -105,9 +115,10 @@ def start_app(
     env: dict | None = None,
     name: str = "polymicro",
 ) -> Server:
-    """polymicro under gunicorn on ``backends`` (polymicro_dev.TOOL_APP_ENV, with
-    :func:`auth_env` when ``auth``, then ``env``); returns once it answers."""
-    overrides = {**(auth_env(backends.workdir) if auth else {}), **(env or {})}
+    """polymicro under gunicorn on ``backends`` (polymicro_dev.TOOL_APP_ENV and
+    :data:`BENCH_APP_ENV`, with :func:`auth_env` when ``auth``, then ``env``); returns
+    once it answers."""
+    overrides = {**BENCH_APP_ENV, **(auth_env(backends.workdir) if auth else {}), **(env or {})}
     full_env = app_env(backends.mongo_uri, backends.redis_url, **overrides)
     return start_gunicorn(procs, full_env, backends.workdir, settings, name=name)
 

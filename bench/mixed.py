@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import (
+    BENCH_APP_ENV,
     DataMaker,
     Plan,
     Seeded,
@@ -327,7 +328,7 @@ def run(procs: Processes, args) -> int:
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "gunicorn": {
             **settings.__dict__,
-            "reuse_port": listens_with_reuse_port({**os.environ, **env}),
+            "reuse_port": listens_with_reuse_port({**os.environ, **BENCH_APP_ENV, **env}),
         },
         "app_env": args.app_env,
         "duration_s": args.duration,

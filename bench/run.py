@@ -94,6 +94,7 @@ from pathlib import Path
 import pymongo
 import redis
 from common import (
+    BENCH_APP_ENV,
     DataMaker,
     Plan,
     Seeded,
@@ -808,7 +809,7 @@ def header(args, settings: GunicornSettings | None) -> dict:
             **settings.__dict__,
             "access_log": False,
             "reuse_port": listens_with_reuse_port(
-                {**os.environ, **dict(item.split("=", 1) for item in args.app_env)}
+                {**os.environ, **BENCH_APP_ENV, **dict(i.split("=", 1) for i in args.app_env)}
             ),
         },
         "app_env": {
@@ -1053,7 +1054,7 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     backends = start_backends(procs, "bench", args.redis_url, args.keep)
     workdir, redis_url, db = backends.workdir, backends.redis_url, backends.db
     say(f"SecantusDB in {workdir}; cache {redis_url}")
-    overrides = auth_env(workdir) if args.auth else {}
+    overrides = {**BENCH_APP_ENV, **(auth_env(workdir) if args.auth else {})}
     overrides.update(item.split("=", 1) for item in args.app_env)
     env = app_env(db.uri, redis_url, **overrides)
     args.seed_headers = args.read_headers = None
