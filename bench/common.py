@@ -42,6 +42,7 @@ from polymicro_dev import (
     app_env,
     encode,
     ensure_redis,
+    listens_with_reuse_port,
     start_gunicorn,
     start_secantus,
 )
@@ -96,6 +97,18 @@ AUTH_SECRET = "bench-secret-" + "x" * 40
 BENCH_APP_ENV = {
     "POLYMICRO_GUNICORN_REUSE_PORT": os.environ.get("POLYMICRO_GUNICORN_REUSE_PORT", "true")
 }
+
+
+def bench_reuse_port(overrides: dict) -> bool:
+    """Whether an app started with ``overrides`` (over :data:`BENCH_APP_ENV` and this
+    environment, as :func:`start_app` and bench/run.py start it) listens with a socket
+    per worker."""
+    return listens_with_reuse_port({**os.environ, **BENCH_APP_ENV, **overrides})
+
+
+def sockets(reuse_port: bool | None) -> str:
+    """The listening mode as the reports print it."""
+    return "a socket per worker" if reuse_port else "one shared socket"
 
 
 def auth_env(workdir: Path) -> dict[str, str]:

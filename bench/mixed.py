@@ -58,15 +58,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import (
-    BENCH_APP_ENV,
     DataMaker,
     Plan,
     Seeded,
     bearer,
+    bench_reuse_port,
     commit,
     parse_app_env,
     percentile,
     seed,
+    sockets,
     start_app,
     start_backends,
     tokens,
@@ -80,7 +81,6 @@ from polymicro_dev import (
     HttpClient,
     Processes,
     encode,
-    listens_with_reuse_port,
     run_main,
 )
 
@@ -328,7 +328,7 @@ def run(procs: Processes, args) -> int:
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "gunicorn": {
             **settings.__dict__,
-            "reuse_port": listens_with_reuse_port({**os.environ, **BENCH_APP_ENV, **env}),
+            "reuse_port": bench_reuse_port(env),
         },
         "app_env": args.app_env,
         "duration_s": args.duration,
@@ -414,10 +414,6 @@ def evaluate(result: dict) -> list[dict]:
     return targets
 
 
-def sockets(gunicorn: dict) -> str:
-    return "a socket per worker" if gunicorn.get("reuse_port") else "one shared socket"
-
-
 def render(result: dict) -> str:
     phases = list(result["phases"])
     idle = {r["read"]: r for r in result["phases"]["idle"]}
@@ -425,7 +421,7 @@ def render(result: dict) -> str:
         f"## Dashboard reads under ingest — {result['date']} ({result['commit']})",
         "",
         f"gunicorn {result['gunicorn']['workers']}×{result['gunicorn']['threads']} gthread "
-        f"({sockets(result['gunicorn'])}), "
+        f"({sockets(result['gunicorn'].get('reuse_port'))}), "
         f"SecantusDB + Redis, auth on, wrk 8 connections × {result['duration_s']:g} s per read, "
         f"load average {result['load_average_at_start'][0]} at start, "
         f"{result['load_average_at_end'][0]} at end; app env {result['app_env'] or 'default'}",

@@ -81,7 +81,6 @@ import argparse
 import json
 import os
 import re
-import runpy
 import statistics
 import subprocess
 import sys
@@ -100,10 +99,12 @@ from common import (
     Seeded,
     auth_env,
     bearer,
+    bench_reuse_port,
     commit,
     copy_log_indexes,
     machine,
     seed,
+    sockets,
     start_backends,
     stored_log,
     tokens,
@@ -121,7 +122,7 @@ from polymicro_dev import (
     app_env,
     child_pids,
     encode,
-    listens_with_reuse_port,
+    read_gunicorn_conf,
     run_main,
     start_gunicorn,
 )
@@ -265,15 +266,7 @@ def gunicorn_defaults(redis_url: str | None) -> GunicornSettings:
     """workers/threads/worker_class as gunicorn.conf.py sets them in the environment the
     app gets (this one plus POLYMICRO_REDIS_URL, on which its default workers depend;
     the app always has a Redis here)."""
-    saved = os.environ.get("POLYMICRO_REDIS_URL")
-    os.environ["POLYMICRO_REDIS_URL"] = redis_url or "redis://private"
-    try:
-        conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    finally:
-        if saved is None:
-            del os.environ["POLYMICRO_REDIS_URL"]
-        else:
-            os.environ["POLYMICRO_REDIS_URL"] = saved
+    conf = read_gunicorn_conf({**os.environ, "POLYMICRO_REDIS_URL": redis_url or "redis://private"})
     return GunicornSettings(conf["workers"], conf["threads"], conf["worker_class"])
 
 
@@ -808,9 +801,7 @@ def header(args, settings: GunicornSettings | None) -> dict:
         else {
             **settings.__dict__,
             "access_log": False,
-            "reuse_port": listens_with_reuse_port(
-                {**os.environ, **BENCH_APP_ENV, **dict(i.split("=", 1) for i in args.app_env)}
-            ),
+            "reuse_port": bench_reuse_port(dict(i.split("=", 1) for i in args.app_env)),
         },
         "app_env": {
             **TOOL_APP_ENV,
@@ -897,7 +888,7 @@ def render_header(result: dict) -> list[str]:
         lines.append(
             f"| gunicorn | {g['workers']} workers × {g['threads']} threads, "
             f"{g['worker_class']}, "
-            f"{'a socket per worker' if g.get('reuse_port') else 'one shared socket'}, "
+            f"{sockets(g.get('reuse_port'))}, "
             "no access log |"
         )
     lines.append(

@@ -158,17 +158,26 @@ def start_gunicorn(
     return server
 
 
+def read_gunicorn_conf(env: dict) -> dict:
+    """The settings gunicorn.conf.py gives a server started with ``env``: the file run in
+    this process with ``env`` as the environment, which is restored after.  A placeholder
+    ``PROMETHEUS_MULTIPROC_DIR`` (unless ``env`` names one) keeps the read from making
+    the private directory a started server makes."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update({"PROMETHEUS_MULTIPROC_DIR": "(read only)", **env})
+        return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def listens_with_reuse_port(env: dict) -> bool:
     """Whether gunicorn.conf.py gives reuse_port (a socket per worker) to a server started
     with ``env``: its POLYMICRO_GUNICORN_REUSE_PORT, or ``auto`` (the kernel's
     net.ipv4.tcp_migrate_req).  The benchmarks print it beside the workers' spread."""
-    saved = dict(os.environ)
-    try:
-        conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))  # it may set env variables
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return conf["_reuse_port"](env.get("POLYMICRO_GUNICORN_REUSE_PORT", "auto"))
+    return bool(read_gunicorn_conf(env)["reuse_port"])
 
 
 def wait_ready(server: Server, path: str, timeout: float = 60.0) -> float:

@@ -139,7 +139,6 @@ class ThreadScript:
     def __init__(self, script, slot: str):
         self.script = script
         self.slot = slot
-        self.registered_client = script.registered_client
 
     def __call__(self, keys=None, args=None, client=None):
         if client is not None:
