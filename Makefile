@@ -59,10 +59,12 @@ dev: $(STAMP) ## like run, but flask run --debug: restarts on every code change 
 	scripts/run.sh --dev
 
 test: $(STAMP) ## run the tests on mongomock, in TEST_WORKERS processes (PYTEST_ARGS passed through)
+	scripts/ensure-chromium.sh
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-wire: $(STAMP) ## run the tests against SecantusDB and Redis; junit xml in var/test-wire.xml
 	mkdir -p var
+	scripts/ensure-chromium.sh
 	POLYMICRO_TEST_DB=secantus POLYMICRO_TEST_REDIS_URL=$(TEST_REDIS_URL) \
 		$(BIN)/pytest $(PYTEST_XDIST) --junitxml=var/test-wire.xml $(PYTEST_ARGS)
 
