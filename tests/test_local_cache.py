@@ -6,19 +6,20 @@ the next request, with no time bound at all."""
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
 from polymicro.auth import service as auth
 from polymicro.auth.models import ApiKey
-from polymicro.common import caching, local_cache
+from polymicro.common import cache_reads, caching, local_cache
 from polymicro.extensions import cache
 from polymicro.logs.models import LogEntry
 from polymicro.projects import service as projects
+from polymicro.projects.models import Project
 from polymicro.services import service as services
 from polymicro.services.models import Service
-from tests.factories import make_service
+from tests.factories import make_logs, make_service
 
 
 @pytest.fixture(autouse=True)
@@ -205,6 +206,64 @@ def test_a_project_deleted_through_the_api_is_refused_at_once(app, client, svc):
     assert LogEntry.objects.count() == 1
 
 
+def _aged_logs(svc) -> None:
+    """Two logs of ``svc``, stamped now and three days ago (the real clock: the TTL
+    index that a 7-day retention creates deletes by it)."""
+    now = datetime.utcnow()
+    make_logs(svc, [{"message": "age 0", "timestamp": now}])
+    make_logs(svc, [{"message": "age 3", "timestamp": now - timedelta(days=3)}])
+
+
+def _listed(client, svc) -> list[str]:
+    response = client.get(f"/api/logs/project/{svc.project_id}")
+    assert response.status_code == 200, response.json
+    return [row["message"] for row in response.json]
+
+
+def test_another_workers_retention_override_applies_once_the_bound_has_passed(
+    app, client, svc, clock
+):
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    _aged_logs(svc)
+    assert _listed(client, svc) == ["age 0", "age 3"]
+    Project.objects(id=svc.project_id).update(set__retention={"logs_days": 1})  # its write
+    _another_worker_bumps(projects.CATALOG.key())  # and its bump
+    clock.advance(BOUND_MS - 1)
+    assert _listed(client, svc) == ["age 0", "age 3"]  # inside the bound: the days known
+    clock.advance(1)
+    assert _listed(client, svc) == ["age 0"]  # the 1-day horizon
+    assert LogEntry.objects.count() == 2  # hidden, not deleted (the sweep deletes)
+
+
+def test_with_the_exact_setting_another_workers_override_applies_at_once(app, client, svc):
+    app.config.update(RETENTION_LOGS_DAYS=7, REFERENCE_RECHECK_MS=0)
+    _aged_logs(svc)
+    assert _listed(client, svc) == ["age 0", "age 3"]
+    Project.objects(id=svc.project_id).update(set__retention={"logs_days": 1})
+    _another_worker_bumps(projects.CATALOG.key())
+    assert _listed(client, svc) == ["age 0"]
+
+
+def test_a_warm_log_list_hit_is_one_mget_without_the_overrides(app, client, svc, monkeypatch):
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    _aged_logs(svc)
+    for _ in range(3):  # fill the entry, then learn the key of a hit
+        assert _listed(client, svc) == ["age 0", "age 3"]
+    asked: list[tuple] = []
+    real_get_many = cache_reads.get_many
+    monkeypatch.setattr(
+        cache_reads, "get_many", lambda *keys: asked.append(keys) or real_get_many(*keys)
+    )
+    overrides = Counting(monkeypatch, projects, "_overrides")
+    assert _listed(client, svc) == ["age 0", "age 3"]
+    (keys,) = asked  # one round trip
+    # the namespace's generation, the entry, the caller's last write, the refresh lease:
+    # no generation or entry of the catalog's retention overrides (kept in the process)
+    assert len(keys) == 4
+    assert not any(projects.CATALOG.key() in key for key in keys)
+    assert overrides.calls == 0
+
+
 # --- at the service layer ----------------------------------------------------------------
 
 
@@ -307,3 +366,24 @@ def test_a_read_overtaken_by_a_bump_of_another_namespace_is_kept(app, key, svc, 
     with _bumped_after_each_read(f"logs:{svc.project_id}", "logs"):  # another thread's write
         assert key.post("/api/logs", json=body(svc)).status_code == 201
     assert set(local_cache._checked) == {auth.KEYS.key(), services.CATALOG.key()}
+
+
+def test_retention_overrides_follow_the_catalog_generation(ctx, svc, clock):
+    with ctx.test_request_context():
+        assert projects.retention_overrides() == {}
+    Project.objects(id=svc.project_id).update(set__retention={"logs_days": 1})
+    _another_worker_bumps(projects.CATALOG.key())
+    with ctx.test_request_context():  # inside the bound: what was read is trusted
+        assert projects.retention_overrides() == {}
+    clock.advance(BOUND_MS)
+    with ctx.test_request_context():
+        assert projects.retention_overrides() == {svc.project_id: {"logs_days": 1}}
+
+
+def test_a_retention_override_changed_in_this_worker_is_seen_at_once(ctx, svc, clock):
+    with ctx.test_request_context():
+        assert projects.retention_overrides() == {}
+    with ctx.test_request_context():
+        projects.update_project(svc.project_id, {"retention": {"logs_days": 1}})
+    with ctx.test_request_context():  # no time passed
+        assert projects.retention_overrides() == {svc.project_id: {"logs_days": 1}}

@@ -178,12 +178,14 @@ def _effective_days(kind: Kind, override: int | None) -> int:
     return base
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def _cut(age_days: int, now: datetime | None = None) -> datetime:
     """``now - age_days`` rounded up to a multiple of ``HORIZON_STEP`` seconds."""
     exact = (now or clock.now()) - timedelta(days=age_days)
-    epoch = datetime(1970, 1, 1)
-    seconds = (exact - epoch).total_seconds()
-    return epoch + timedelta(seconds=math.ceil(seconds / HORIZON_STEP) * HORIZON_STEP)
+    seconds = (exact - _EPOCH).total_seconds()
+    return _EPOCH + timedelta(seconds=math.ceil(seconds / HORIZON_STEP) * HORIZON_STEP)
 
 
 def _override_of(kind: Kind, project_id: ObjectId | None) -> int | None:
@@ -261,7 +263,9 @@ def visible_epoch(kind: Kind, project_id: ObjectId | None = None) -> int | None:
     key = visible_key(kind, project_id)
     if key == 0 or key == [0, []]:
         return None
-    return int((_cut(0) - datetime(1970, 1, 1)).total_seconds()) // HORIZON_STEP
+    # The step of ``_cut(0)``, without making its datetime (this runs on every cached
+    # read of a project's logs or points).
+    return math.ceil((clock.now() - _EPOCH).total_seconds() / HORIZON_STEP)
 
 
 # --- TTL indexes --------------------------------------------------------------------------

@@ -194,13 +194,16 @@ def _retention(data: dict) -> None:
 @CATALOG.reads
 def retention_overrides() -> dict:
     """``{project_id: {"logs_days": …, "points_days": …}}`` of the projects that shorten
-    the retention (cached; the retention registry reads it on every list read)."""
-    return caching.cached(CATALOG.key(), _OVERRIDES_KEY, _overrides)
+    the retention (the retention registry reads it on every list read).
 
-
-# Made once: every cached read of a project's logs or CPU points asks for the overrides
-# twice (the epoch and the key of its response), and make_key is a JSON dump and a SHA-1.
-_OVERRIDES_KEY = caching.make_key("retention-overrides")
+    Kept in this process like the project and service references
+    (:func:`polymicro.common.local_cache.cached`): exact in the worker that changed a
+    project's ``retention``, at most ``REFERENCE_RECHECK_MS`` (500 ms) late in the
+    others, whose horizons move by the minute anyway.  Every cached read of a project's
+    logs or CPU points asks for it (the epoch and the key of its response): as a Redis
+    entry it doubled the keys of each hit's ``MGET`` (8 instead of 4) and cost about a
+    tenth of the hit's CPU (bench/hit_cost.py, README "Where issue 9 stands")."""
+    return local_cache.cached(CATALOG.key(), ("retention-overrides",), _overrides)
 
 
 def _overrides() -> dict:
