@@ -91,3 +91,50 @@ def test_a_gzip_etag_still_answers_304_and_passes_if_match(client, metrics_path)
     assert replaced.status_code == 200
     stale = client.put(path, json={"data": [{"load": 2.0}]}, headers={"If-Match": etag})
     assert stale.status_code == 412
+
+
+@pytest.fixture
+def project_path(client):
+    """A project whose view (with its services) is over COMPRESS_MIN_SIZE: an ETag view."""
+    project = client.post("/api/projects", json={"name": "Shop"}).json
+    for name in ("api", "web", "worker", "billing"):
+        client.post("/api/services", json={"project_id": project["id"], "name": name})
+    return f"/api/projects/{project['id']}"
+
+
+def test_an_etag_response_is_gzipped_once_and_tagged_as_gzipped(client, project_path, compressions):
+    plain = client.get(project_path)
+    assert "Content-Encoding" not in plain.headers
+    assert len(plain.data) >= 500  # COMPRESS_MIN_SIZE: large enough to be compressed
+    for _ in range(3):
+        zipped = client.get(project_path, headers=GZIP)
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(zipped.data) == plain.data
+        # a strong ETag names one representation: the gzipped one gets ':gzip'
+        assert zipped.headers["ETag"] == plain.headers["ETag"][:-1] + ':gzip"'
+    assert len(compressions) == 1  # when the entry was stored, not per request
+
+
+def test_the_first_gzip_request_of_an_etag_view_is_tagged_as_gzipped(client, project_path):
+    zipped = client.get(project_path, headers=GZIP)  # computed, not a hit
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    plain = client.get(project_path)
+    assert zipped.headers["ETag"] == plain.headers["ETag"][:-1] + ':gzip"'
+    assert gzip.decompress(zipped.data) == plain.data
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_either_etag_of_a_project_answers_304_and_passes_if_match(client, project_path, cached):
+    plain_tag = client.get(project_path).headers["ETag"]
+    if cached:
+        client.get(project_path, headers=GZIP)  # the next one is a hit
+    zipped_tag = client.get(project_path, headers=GZIP).headers["ETag"]
+    for tag in (plain_tag, zipped_tag):
+        for headers in ({}, GZIP):
+            again = client.get(project_path, headers={**headers, "If-None-Match": tag})
+            assert again.status_code == 304
+    renamed = client.patch(project_path, json={"name": "Shop 2"}, headers={"If-Match": zipped_tag})
+    assert renamed.status_code == 200
+    stale = client.patch(project_path, json={"name": "Shop 3"}, headers={"If-Match": plain_tag})
+    assert stale.status_code == 412
+    assert client.get(project_path).json["name"] == "Shop 2"

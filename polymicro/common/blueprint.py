@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 
 import flask_smorest
 from flask import Response, copy_current_request_context, current_app, request
@@ -103,8 +103,11 @@ class Blueprint(flask_smorest.Blueprint):
         Compression: each response is kept in two variants, for clients that accept gzip
         and for those that do not.  A body of ``COMPRESS_MIN_SIZE`` bytes or more is
         gzipped once, when stored (the 76 KB CPU metrics of a project become about
-        10 KB), instead of on every hit.  ETag responses are kept uncompressed (their
-        ETag describes the plain body; flask-compress compresses them per request).
+        10 KB), instead of on every hit.  So are ETag responses (a project, a service):
+        their gzipped variant is sent with the plain body's ETag plus ``:gzip``, the tag
+        flask-compress gave them when it compressed them on every hit (``bench/run.py
+        --gzip``: the one-project read was the slowest of all with a browser's
+        ``Accept-Encoding``).
         """
         declared = caching.namespace_of(read)
         derived = declared.salt is not None or declared.epoch is not None
@@ -130,7 +133,7 @@ class Blueprint(flask_smorest.Blueprint):
                 namespace = declared.key(scope)
                 path = unversioned_path(req.path).rstrip("/")
                 query = sorted(req.args.items(multi=True)) if req.query_string else []
-                gzip_ok = not etag and _accepts_gzip(req.environ)
+                gzip_ok = _accepts_gzip(req.environ)
                 guess = learned.get(scope) if derived else None
                 if guess is None:
                     epoch, salt = derive(scope) if derived else (None, None)
@@ -158,15 +161,17 @@ class Blueprint(flask_smorest.Blueprint):
                         reader = caching.Reader(namespace, reader.epoch)
                         hit = reader.peek(f"{key}:gzip" if gzip_ok else key, background=True)
 
-                def compute():
+                def compute(answer: bool = True):
                     try:
                         with reader.computing():
                             response = func(*args, **kwargs)
-                        return store(response)
+                        return store(response, answer)
                     finally:
                         reader.release()
 
-                def store(response):
+                def store(response, answer: bool):
+                    """Keep both variants; the response for this client (``answer``:
+                    False for a refresh in the background, whose response nobody gets)."""
                     if response.status_code != 200:
                         return response
                     body = response.get_data()
@@ -176,15 +181,21 @@ class Blueprint(flask_smorest.Blueprint):
                         etag_value = self._generate_etag(get_appcontext()["result_dump"])
                     plain = (body, None, pagination, etag_value)
                     packed = plain
-                    if not etag and len(body) >= current_app.config["COMPRESS_MIN_SIZE"]:
+                    if len(body) >= current_app.config["COMPRESS_MIN_SIZE"]:
                         level = current_app.config["COMPRESS_LEVEL"]
-                        packed = (gzip.compress(body, level, mtime=0), "gzip", pagination, None)
+                        zipped = gzip.compress(body, level, mtime=0)
+                        packed = (zipped, "gzip", pagination, etag_value)
                     reader.put_many({key: plain, f"{key}:gzip": packed})
-                    return _response(packed) if gzip_ok and packed[1] == "gzip" else response
+                    if not (answer and gzip_ok and packed[1] == "gzip"):
+                        return response
+                    if etag:  # as a hit answers it (_cached_hit)
+                        self._check_not_modified(etag_value)
+                        _get_etag_ctx()["etag"] = _tag_of(packed)
+                    return _response(packed)
 
                 if hit is not None:
                     if reader.refresh_due:  # served stale; refreshed without making it wait
-                        caching.refresh_later(copy_current_request_context(compute))
+                        caching.refresh_later(copy_current_request_context(partial(compute, False)))
                     return self._cached_hit(hit, etag)
                 return compute()
 
@@ -196,8 +207,16 @@ class Blueprint(flask_smorest.Blueprint):
         etag_value = hit[3]
         if etag and etag_value:
             self._check_not_modified(etag_value)
-            _get_etag_ctx()["etag"] = etag_value
+            _get_etag_ctx()["etag"] = _tag_of(hit)
         return _response(hit)
+
+
+def _tag_of(entry) -> str:
+    """The ETag of a cached entry as sent: a gzipped body's is the plain body's with
+    ``:gzip`` appended, as flask-compress tags a body it compresses (a strong ETag names
+    one representation: the gzipped bytes are another)."""
+    _body, encoding, _pagination, etag_value = entry
+    return f"{etag_value}:{encoding}" if encoding else etag_value
 
 
 # (path, query items, salt) -> the response key: make_key is a JSON dump and a SHA-1 of
