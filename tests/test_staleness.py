@@ -122,25 +122,45 @@ def test_service_the_catalog_never_lags(app, clock):
 
 
 @pytest.mark.usefixtures("ctx")
-def test_service_one_reader_refreshes_ahead_by_three_computations(app, clock):
+def test_service_one_reader_refreshes_ahead_by_three_slow_computations(app, clock):
     svc = make_service()
     calls = []
 
     def producer():
         calls.append(1)
-        clock.advance_ms(100)  # this computation takes 100 ms
+        clock.advance_ms(200)  # this computation takes 200 ms: 3 of them, 600 > W/2
         return len(calls)
 
     namespace = logs.LOGS.key(svc.project_id)
     assert caching.cached(namespace, "k", producer) == 1
     as_someone_else(app, lambda: logs.create_log(_entry(svc)))
-    clock.advance_ms(WINDOW_MS - 3 * 100 - 100 - 1)  # the entry is 699 ms old
+    clock.advance_ms(WINDOW_MS - 3 * 200 - 200 - 1)  # the entry is 399 ms old
     assert caching.cached(namespace, "k", producer) == 1  # served; no refresh yet
-    clock.advance_ms(2)  # 701 ms: less than three computations left of the window
+    clock.advance_ms(2)  # 401 ms: less than three computations left of the window
     assert caching.cached(namespace, "k", producer) == 2  # took the lease: recomputed
     as_someone_else(app, lambda: logs.create_log(_entry(svc)))
-    clock.advance_ms(WINDOW_MS - 300)
+    clock.advance_ms(WINDOW_MS - 600)
     assert caching.cached(namespace, "k", producer) == 3
+
+
+@pytest.mark.usefixtures("ctx")
+def test_service_a_quick_computation_is_refreshed_ahead_at_half_the_window(app, clock):
+    svc = make_service()
+    calls = []
+
+    def producer():
+        calls.append(1)
+        clock.advance_ms(10)  # 10 ms: three of them would leave a lead of only 30 ms
+        return len(calls)
+
+    namespace = logs.LOGS.key(svc.project_id)
+    assert caching.cached(namespace, "k", producer) == 1
+    as_someone_else(app, lambda: logs.create_log(_entry(svc)))
+    half = WINDOW_MS * caching.REFRESH_AHEAD_FRACTION
+    clock.advance_ms(half - 10 - 1)  # the entry is half the window old, less 1 ms
+    assert caching.cached(namespace, "k", producer) == 1  # served; no refresh yet
+    clock.advance_ms(2)  # past half the window: refreshed, long before it ages out
+    assert caching.cached(namespace, "k", producer) == 2
 
 
 @pytest.mark.usefixtures("ctx")

@@ -525,6 +525,10 @@ LEASE_MS = 10_000
 # than this fraction of the window (Reader._confirm): at most about 1/fraction writes of
 # the entry per window and reader, each one SET.
 CONFIRM_FRACTION = 0.125
+# An entry served within its window is refreshed ahead (by one reader, Reader._lookup)
+# once it is older than this fraction of the window, or earlier when its computation is
+# slow.
+REFRESH_AHEAD_FRACTION = 0.5
 # The start times of entries served stale during the computation of another value.
 _stale_inputs: ContextVar[list[float] | None] = ContextVar("polymicro_stale", default=None)
 
@@ -697,14 +701,20 @@ class Reader:
                     self._confirm(entry_key, entry, generation, before)
                 return True, value, None
             if self._may_serve(entry, last_write, now):
-                # Refresh ahead: once less than three times its last computation is
-                # left of the window, one reader of the whole cluster (the one that
-                # takes the lease) recomputes while the others keep serving this entry,
-                # so readers do not all miss at once when it ages out (measured: 8
-                # concurrent recomputes of a project's logs gave a p99 of 1.3 s under
-                # 20 POST/s).  A list that is quick to compute is refreshed about once
-                # a window; a slow one as soon as it is stale.
-                if now - started < self.window_ms - 3 * took or lease is not None:
+                # Refresh ahead: once less than three times its last computation, or
+                # less than half the window, is left of the window, one reader of the
+                # whole cluster (the one that takes the lease) recomputes while the
+                # others keep serving this entry, so readers do not all miss at once
+                # when it ages out (measured: 8 concurrent recomputes of a project's
+                # logs gave a p99 of 1.3 s under 20 POST/s).  A list that is quick to
+                # compute is refreshed about twice a window; a slow one as soon as it is
+                # stale.  The half window (REFRESH_AHEAD_FRACTION) is for a computation
+                # slower than the last: one that met a batch insert (SecantusDB held for
+                # 130 ms at the median, 370 ms at p99 under 100 logs a second) outlived
+                # a lead of three quick computations, and every reader then waited for
+                # it (bench/mixed.py: the filtered logs' p99 550 ms in one run).
+                lead = max(3 * took, self.window_ms * REFRESH_AHEAD_FRACTION)
+                if now - started < self.window_ms - lead or lease is not None:
                     _note_stale(started)
                     return True, value, None
                 if not self._take_lease(entry_key):
