@@ -34,6 +34,15 @@ def api(app, client, clock):
     return log_writer(app, client)
 
 
+@pytest.fixture(autouse=True)
+def _no_refresh_at_half_the_window(monkeypatch):
+    """These tests are about what a reader may be served and when an entry is re-stamped,
+    reading at any age within the window: the refresh ahead at half the window (tested in
+    tests/test_staleness.py) would recompute in between, so here an entry is refreshed
+    only when three computations no longer fit in the window (instant ones here)."""
+    monkeypatch.setattr(caching, "REFRESH_AHEAD_FRACTION", 1.0)
+
+
 def _producer(calls: list):
     def produce():
         calls.append(1)

@@ -527,7 +527,7 @@ LEASE_MS = 10_000
 CONFIRM_FRACTION = 0.125
 # An entry served within its window is refreshed ahead (by one reader, Reader._lookup)
 # once it is older than this fraction of the window, or earlier when its computation is
-# slow.
+# slow (three of its last computations no longer fit in what is left).  1.0: only then.
 REFRESH_AHEAD_FRACTION = 0.5
 # The start times of entries served stale during the computation of another value.
 _stale_inputs: ContextVar[list[float] | None] = ContextVar("polymicro_stale", default=None)
@@ -713,7 +713,7 @@ class Reader:
                 # 130 ms at the median, 370 ms at p99 under 100 logs a second) outlived
                 # a lead of three quick computations, and every reader then waited for
                 # it (bench/mixed.py: the filtered logs' p99 550 ms in one run).
-                lead = max(3 * took, self.window_ms * REFRESH_AHEAD_FRACTION)
+                lead = max(3 * took, self.window_ms * (1 - REFRESH_AHEAD_FRACTION))
                 if now - started < self.window_ms - lead or lease is not None:
                     _note_stale(started)
                     return True, value, None
