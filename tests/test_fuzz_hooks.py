@@ -1,5 +1,6 @@
 """scripts/schemathesis_hooks.py drops only the documented answers it names: here, the
-503 of a stream endpoint whose process holds all its stream slots."""
+503 of a stream endpoint whose process holds all its stream slots, and the 422 to an
+Idempotency-Key already used for a different request."""
 
 from __future__ import annotations
 
@@ -53,3 +54,33 @@ def test_a_stream_at_its_cap_is_the_documented_503(hooks, path):
 )
 def test_every_other_server_error_is_still_a_finding(hooks, path, response):
     assert kept(hooks, path, response) is True
+
+
+REUSED = {"headers": {"Idempotency-Key": ["Used for a different request."]}}
+
+
+def rejected(errors: dict):
+    body = json.dumps({"code": 422, "message": "…", "errors": errors}).encode()
+    return SimpleNamespace(
+        status_code=422, headers={"content-type": ["application/json"]}, content=body
+    )
+
+
+def schema_valid_rejected(hooks, response) -> bool:
+    case = SimpleNamespace(path="/api/v1/logs/", headers={})
+    return hooks.filter_failure(None, SimpleNamespace(code="ST202"), case, response)
+
+
+def test_a_reused_idempotency_key_is_the_documented_422(hooks):
+    assert schema_valid_rejected(hooks, rejected(REUSED)) is False
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        {**REUSED, "json": {"message": ["Missing data for required field."]}},  # and more
+        {"headers": {"Idempotency-Key": ["Not a valid key."]}},  # another key problem
+    ],
+)
+def test_a_422_naming_anything_else_is_still_a_finding(hooks, errors):
+    assert schema_valid_rejected(hooks, rejected(errors)) is True
