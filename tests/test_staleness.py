@@ -121,15 +121,23 @@ def test_service_the_catalog_never_lags(app, clock):
     assert projects.list_projects().count() == 1
 
 
-@pytest.mark.usefixtures("ctx")
-def test_service_one_reader_refreshes_ahead_by_three_slow_computations(app, clock):
-    svc = make_service()
+def _timed_producer(clock, took_ms: float):
+    """A producer whose every computation takes ``took_ms`` of the clock and returns
+    how many computations there were."""
     calls = []
 
     def producer():
         calls.append(1)
-        clock.advance_ms(200)  # this computation takes 200 ms: 3 of them, 600 > W/2
+        clock.advance_ms(took_ms)
         return len(calls)
+
+    return producer
+
+
+@pytest.mark.usefixtures("ctx")
+def test_service_one_reader_refreshes_ahead_by_three_slow_computations(app, clock):
+    svc = make_service()
+    producer = _timed_producer(clock, 200)  # 200 ms: three of them, 600 > W/2
 
     namespace = logs.LOGS.key(svc.project_id)
     assert caching.cached(namespace, "k", producer) == 1
@@ -146,12 +154,7 @@ def test_service_one_reader_refreshes_ahead_by_three_slow_computations(app, cloc
 @pytest.mark.usefixtures("ctx")
 def test_service_a_quick_computation_is_refreshed_ahead_at_half_the_window(app, clock):
     svc = make_service()
-    calls = []
-
-    def producer():
-        calls.append(1)
-        clock.advance_ms(10)  # 10 ms: three of them would leave a lead of only 30 ms
-        return len(calls)
+    producer = _timed_producer(clock, 10)  # 10 ms: three would leave a lead of 30 ms
 
     namespace = logs.LOGS.key(svc.project_id)
     assert caching.cached(namespace, "k", producer) == 1

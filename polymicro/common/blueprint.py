@@ -188,10 +188,7 @@ class Blueprint(flask_smorest.Blueprint):
                     reader.put_many({key: plain, f"{key}:gzip": packed})
                     if not (answer and gzip_ok and packed[1] == "gzip"):
                         return response
-                    if etag:  # as a hit answers it (_cached_hit)
-                        self._check_not_modified(etag_value)
-                        _get_etag_ctx()["etag"] = _tag_of(packed)
-                    return _response(packed)
+                    return self._cached_hit(packed, etag)  # answered as a hit would be
 
                 if hit is not None:
                     if reader.refresh_due:  # served stale; refreshed without making it wait

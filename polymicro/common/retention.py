@@ -181,11 +181,15 @@ def _effective_days(kind: Kind, override: int | None) -> int:
 _EPOCH = datetime(1970, 1, 1)
 
 
+def _step(moment: datetime) -> int:
+    """The ``HORIZON_STEP`` (seconds since 1970) ``moment`` is rounded up to."""
+    return math.ceil((moment - _EPOCH).total_seconds() / HORIZON_STEP)
+
+
 def _cut(age_days: int, now: datetime | None = None) -> datetime:
     """``now - age_days`` rounded up to a multiple of ``HORIZON_STEP`` seconds."""
     exact = (now or clock.now()) - timedelta(days=age_days)
-    seconds = (exact - _EPOCH).total_seconds()
-    return _EPOCH + timedelta(seconds=math.ceil(seconds / HORIZON_STEP) * HORIZON_STEP)
+    return _EPOCH + timedelta(seconds=_step(exact) * HORIZON_STEP)
 
 
 def _override_of(kind: Kind, project_id: ObjectId | None) -> int | None:
@@ -265,7 +269,7 @@ def visible_epoch(kind: Kind, project_id: ObjectId | None = None) -> int | None:
         return None
     # The step of ``_cut(0)``, without making its datetime (this runs on every cached
     # read of a project's logs or points).
-    return math.ceil((clock.now() - _EPOCH).total_seconds() / HORIZON_STEP)
+    return _step(clock.now())
 
 
 # --- TTL indexes --------------------------------------------------------------------------
