@@ -9,7 +9,8 @@ each worker, right after the fork, so that its BatchSpanProcessor's export threa
 in the process whose spans it sends; `worker_exit` sends what is still queued.  The app
 is not preloaded (no `preload_app`): each worker imports wsgi.py itself, after
 `post_fork`, and its `create_app` finds tracing started (polymicro/observability/
-tracing.py).
+tracing.py).  The master imports the polymicro package only for the worker class
+(polymicro/serving.py); that import connects to nothing and starts nothing.
 
 Prometheus metrics from several workers: each worker writes its counters to files in
 PROMETHEUS_MULTIPROC_DIR and /metrics sums them all (polymicro/observability/metrics.py).
@@ -38,7 +39,10 @@ bind = [os.environ.get("POLYMICRO_GUNICORN_BIND", "127.0.0.1:8000")]
 # Performance): the combinations differed by less than the machine's noise; 2 workers x
 # 4 threads uses both cores for the Python work and lets each worker overlap its
 # database and Redis waits, and more workers only add memory and contention.
-worker_class = "gthread"
+# gunicorn's gthread, accepting from the shared socket by fewest connections
+# (polymicro/serving.py): plain gthread put 6 or more of 8 simultaneous keep-alive
+# connections on one of two workers in 16 of 40 trials, this worker 4:4 in 40 of 40.
+worker_class = "polymicro.serving.BalancedThreadWorker"
 # Without Redis the cache is an in-process SimpleCache: each worker would keep its own
 # copy and a write through one worker would not invalidate the others'.  So without
 # POLYMICRO_REDIS_URL the default is a single (threaded) worker, whose cache is coherent.
@@ -46,22 +50,20 @@ _shared_cache = bool(os.environ.get("POLYMICRO_REDIS_URL", "").strip())
 workers = _int_env("POLYMICRO_GUNICORN_WORKERS", 2 if _shared_cache else 1)
 threads = _int_env("POLYMICRO_GUNICORN_THREADS", 4)
 
-# POLYMICRO_GUNICORN_REUSE_PORT (auto | true | false).  With reuse_port each worker listens
-# on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections over them.
-# With one shared socket, whichever worker wakes first accepts: in 5 of 40 bench runs every
-# keep-alive connection of the load landed on one of the two workers, leaving a core idle.
-# But a worker's own socket dies with it: when a worker is killed (OOM, a crash, the
-# timeout below) the connections waiting in its accept queue are reset, unless the kernel
-# hands them to a sibling socket (net.ipv4.tcp_migrate_req = 1, Linux >= 5.14).  make
-# faults saw that: 3 of 4 runs of its worker-kill scenario had requests fail *after* the
-# kill with reuse_port on and tcp_migrate_req = 0; none with either change.  Losing a
-# request is worse than an idle core, so `auto` uses reuse_port only where the kernel
-# migrates those connections, and the shared socket otherwise.
+# POLYMICRO_GUNICORN_REUSE_PORT (false | true | auto).  false (the default): one listening
+# socket shared by the workers, each accepting only while no sibling holds fewer
+# connections (the worker class above), so connections spread evenly.  true: a socket per
+# worker (SO_REUSEPORT), the kernel hashing each new connection onto one: 8 connections land
+# 7:1 or 8:0 with odds of 18 in 256.  And a worker's own socket dies with it: when a worker
+# is killed (OOM, a crash, the timeout below) the connections waiting in its accept queue
+# are reset, unless the kernel hands them to a sibling socket (net.ipv4.tcp_migrate_req = 1,
+# Linux >= 5.14); make faults saw 3 of 4 runs of its worker-kill scenario lose requests
+# that way.  auto: true only where the kernel migrates those connections.
 _MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 def _reuse_port(value: str) -> bool:
-    choice = value.strip().lower() or "auto"
+    choice = value.strip().lower() or "false"
     if choice == "auto":
         try:
             return _MIGRATE_REQ.read_text().strip() == "1"
@@ -74,7 +76,7 @@ def _reuse_port(value: str) -> bool:
     )
 
 
-reuse_port = _reuse_port(os.environ.get("POLYMICRO_GUNICORN_REUSE_PORT", "auto"))
+reuse_port = _reuse_port(os.environ.get("POLYMICRO_GUNICORN_REUSE_PORT", "false"))
 
 # Log filters (a `q` of up to 1,000 characters, several of them) can make a request line
 # longer than gunicorn's default 4,094 bytes, which gunicorn would answer itself (414).

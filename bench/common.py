@@ -88,15 +88,13 @@ def start_backends(
 # Signs the tokens of the runs with authentication on (a throw-away secret, 32+ bytes).
 AUTH_SECRET = "bench-secret-" + "x" * 40
 
-# The benchmarks serve polymicro as docker-compose deploys it: a listening socket per
-# worker (reuse_port; compose sets net.ipv4.tcp_migrate_req=1, which makes it safe, see
-# gunicorn.conf.py).  On a machine without that sysctl `auto` would give one shared
-# socket, and a run could put every connection of the load on one worker (2026-11-30: the
-# logs of a project at 15% of the ceiling, a third of the run with a socket per worker).
-# POLYMICRO_GUNICORN_REUSE_PORT in the environment wins; the reports say which it was.
-BENCH_APP_ENV = {
-    "POLYMICRO_GUNICORN_REUSE_PORT": os.environ.get("POLYMICRO_GUNICORN_REUSE_PORT", "true")
-}
+# The benchmarks serve polymicro with gunicorn.conf.py's listening default (one shared
+# socket, the balancing worker class) unless POLYMICRO_GUNICORN_REUSE_PORT is in the
+# environment; the reports say which it was.  Until 2026-11-30 they forced a socket per
+# worker, as plain gthread on a shared socket could put every connection of the load on one
+# worker (the logs of a project at 15% of the ceiling, a third of the run with a socket
+# per worker).
+BENCH_APP_ENV: dict[str, str] = {}
 
 
 def bench_reuse_port(overrides: dict) -> bool:

@@ -143,7 +143,7 @@ def send_all(port: int, path: str, headers: dict, bodies: list[bytes], expect: i
 
 def run(procs: Processes, args) -> dict:
     backends = start_backends(procs, "bench-ingest", args.redis_url, args.keep)
-    settings = GunicornSettings(args.workers, args.threads, "gthread")
+    settings = GunicornSettings(args.workers, args.threads)
     say(f"gunicorn {settings.label}, {args.clients} clients, batches of {BATCH}")
     app = start_app(procs, backends, settings, auth=True)
     project_id, service_id, key = tenant(backends.mongo_uri, backends.redis_url, "bench-ingest")

@@ -116,7 +116,7 @@ def run(procs: Processes, args) -> int:
     load_at_start = os.getloadavg()
     backends = start_backends(procs, "curve", args.redis_url, args.keep)
     app_env = parse_app_env(args.app_env)
-    app = start_app(procs, backends, GunicornSettings(2, 4, "gthread"), env=app_env)
+    app = start_app(procs, backends, GunicornSettings(2, 4), env=app_env)
     maker = DataMaker(1)
     with HttpClient(app.port) as client:
         project = client.call("POST", "/api/projects", maker.project(0), expect=201)["id"]

@@ -284,7 +284,7 @@ def run(procs: Processes, args) -> int:
     metrics_dir = backends.workdir / "prometheus"
     metrics_dir.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **parse_app_env(args.app_env)}
-    settings = GunicornSettings(args.workers, args.threads, "gthread")
+    settings = GunicornSettings(args.workers, args.threads)
     app = start_app(procs, backends, settings, auth=True, env=env)
     tokens_ = tokens()
     admin_headers = bearer(tokens_["admin"])
@@ -420,7 +420,8 @@ def render(result: dict) -> str:
     lines = [
         f"## Dashboard reads under ingest — {result['date']} ({result['commit']})",
         "",
-        f"gunicorn {result['gunicorn']['workers']}×{result['gunicorn']['threads']} gthread "
+        f"gunicorn {result['gunicorn']['workers']}×{result['gunicorn']['threads']} "
+        f"{result['gunicorn']['worker_class'].rsplit('.', 1)[-1]} "
         f"({sockets(result['gunicorn'].get('reuse_port'))}), "
         f"SecantusDB + Redis, auth on, wrk 8 connections × {result['duration_s']:g} s per read, "
         f"load average {result['load_average_at_start'][0]} at start, "

@@ -608,6 +608,12 @@ def start_tree(
     that tree's gunicorn.conf.py; as ``against``, its cache keys have a prefix of their
     own."""
     env = {**env, "POLYMICRO_BENCH_TREE": str(tree)}
+    if (
+        settings.worker_class.startswith("polymicro.")
+        and not (tree / "polymicro/serving.py").exists()
+    ):
+        # A tree older than the balancing worker: gthread, which that tree served with.
+        settings = replace(settings, worker_class="gthread")
     if name == "against":
         env["POLYMICRO_CACHE_KEY_PREFIX"] = AGAINST_PREFIX
     return start_gunicorn(

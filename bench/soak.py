@@ -337,7 +337,7 @@ def main(procs: Processes, args: argparse.Namespace) -> int:
     say(f"starting SecantusDB in {workdir}")
     db = start_secantus(procs, workdir / "db", workdir)
     mongo_uri = db.uri
-    settings = GunicornSettings(args.workers, args.threads, "gthread")
+    settings = GunicornSettings(args.workers, args.threads)
     app = start_gunicorn(procs, app_env(mongo_uri, redis_url), workdir, settings, name="polymicro")
     say(f"polymicro on {app.uri} ({settings.label}), Redis {redis_url}")
 
@@ -447,7 +447,7 @@ def build_result(args, started_at, load_seconds, app, tally: Tally, stored, samp
             "minutes": args.minutes,
             "clients": args.clients,
             "max_requests": args.max_requests,
-            "gunicorn": f"{args.workers}x{args.threads} gthread",
+            "gunicorn": GunicornSettings(args.workers, args.threads).label,
             "projects": args.projects,
             "seed": args.seed,
         },

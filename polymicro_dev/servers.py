@@ -125,7 +125,7 @@ def ensure_redis(procs: Processes, workdir: Path, url: str | None = None) -> str
 class GunicornSettings:
     workers: int = 2
     threads: int = 4
-    worker_class: str = "gthread"
+    worker_class: str = "polymicro.serving.BalancedThreadWorker"  # gunicorn.conf.py's
 
     @property
     def label(self) -> str:
@@ -175,8 +175,8 @@ def read_gunicorn_conf(env: dict) -> dict:
 
 def listens_with_reuse_port(env: dict) -> bool:
     """Whether gunicorn.conf.py gives reuse_port (a socket per worker) to a server started
-    with ``env``: its POLYMICRO_GUNICORN_REUSE_PORT, or ``auto`` (the kernel's
-    net.ipv4.tcp_migrate_req).  The benchmarks print it beside the workers' spread."""
+    with ``env``: its POLYMICRO_GUNICORN_REUSE_PORT (false when unset).  The benchmarks
+    print it beside the workers' spread."""
     return bool(read_gunicorn_conf(env)["reuse_port"])
 
 

@@ -1,4 +1,4 @@
-"""gunicorn.conf.py's choices that depend on the machine: reuse_port (see its comment).
+"""gunicorn.conf.py's listening choices: the worker class and reuse_port (see its comments).
 
 The end-to-end check is `make faults`' worker scenario: a worker killed mid-request, and
 every request after the kill must succeed."""
@@ -33,7 +33,15 @@ def test_auto_uses_reuse_port_only_where_the_kernel_migrates_queued_connections(
     sysctl.write_text(migrate)
     monkeypatch.setattr(conf, "_MIGRATE_REQ", sysctl)
     assert conf._reuse_port("auto") is expected
-    assert conf._reuse_port("") is expected  # unset or empty is auto
+
+
+def test_the_default_is_one_shared_socket_with_the_balancing_worker(conf, monkeypatch, tmp_path):
+    sysctl = tmp_path / "tcp_migrate_req"
+    sysctl.write_text("1\n")
+    monkeypatch.setattr(conf, "_MIGRATE_REQ", sysctl)
+    assert conf._reuse_port("") is False  # unset or empty is false, whatever the kernel
+    assert conf.reuse_port is False
+    assert conf.worker_class == "polymicro.serving.BalancedThreadWorker"
 
 
 def test_auto_without_the_sysctl_keeps_the_shared_socket(conf, monkeypatch, tmp_path):
