@@ -62,6 +62,17 @@ def test_the_answers_are_those_of_flask_caching(redis_app):
         assert cache_reads.get_many(*keys) == [*VALUES.values(), None, 7]
 
 
+def test_replies_are_parsed_by_hiredis(redis_app):
+    """pyproject asks for redis[hiredis]: the C parser, 14-25% less CPU per MGET."""
+    from redis._parsers import _HiredisParser
+
+    app, _state = redis_app
+    with app.app_context():
+        cache.set("k", b"x" * 100_000)
+        assert cache_reads.get_many("k") == [b"x" * 100_000]
+        assert isinstance(cache_reads._local.held[2]._parser, _HiredisParser)
+
+
 def test_a_thread_reads_on_one_connection_of_its_own(redis_app, monkeypatch):
     app, _state = redis_app
     with app.app_context():

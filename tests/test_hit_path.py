@@ -230,13 +230,13 @@ def test_ensure_sync_asks_once_per_function_and_answers_as_flask(monkeypatch):
 
 def test_the_remembered_response_key_is_make_keys():
     from polymicro.common import caching
-    from polymicro.common.blueprint import _response_key
+    from polymicro.common.blueprint import ENTRY_FORMAT, _response_key
 
     query = [("project_id", "abc"), ("severity", "error")]
     for salt in (None, 30, "x", [30, []], 1.0, True):
         for _ in range(2):  # computed, then remembered
             assert _response_key("/api/logs", query, salt) == caching.make_key(
-                "response", "/api/logs", query, salt
+                "response", ENTRY_FORMAT, "/api/logs", query, salt
             )
     # 1, 1.0 and True are equal in Python and dump differently: three keys.
     keys = {_response_key("/api/logs", query, salt) for salt in (1, 1.0, True)}

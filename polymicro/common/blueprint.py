@@ -23,7 +23,7 @@ from flask_smorest.etag import _get_etag_ctx
 from flask_smorest.exceptions import NotModified, PreconditionFailed
 from flask_smorest.utils import get_appcontext, resolve_schema_instance
 
-from polymicro.common import caching, idempotency
+from polymicro.common import bodies, caching, idempotency
 from polymicro.common.converters import query_object_id
 from polymicro.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from polymicro.common.parser import StrictJsonParser
@@ -185,12 +185,19 @@ class Blueprint(flask_smorest.Blueprint):
                         level = current_app.config["COMPRESS_LEVEL"]
                         zipped = gzip.compress(body, level, mtime=0)
                         packed = (zipped, "gzip", pagination, etag_value)
-                    reader.put_many({key: plain, f"{key}:gzip": packed})
+                    # Large bodies go to Redis apart, once (common/bodies.py); also after
+                    # a hit whose body was gone, when there is no entry to store.
+                    entries = bodies.by_ref({key: plain, f"{key}:gzip": packed})
+                    if entries is not None:
+                        reader.put_many(entries)
                     if not (answer and gzip_ok and packed[1] == "gzip"):
                         return response
                     return self._cached_hit(packed, etag)  # answered as a hit would be
 
                 if hit is not None:
+                    hit = bodies.resolve(hit)
+                    if hit is None:  # its body is gone (common/bodies.py): compute it again
+                        return compute()
                     if reader.refresh_due:  # served stale; refreshed without making it wait
                         caching.refresh_later(copy_current_request_context(partial(compute, False)))
                     return self._cached_hit(hit, etag)
@@ -223,15 +230,23 @@ _response_keys: dict = {}
 _MEMO_SALTS = (int, str, type(None))
 
 
+# In the keys: entries of another format (before common/bodies.py, a body was always
+# inline) are never read by this code, nor its entries by that code, during a rolling
+# deploy.
+ENTRY_FORMAT = 2
+
+
 def _response_key(path: str, query: list, salt) -> str:
     if type(salt) not in _MEMO_SALTS:
-        return caching.make_key("response", path, query, salt)
+        return caching.make_key("response", ENTRY_FORMAT, path, query, salt)
     memo_key = (path, tuple(query), type(salt), salt)
     key = _response_keys.get(memo_key)
     if key is None:
         if len(_response_keys) >= LEARNED_SCOPES:
             _response_keys.clear()
-        key = _response_keys[memo_key] = caching.make_key("response", path, query, salt)
+        key = _response_keys[memo_key] = caching.make_key(
+            "response", ENTRY_FORMAT, path, query, salt
+        )
     return key
 
 
