@@ -103,7 +103,7 @@ def test_both_variants_are_stored_once_in_redis_by_digest(app, metrics_path, ser
     assert gzip.decompress(zipped.data) == plain
     assert len(zipped.data) >= bodies.MIN_SIZE
     stored = {server.get(k)[1:] for k in body_keys(server)}
-    assert {pickle.loads(v) for v in stored} == {plain, zipped.data}
+    assert {pickle.loads(v) for v in stored} == {plain, zipped.data}  # noqa: S301 - ours
 
 
 def test_another_worker_fetches_the_body_once_then_serves_its_own_copy(

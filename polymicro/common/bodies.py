@@ -8,9 +8,10 @@ small entry, and 59 against 37 µs of Redis's (interleaved loops, hiredis, 2026-
 So a body of :data:`MIN_SIZE` bytes or more (either variant: plain or gzipped) is stored
 apart, under ``body:<digest>``, and its entry holds a :class:`Ref` instead.  A digest
 names one body for ever, so a copy can never be stale: each worker keeps the bodies it
-has met, up to :data:`LOCAL_BYTES` (the oldest dropped first; a hit takes no lock) and takes a body from Redis only the
-first time it meets its digest.  Whether an entry is current is decided by the entry (its
-generation, epoch and window, as before); the body is only its content.
+has met, up to :data:`LOCAL_BYTES` (the oldest dropped first; a hit takes no lock), and
+takes a body from Redis only the first time it meets its digest.  Whether an entry is
+current is decided by the entry (its generation, epoch and window, as before); the body
+is only its content.
 
 A body gone from Redis (its key expires ``CACHE_DEFAULT_TIMEOUT`` after it was stored,
 while a re-stamped entry may live on; or evicted) and from this worker makes the hit a
