@@ -346,6 +346,7 @@ class _gunicorn:
                     return self.port
             except OSError:
                 time.sleep(0.2)
+        self.__exit__()  # __exit__ does not run when __enter__ raises: no server left
         raise RuntimeError("gunicorn did not start")
 
     def __exit__(self, *exc):

@@ -215,13 +215,17 @@ class Gunicorn:
     def __enter__(self):
         deadline = time.monotonic() + 60
         pids: set[bytes] = set()
-        while len(pids) < 2:  # both workers up and answering
-            assert self.proc.poll() is None, "gunicorn exited"
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            try:
-                pids |= set(self.burst(8))
-            except OSError:
-                time.sleep(0.2)
+        try:
+            while len(pids) < 2:  # both workers up and answering
+                assert self.proc.poll() is None, "gunicorn exited"
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                try:
+                    pids |= set(self.burst(8))
+                except OSError:
+                    time.sleep(0.2)
+        except BaseException:
+            self.__exit__()  # __exit__ does not run when __enter__ raises: no server left
+            raise
         return self
 
     def __exit__(self, *exc):
