@@ -7,13 +7,12 @@ two workers gets the same request from several connections at once.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
-import subprocess
-import sys
+import tempfile
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,9 +24,8 @@ from polymicro.common.timeutil import utcnow
 from polymicro.errors import Conflict, InvalidInput
 from polymicro.logs.models import LogEntry
 from polymicro.metrics.models import CpuPoint
-from tests.conftest import INSTANCE_DIR, USES_REAL_DB, client_as, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from polymicro_dev import GunicornSettings, Processes, start_gunicorn
+from tests.conftest import INSTANCE_DIR, USES_REAL_DB, client_as
 
 
 @pytest.fixture
@@ -313,45 +311,25 @@ def _post_http(port, body, headers):
         conn.close()
 
 
-class _gunicorn:
-    """gunicorn (2 workers, reuse_port) serving this test's database and secret."""
-
-    def __init__(self, app, mongodb_uri):
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLYMICRO_")}
-        env.update(
-            POLYMICRO_MONGODB_URI=mongodb_uri,
-            POLYMICRO_SECRET_KEY=app.config["SECRET_KEY"],
-            POLYMICRO_RATELIMIT_ENABLED="false",
-            POLYMICRO_INSTANCE_PATH=INSTANCE_DIR,
-            POLYMICRO_GUNICORN_WORKERS="2",
-            POLYMICRO_GUNICORN_LOGLEVEL="warning",
-            POLYMICRO_LOG_LEVEL="WARNING",
-        )
-        argv = [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"]
-        argv += ["--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def __enter__(self):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("gunicorn exited")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/api/health/live")
-                if conn.getresponse().status == 200:
-                    return self.port
-            except OSError:
-                time.sleep(0.2)
-        self.__exit__()  # __exit__ does not run when __enter__ raises: no server left
-        raise RuntimeError("gunicorn did not start")
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+@contextlib.contextmanager
+def _gunicorn(app, mongodb_uri):
+    """gunicorn (2 workers) serving this test's database and secret, started and stopped
+    by polymicro_dev (also when starting fails); yields its port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLYMICRO_")}
+    env.update(
+        POLYMICRO_MONGODB_URI=mongodb_uri,
+        POLYMICRO_SECRET_KEY=app.config["SECRET_KEY"],
+        POLYMICRO_RATELIMIT_ENABLED="false",
+        POLYMICRO_INSTANCE_PATH=INSTANCE_DIR,
+        POLYMICRO_GUNICORN_LOGLEVEL="warning",
+        POLYMICRO_LOG_LEVEL="WARNING",
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="polymicro-idempotency-") as logs,
+        Processes() as procs,
+    ):
+        settings = GunicornSettings(workers=2, threads=4)
+        yield start_gunicorn(procs, env, Path(logs), settings, ready_path="/api/health/live").port
 
 
 def test_every_key_the_openapi_pattern_allows_is_accepted(client):

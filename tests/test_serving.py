@@ -2,18 +2,20 @@
 connections.
 
 The end-to-end test serves tests/pid_app.py with gunicorn.conf.py (2 workers, its default
-socket and worker class) and opens 8 keep-alive connections at once, as wrk or a browser
-does; the unit tests drive one worker's accept decision with a fake sibling row and the
-module clock."""
+socket and worker class, started by polymicro_dev) and opens 8 keep-alive connections at
+once, as wrk or a browser does; the unit tests drive one worker's accept decision with a
+fake sibling row and the module clock."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -24,10 +26,7 @@ import pytest
 from gunicorn.config import Config
 
 from polymicro import serving
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from polymicro_dev import GunicornSettings, Processes, start_gunicorn
 
 # --- the shared table --------------------------------------------------------------------
 
@@ -198,43 +197,38 @@ def test_with_reuse_port_it_is_plain_gthread(monkeypatch, tmp_path):
 
 
 class Gunicorn:
-    """gunicorn.conf.py serving tests/pid_app.py with 2 workers."""
-
-    def __init__(self, extra_env: dict):
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("POLYMICRO_")}
-        env.update(POLYMICRO_GUNICORN_WORKERS="2", POLYMICRO_GUNICORN_LOGLEVEL="warning")
-        env.update(extra_env)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        argv = [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"]
-        argv += ["--bind", f"127.0.0.1:{self.port}", "tests.pid_app:app"]
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    """tests/pid_app.py under gunicorn with 2 workers, as polymicro_dev starts every server
+    (the repo's gunicorn.conf.py, its default worker class and socket; stopped on exit,
+    also when starting fails)."""
 
     def __enter__(self):
-        deadline = time.monotonic() + 60
-        pids: set[bytes] = set()
-        try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLYMICRO_")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._logs = tempfile.TemporaryDirectory(prefix="polymicro-serving-")
+        self._procs = Processes()
+        with contextlib.ExitStack() as started:
+            started.enter_context(self._logs)
+            started.enter_context(self._procs)
+            server = start_gunicorn(
+                self._procs,
+                env,
+                Path(self._logs.name),
+                GunicornSettings(workers=2, threads=4),
+                app="tests.pid_app:app",
+                ready_path="/",
+            )
+            self.port = server.port
+            deadline = time.monotonic() + 60
+            pids: set[bytes] = set()
             while len(pids) < 2:  # both workers up and answering
-                assert self.proc.poll() is None, "gunicorn exited"
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                try:
-                    pids |= set(self.burst(8))
-                except OSError:
-                    time.sleep(0.2)
-        except BaseException:
-            self.__exit__()  # __exit__ does not run when __enter__ raises: no server left
-            raise
+                server.check_alive()
+                assert time.monotonic() < deadline, "the second worker did not answer"
+                pids |= set(self.burst(8))
+            self._started = started.pop_all()
         return self
 
     def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._started.close()
 
     def burst(self, n: int) -> list[bytes]:
         """n connections opened at once (a barrier), one request each, kept open until
@@ -243,15 +237,9 @@ class Gunicorn:
         answers: list[bytes | None] = [None] * n
         conns: list[socket.socket] = []
 
-        failures: list[OSError] = []
-
         def one(i):
             barrier.wait()
-            try:
-                conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-            except OSError as exc:  # not listening yet
-                failures.append(exc)
-                return
+            conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
             conns.append(conn)
             conn.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
             data = b""
@@ -269,14 +257,12 @@ class Gunicorn:
             thread.join(timeout=30)
         for conn in conns:
             conn.close()
-        if failures:
-            raise failures[0]
         assert all(answers), "a connection got no answer"
         return answers  # type: ignore[return-value]
 
 
 def test_simultaneous_keep_alive_connections_spread_over_both_workers():
-    with Gunicorn({}) as server:
+    with Gunicorn() as server:
         splits = []
         for _ in range(10):
             served = Counter(server.burst(8))
