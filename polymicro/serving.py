@@ -145,10 +145,10 @@ class BalancedThreadWorker(ThreadWorker):
         self._publish()
 
     def _publish(self) -> None:
-        if self._slot is None or self._board is None or not self._pid:
+        if self._slot is None or not self._pid:  # no row, or still in the master
             return
         # A worker holding (accept) still takes connections, in a few ms: it keeps its count.
-        accepting = (getattr(self, "_accepting", False) or self._hold_until) and self.alive
+        accepting = (self._accepting or self._hold_until) and self.alive
         count = self._nr_conns if accepting else NOT_ACCEPTING
         self._board.publish(self._slot, self._pid, count)
 
@@ -173,7 +173,7 @@ class BalancedThreadWorker(ThreadWorker):
 
     def should_defer(self) -> bool:
         """Whether a live sibling that accepts holds fewer connections than this worker."""
-        if self._slot is None or self._board is None:
+        if self._slot is None:
             return False
         best = self._board.least_loaded_sibling(self._slot)
         return best is not None and best[1] < self._nr_conns and _alive(best[0])
