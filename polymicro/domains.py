@@ -77,7 +77,7 @@ def connect() -> None:
     retention.register(events.RETENTION)
     for kind in metrics.ROLLUP_RETENTION.values():
         retention.register(kind)
-    retention.set_override_source(projects.retention_overrides)
+    retention.set_override_source(projects.retention_overrides, projects.CATALOG.key())
 
     projects.project_usage.connect(logs.usage_of_projects)
     projects.project_usage.connect(metrics.usage_of_projects)

@@ -12,8 +12,9 @@ import pytest
 
 from polymicro.auth import service as auth
 from polymicro.auth.models import ApiKey
-from polymicro.common import cache_reads, caching, local_cache
+from polymicro.common import cache_reads, caching, local_cache, retention
 from polymicro.extensions import cache
+from polymicro.logs import service as logs
 from polymicro.logs.models import LogEntry
 from polymicro.projects import service as projects
 from polymicro.projects.models import Project
@@ -387,3 +388,91 @@ def test_a_retention_override_changed_in_this_worker_is_seen_at_once(ctx, svc, c
         projects.update_project(svc.project_id, {"retention": {"logs_days": 1}})
     with ctx.test_request_context():  # no time passed
         assert projects.retention_overrides() == {svc.project_id: {"logs_days": 1}}
+
+
+# --- derived values: the retention days of a list's key -------------------------------------
+
+
+def test_a_warm_log_list_hit_works_out_no_retention_days(app, client, svc, monkeypatch):
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    _aged_logs(svc)
+    for _ in range(3):  # fill the entry, then learn the key of a hit
+        assert _listed(client, svc) == ["age 0", "age 3"]
+    worked_out = Counting(monkeypatch, retention, "_visible_key")
+    assert _listed(client, svc) == ["age 0", "age 3"]
+    assert worked_out.calls == 0  # remembered with the overrides they come from
+
+
+def test_an_override_set_through_the_api_applies_to_the_next_list_at_once(app, client, svc):
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    _aged_logs(svc)
+    assert _listed(client, svc) == ["age 0", "age 3"]
+    answer = client.put(f"/api/projects/{svc.project_id}", json={"retention": {"logs_days": 1}})
+    assert answer.status_code == 200, answer.json
+    assert _listed(client, svc) == ["age 0"]  # no time passed
+
+
+def _days(ctx, svc) -> int:
+    with ctx.test_request_context():
+        return retention.visible_key(logs.RETENTION, svc.project_id)
+
+
+def test_remembered_days_follow_a_bump_of_this_worker_at_once(app, ctx, svc, clock):
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    assert _days(ctx, svc) == 7
+    with ctx.test_request_context():
+        projects.update_project(svc.project_id, {"retention": {"logs_days": 2}})
+    assert _days(ctx, svc) == 2
+
+
+def test_remembered_days_follow_another_workers_override_once_the_bound_has_passed(
+    app, ctx, svc, clock
+):
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    assert _days(ctx, svc) == 7
+    Project.objects(id=svc.project_id).update(set__retention={"logs_days": 2})
+    _another_worker_bumps(projects.CATALOG.key())
+    clock.advance(BOUND_MS - 1)
+    assert _days(ctx, svc) == 7  # what the overrides read in this process still say
+    clock.advance(1)
+    assert _days(ctx, svc) == 2
+
+
+def test_a_derived_value_is_not_kept_when_a_bump_lands_during_its_computation(ctx, clock):
+    store: dict = {}
+    namespace = projects.CATALOG.key()
+    with ctx.test_request_context():
+        projects.retention_overrides()  # this process now holds the catalog's generation
+        computed = []
+
+        def compute_meanwhile_bumped():
+            computed.append(1)
+            caching.bump(namespace)  # a write of this process, during the computation
+            return "old"
+
+        assert local_cache.derived(namespace, store, "k", compute_meanwhile_bumped) == "old"
+    assert store == {}
+    with ctx.test_request_context():
+        projects.retention_overrides()
+        assert local_cache.derived(namespace, store, "k", lambda: "new") == "new"
+        assert local_cache.derived(namespace, store, "k", lambda: "other") == "new"  # kept
+
+
+def test_outside_a_request_a_derived_value_is_computed_each_time(ctx):
+    store: dict = {}
+    namespace = projects.CATALOG.key()
+    assert local_cache.derived(namespace, store, "k", lambda: 1) == 1
+    assert local_cache.derived(namespace, store, "k", lambda: 2) == 2
+    assert store == {}
+
+
+def test_remembered_days_are_the_apps_own(app, ctx, svc, clock):
+    from polymicro import create_app
+
+    app.config["RETENTION_LOGS_DAYS"] = 7
+    assert _days(ctx, svc) == 7
+    other = create_app({**app.config, "RETENTION_LOGS_DAYS": 3})
+    with other.test_request_context():
+        projects.retention_overrides()
+        assert retention.visible_key(logs.RETENTION, svc.project_id) == 3
+    assert _days(ctx, svc) == 7

@@ -117,6 +117,50 @@ def cached(namespace: str, parts: tuple, producer: Callable[[], Any]) -> Any:
     return value
 
 
+def derived(namespace: str, store: dict, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a value worked out from :func:`cached` reads of ``namespace``,
+    remembered in ``store`` under ``key`` for as long as this process would answer those
+    reads from what it holds: the same bound as theirs, with none of their per-call work.
+
+    It is reused while this process has made no bump of a namespace kept here and holds
+    the same read of ``namespace``'s generation, younger than ``REFERENCE_RECHECK_MS``
+    (the reads ``compute`` makes would come back the same, from this process); it is kept
+    only when that was so both before and after ``compute`` ran (a bump or a fresh read
+    during it leaves nothing kept).  Outside a request, or with ``REFERENCE_RECHECK_MS=0``,
+    it is computed every time.
+
+    Measured reason (py-spy ``--gil`` on gunicorn under wrk, 2026-11-30): a cached hit of
+    a project's logs spent 51 µs of its 792 µs of Python working out the retention days
+    of its key and entry (``common/retention.py`` ``visible_key``), twice through
+    :func:`cached`, every request, for an answer that moves once a minute at most."""
+    before = _token(namespace)
+    if before is not None:
+        found = store.get(key)
+        if found is not None and found[0] == before:
+            return found[1]
+    value = compute()
+    if before is not None and _token(namespace) == before:
+        if len(store) >= MAX_ENTRIES:
+            store.clear()
+        store[key] = (before, value)
+    return value
+
+
+def _token(namespace: str) -> tuple | None:
+    """What this process holds of ``namespace`` now (its bump count and the generation
+    read it trusts), or None when a :func:`cached` read of it would not be answered from
+    that alone."""
+    if not has_request_context():
+        return None
+    seen = _checked.get(namespace)
+    if seen is None:
+        return None
+    window = current_app.config["REFERENCE_RECHECK_MS"] / 1000.0
+    if not 0 <= caching.clock() - seen[1] < window:
+        return None
+    return (_bumps, seen)
+
+
 def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else value
 

@@ -68,11 +68,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bson import ObjectId
-from flask import current_app, has_app_context
+from flask import current_app, has_app_context, has_request_context
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
-from polymicro.common import atomic, clock
+from polymicro.common import atomic, clock, local_cache
 from polymicro.config import auto_choice
 from polymicro.errors import InvalidInput
 
@@ -110,6 +110,10 @@ class Kind:
 
 _KINDS: dict[str, Kind] = {}
 _override_source: Callable[[], dict] | None = None
+# The cached namespace the overrides are read from (see visible_key), when the source
+# keeps them in the process (common/local_cache.py).
+_override_namespace: str | None = None
+_KEYS_MEMO = "polymicro.retention.visible_keys"  # in app.extensions: one per app (config)
 
 
 def register(kind: Kind) -> Kind:
@@ -128,10 +132,14 @@ def get(name: str) -> Kind:
     return _KINDS[name]
 
 
-def set_override_source(source: Callable[[], dict]) -> None:
-    """``source()`` returns ``{project_id: {override key: days}}`` (projects with one)."""
-    global _override_source
+def set_override_source(source: Callable[[], dict], namespace: str | None = None) -> None:
+    """``source()`` returns ``{project_id: {override key: days}}`` (projects with one);
+    ``namespace``: the namespace it reads through ``local_cache.cached``, if it does (the
+    days it gives are then remembered as long as that read would be, see
+    :func:`visible_key`)."""
+    global _override_source, _override_namespace
     _override_source = source
+    _override_namespace = namespace
 
 
 def overrides() -> dict:
@@ -244,7 +252,27 @@ def visible_key(kind: Kind, project_id: ObjectId | None = None):
     change each time the horizon moves by a minute (issue 9: it did, and at each minute
     every list of every reader was missing at once and all of them waited for the
     database; with the epoch in the entry an older minute's entry is served like one of
-    an older generation: within the namespace's staleness window, refreshed ahead)."""
+    an older generation: within the namespace's staleness window, refreshed ahead).
+
+    In a request it is remembered per app, kind and project for as long as the
+    overrides it comes from would be answered from this process
+    (``local_cache.derived``: no longer than ``REFERENCE_RECHECK_MS``, dropped at once by
+    a bump this process makes): every cached hit of a project's logs or CPU points asks
+    for it twice."""
+    if _override_namespace is None or not has_request_context():
+        return _visible_key(kind, project_id)
+    store = current_app.extensions.get(_KEYS_MEMO)
+    if store is None:
+        store = current_app.extensions.setdefault(_KEYS_MEMO, {})
+    return local_cache.derived(
+        _override_namespace,
+        store,
+        (kind.name, project_id),
+        lambda: _visible_key(kind, project_id),
+    )
+
+
+def _visible_key(kind: Kind, project_id: ObjectId | None):
     if project_id is not None:
         return _effective_days(kind, _override_of(kind, project_id))
     base = days(kind)
