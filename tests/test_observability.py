@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import polymicro
 from polymicro import create_app, observability
+from polymicro.observability import hooks
 from polymicro.extensions import close_db
 from tests.conftest import free_port, make_config
 from tests.factories import make_service
@@ -59,6 +60,24 @@ def test_a_request_without_an_id_gets_a_new_one(client):
     assert HEX_ID.fullmatch(first)
     assert HEX_ID.fullmatch(second)
     assert first != second
+
+
+def test_forked_workers_make_different_request_ids():
+    """gunicorn forks its workers from one process: each must draw its own ids."""
+    ids = []
+    for _ in range(2):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one new id, then out at once
+            os.write(write, hooks.request_id_from(None).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        ids.append(os.read(read, 64).decode())
+        os.close(read)
+    assert all(HEX_ID.fullmatch(value) for value in ids)
+    assert ids[0] != ids[1]
+    assert hooks.request_id_from(None) not in ids
 
 
 @pytest.mark.parametrize("request_id", ["abc", "A.b_c-9", "x" * 128, "0", "trace.42_x-Y"])

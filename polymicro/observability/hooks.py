@@ -11,8 +11,12 @@ Kept cheap (bench/hooks.py measures each; figures in the package docstring: the 
 id hook went from 31 to 12 µs, the metrics from 19 to 6 µs):
 
 - the request proxy is resolved once per hook, the id header read from the environ;
-- a new id is 16 random bytes in hex (``os.urandom(16).hex()``: 32 hex digits, like
-  ``uuid4().hex`` without building a UUID);
+- a new id is 128 random bits in hex (32 hex digits, like ``uuid4().hex``) from the
+  ``random`` module's generator, not ``os.urandom``: an id correlates log lines, it is no
+  secret (a client may choose its own), and ``os.urandom`` is a system call on every
+  request (``getrandom``; on the 2-core VM of the benchmarks a system call costs several
+  µs).  CPython reseeds that generator from the OS in every forked child, so gunicorn's
+  workers never share a sequence (tests/test_observability.py forks two);
 - the access line is built only when its logger is enabled for INFO, and goes through
   ``Logger.makeRecord``/``Logger.handle`` (public API) rather than ``Logger.info``,
   which would walk the stack for a source location that is always this line;
@@ -23,7 +27,7 @@ id hook went from 31 to 12 µs, the metrics from 19 to 6 µs):
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 from time import perf_counter
 
@@ -45,13 +49,14 @@ _OBSERVED = "polymicro.observed"
 _access_log = logging.getLogger(ACCESS_LOGGER)
 _INFO = logging.INFO
 _ACCESS_FORMAT = "%s %s %s %.1fms"
+_random_bits = random.getrandbits  # the module's generator: reseeded in each forked child
 
 
 def request_id_from(header: str | None) -> str:
     """The client's id when it is 1–128 characters of ``[A-Za-z0-9._-]``, else a new one."""
     if header and _VALID_REQUEST_ID.fullmatch(header):
         return header
-    return os.urandom(16).hex()
+    return f"{_random_bits(128):032x}"
 
 
 def _start(environ: dict) -> str:
