@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import polymicro
 from polymicro import create_app, observability
-from polymicro.observability import hooks
 from polymicro.extensions import close_db
+from polymicro.observability import hooks
 from tests.conftest import free_port, make_config
 from tests.factories import make_service
 
