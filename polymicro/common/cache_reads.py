@@ -34,7 +34,6 @@ runs through redis-py's ``Script``, which loads it and runs it again.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import threading
 from typing import Any
@@ -44,6 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from polymicro.common import process
 from polymicro.extensions import cache
 from polymicro.observability import tracing
 
@@ -70,7 +70,7 @@ def _connection(pool, slot: str = "held"):
     keeps one per ``slot``: the cache's (``held``) and the rate limiter's (``limits``,
     another client, whose pool may be another server's)."""
     held = getattr(_local, slot, None)
-    pid = os.getpid()
+    pid = process.pid()
     if held is not None:
         held_pool, held_pid, connection = held
         if held_pool is pool and held_pid == pid:

@@ -28,7 +28,20 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+
+from polymicro.common import process
+
+# In multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by gunicorn.conf.py) each value
+# checks its process id on every inc/observe, with os.getpid(): a system call, three per
+# request (the counter, the histogram's sum and bucket).  The same check with the id kept
+# by polymicro.common.process (read again in every forked child, so it is distinct in
+# simultaneously running processes, as prometheus_client requires).  Done here, at import,
+# before any metric exists: every metric of this process is made in this module, and two
+# value classes of one process would share its files.
+if getattr(values.ValueClass, "_multiprocess", False):
+    values.ValueClass = values.MultiProcessValue(process_identifier=process.pid)
 
 INGEST_KINDS = ("logs", "cpu_points")
 # Methods outside this set are counted as "other": a client cannot invent label values.
