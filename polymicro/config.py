@@ -166,6 +166,10 @@ class Config:
     REDIS_URL = ""
     CACHE_DEFAULT_TIMEOUT = 60
     CACHE_KEY_PREFIX = "polymicro:"
+    # Keep, in each worker, the cache keys it read, dropped when Redis's client tracking
+    # says they changed (polymicro/common/cache_mirror.py): a cached hit without a Redis
+    # round trip.  False: every cached read is one round trip.
+    CACHE_MIRROR = True
     # How long (ms) a cached log or CPU-point list may be served after a write by someone
     # else changed it (each list is then recomputed at most about once per window per
     # worker under continuous writes); a caller always sees its own writes.  0: exact.

@@ -20,7 +20,7 @@ from pymongo import MongoClient, uri_parser
 from pymongo.errors import PyMongoError
 from werkzeug.exceptions import MethodNotAllowed
 
-from polymicro.common import atomic
+from polymicro.common import atomic, cache_mirror
 from polymicro.common.atomic import is_secantus
 from polymicro.config import auto_choice
 from polymicro.errors import add_default_message
@@ -246,6 +246,8 @@ def init_cache(app: Flask) -> None:
     cache_config["CACHE_DEFAULT_TIMEOUT"] = app.config["CACHE_DEFAULT_TIMEOUT"]
     cache_config["CACHE_KEY_PREFIX"] = app.config["CACHE_KEY_PREFIX"]
     cache.init_app(app, config=cache_config)
+    if redis_url and app.config["CACHE_MIRROR"]:
+        cache_mirror.enable(cache.cache._read_client.connection_pool, cache.cache._get_prefix())
 
 
 def init_compression(app: Flask) -> None:

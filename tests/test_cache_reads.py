@@ -19,10 +19,12 @@ from tests.test_caching_service import _start_redis, _stop
 
 @pytest.fixture
 def redis_app():
-    """An app on a private redis-server (started here, stopped after)."""
+    """An app on a private redis-server (started here, stopped after), every read a
+    round trip (the process's mirror of the keys, off here, is tested in
+    tests/test_cache_mirror.py)."""
     port = free_port()
     state = {"proc": _start_redis(port), "port": port}
-    app = create_app(make_config(None, f"redis://127.0.0.1:{port}/0"))
+    app = create_app(make_config(None, f"redis://127.0.0.1:{port}/0", CACHE_MIRROR=False))
     caching.reset_state()
     yield app, state
     if state["proc"].poll() is None:

@@ -24,6 +24,11 @@ what changes is the path, and only when it is safe to take:
   the client (its retry and reconnect, as before); any other error closes it and is
   raised (``caching._guard`` then counts the cache down, as before).
 
+With ``CACHE_MIRROR`` on (the default), the keys are first looked up in the process's
+mirror (common/cache_mirror.py): when every one is kept there, no round trip at all;
+else the ``MGET`` goes with a ``PTTL`` of each key in the same round trip, and what it
+read is kept.
+
 :func:`run_script` does the same for the ``EVALSHA`` of a registered script (every
 write's bump, common/caching.py ``_increment``): a single ``POST /api/logs`` sends one,
 and through the client it cost as much CPU as the ``MGET`` did.  A ``NOSCRIPT`` answer
@@ -43,7 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from polymicro.common import process
+from polymicro.common import cache_mirror, process
 from polymicro.extensions import cache
 from polymicro.observability import tracing
 
@@ -95,10 +100,24 @@ def get_many(*keys: str) -> list[Any]:
     if type(client) is not Redis or tracing._on or not hasattr(backend, "_get_prefix"):
         return cache.get_many(*keys)
     prefix = backend._get_prefix()
-    connection = _connection(client.connection_pool)
+    full = [f"{prefix}{key}" for key in keys]
+    pool = client.connection_pool
+    mirror = cache_mirror.for_pool(pool)
+    if mirror is not None:
+        kept, seq = mirror.lookup(full)
+        if kept is not None:
+            return [_loads(value) for value in kept]
+    connection = _connection(pool)
     try:
-        connection.send_command("MGET", *[f"{prefix}{key}" for key in keys])
-        values = connection.read_response()
+        if mirror is None:
+            connection.send_command("MGET", *full)
+            values = connection.read_response()
+        else:
+            commands = [("MGET", *full), *(("PTTL", key) for key in full)]
+            connection.send_packed_command(connection.pack_commands(commands))
+            values = connection.read_response()
+            ttls = [connection.read_response() for _ in full]
+            mirror.keep(full, values, ttls, seq)
     except (RedisConnectionError, RedisTimeoutError, OSError):
         _drop(connection)
         return cache.get_many(*keys)  # the client's own path: its retries, a new connection
