@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 import pytest
 import redis
@@ -196,9 +197,7 @@ def test_a_redis_without_client_tracking_is_read_as_before():
                 other.ping()
                 break
             except redis.ConnectionError:
-                import time
-
-                time.sleep(0.05)
+                time.sleep(0.05)  # the server is starting
         app = _app(port)
         with app.test_request_context():
             cache.set("k", "v")

@@ -494,7 +494,10 @@ def test_gunicorn_workers_metrics_are_summed_on_every_scrape(tmp_path):
         sent = _live_count(_get(base + "/metrics")[1])
         assert sent >= 1
         with ThreadPoolExecutor(8) as pool:
-            for _ in range(10):  # until both workers have answered some
+            # until both workers have answered some (the readiness wait saw one: on a
+            # loaded machine the other may still be booting for a few seconds)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
                 statuses = list(pool.map(lambda _: _get(base + LIVE)[0], range(40)))
                 assert set(statuses) == {200}
                 sent += len(statuses)

@@ -100,20 +100,14 @@ def for_pool(pool) -> Mirror | None:
     mirrored, or the mirror cannot be used now (its connection broke, or Redis has no
     client tracking)."""
     global _current
-    mirror = _current
-    if mirror is not None and mirror.pool is pool and mirror.alive and mirror.pid == process.pid():
-        return mirror
+    if _serves(_current, pool):
+        return _current
     prefix = _pools.get(pool)
     if prefix is None or not has_request_context():
         return None  # opened by a request: the background worker and the CLI read through
     with _lock:
         mirror = _current
-        if (
-            mirror is not None
-            and mirror.pool is pool
-            and mirror.alive
-            and mirror.pid == process.pid()
-        ):
+        if _serves(mirror, pool):
             return mirror
         now = monotonic()
         if now < _retry_at.get(pool, 0.0):
@@ -131,6 +125,12 @@ def for_pool(pool) -> Mirror | None:
             _retry_at[pool] = now + RETRY_SECONDS
             _current = None
         return _current
+
+
+def _serves(mirror: Mirror | None, pool) -> bool:
+    return (
+        mirror is not None and mirror.pool is pool and mirror.alive and mirror.pid == process.pid()
+    )
 
 
 class NotSupported(Exception):
