@@ -75,11 +75,21 @@ def test_a_reused_idempotency_key_is_the_documented_422(hooks):
     assert schema_valid_rejected(hooks, rejected(REUSED)) is False
 
 
+OUT_OF_RANGE = {
+    "query": {"until": ["A time must fall within the years 0001-9999 once converted to UTC."]}
+}
+
+
+def test_a_time_outside_the_years_in_utc_is_the_documented_422(hooks):
+    assert schema_valid_rejected(hooks, rejected(OUT_OF_RANGE)) is False
+
+
 @pytest.mark.parametrize(
     "errors",
     [
         {**REUSED, "json": {"message": ["Missing data for required field."]}},  # and more
         {"headers": {"Idempotency-Key": ["Not a valid key."]}},  # another key problem
+        {"query": {"until": ["Not a valid time: use RFC 3339, e.g. 2026-11-26T18:10:47.123Z."]}},
     ],
 )
 def test_a_422_naming_anything_else_is_still_a_finding(hooks, errors):

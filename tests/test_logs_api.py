@@ -488,6 +488,27 @@ class TestFilters:
         assert response.status_code == 422
         assert field in response.json["errors"]["query"]
 
+    @pytest.mark.parametrize(
+        "query", ["until=0001-01-01T00:00:17.0%2B01:01", "since=9999-12-31T23:59:59-00:01"]
+    )
+    def test_a_time_outside_the_years_in_utc_is_a_clear_422(self, client, query):
+        """A valid RFC 3339 time whose offset moves it before 0001 or after 9999 in UTC
+        (found by the fuzz in CI): a 422 that says so, not 'use RFC 3339'."""
+        response = client.get(f"/api/logs?{query}")
+        assert response.status_code == 422
+        field = query.split("=")[0]
+        assert response.json["errors"]["query"][field] == [
+            "A time must fall within the years 0001-9999 once converted to UTC."
+        ]
+
+    def test_a_log_stamped_outside_the_years_in_utc_is_refused(self, client, svc):
+        response = client.post(
+            "/api/logs", json=log_body(svc, timestamp="0001-01-01T00:00:00+00:01")
+        )
+        assert response.status_code == 422
+        assert "timestamp" in response.json["errors"]["json"]
+        assert LogEntry.objects.count() == 0
+
     def test_unknown_query_parameters_are_ignored(self, client, svc):
         made = post(client, svc)["id"]
         assert ids(client.get("/api/logs?colour=blue")) == [made]

@@ -157,6 +157,10 @@ class UTCDateTime(fields.DateTime):
 
     default_error_messages = {
         "invalid": "Not a valid time: use RFC 3339, e.g. 2026-11-26T18:10:47.123Z.",
+        # A valid RFC 3339 time whose offset moves it out of the years 0001-9999 in UTC
+        # (``0001-01-01T00:00:17+01:01``): no stored time can be there, and none can be
+        # stored there.
+        "out_of_range": "A time must fall within the years 0001-9999 once converted to UTC.",
     }
 
     def _serialize(self, value, attr, obj, **kwargs):
@@ -169,7 +173,9 @@ class UTCDateTime(fields.DateTime):
             raise self.make_error("invalid")
         try:
             return parse_time(value)
-        except (ValueError, OverflowError) as exc:
+        except OverflowError as exc:
+            raise self.make_error("out_of_range") from exc
+        except ValueError as exc:
             raise self.make_error("invalid") from exc
 
 
