@@ -5,10 +5,6 @@ connection, a read overtaken by a write), through the service layer and the API.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-
 import pytest
 import redis
 
@@ -183,21 +179,10 @@ def test_with_the_setting_off_every_read_is_a_round_trip(server):
 
 
 def test_a_redis_without_client_tracking_is_read_as_before():
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is needed (the Redis tests start their own)"
     port = free_port()
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [binary, "--port", str(port), "--save", "", "--rename-command", "CLIENT", ""],
-        stdout=subprocess.DEVNULL,
-    )
+    proc = _start_redis(port, "--rename-command", "CLIENT", "")
     try:
         other = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                other.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)  # the server is starting
         app = _app(port)
         with app.test_request_context():
             cache.set("k", "v")

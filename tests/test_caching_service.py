@@ -108,14 +108,19 @@ def test_a_failing_cache_falls_back_to_the_producer_and_warns_once(monkeypatch, 
 # --- a real Redis that goes away and comes back ------------------------------------------
 
 
-def _start_redis(port: int) -> subprocess.Popen:
+def _start_redis(port: int, *options: str) -> subprocess.Popen:
+    """A private redis-server on ``port`` (with ``options`` added to its command line),
+    once it accepts connections."""
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("POLYMICRO_TEST_REDIS_URL"):
             pytest.fail("redis-server is needed for the outage test in the Redis run")
         pytest.skip("redis-server is not installed")
     proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no", *options),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
