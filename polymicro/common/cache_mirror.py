@@ -31,13 +31,15 @@ the process has received:
   would answer ``nil`` from then on, even before its expiry sweep deletes it); nothing is
   kept longer than ``MAX_AGE_S`` whatever its TTL, a safety net, and a process that has
   not drained for that long finds everything it kept too old.
-- A read that an invalidation overtook keeps nothing: values are kept only when no
-  invalidation at all arrived between just before the read was sent and just after its
-  answer (under a storm of writes the mirror simply keeps less and reads go to Redis).
+- A read that an invalidation overtook keeps nothing of the keys it names: what arrived
+  between just before the read was sent and just after its answer is looked up in the
+  last ``RECENT`` messages (more than that, or a flush among them: the read keeps
+  nothing; under a storm of writes the mirror simply keeps less and reads go to Redis).
 - ``FLUSHDB``/``FLUSHALL`` (an empty invalidation) drops everything kept.  A broken
   invalidation connection (Redis restarted, or it cut a subscriber whose backlog passed
-  ``client-output-buffer-limit pubsub``) drops everything kept; a new one is opened at
-  most every ``RETRY_SECONDS``, and until then every read goes to Redis.
+  ``client-output-buffer-limit pubsub``) drops everything kept; a new one is opened by
+  the next read, after a failed attempt at most every ``RETRY_SECONDS``, and until then
+  every read goes to Redis.
 - A Redis without client tracking (before 6.0, or a server that answers the command with
   an error) turns the mirror off for that pool: every read is a round trip, as before.
 
